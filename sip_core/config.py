@@ -1,0 +1,134 @@
+"""The one config system: pydantic models, YAML files, `--set key=value` overrides.
+
+Unknown keys are errors (extra="forbid"), so a typo in a YAML file or an override fails loudly
+instead of silently running the default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sip_core.paths import default_data_dir
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Section):
+    name: str = "default"
+    root: str = Field("runs/default", description="artifact root URI: a local path or s3://bucket/prefix")
+    state_dir: str | None = Field(
+        None, description="local dir for DuckDB lineage/cache files; default <root>/_state for a "
+        "local root, ~/.cache/sip/state/<hash of root> for a remote one (DuckDB needs a local file)")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options, e.g. endpoint_url")
+
+
+class DataConfig(_Section):
+    source: str = Field("bundled:c4", description="local file/glob (JSONL, JSONL.gz, Parquet), "
+                        "`bundled:c4` / `bundled:redpajama`, or a Hugging Face dataset id")
+    hf_config: str | None = Field(None, description="HF dataset config name, e.g. sample-10BT")
+    hf_split: str = "train"
+    text_field: str = "text"
+    id_field: str | None = Field(None, description="field holding a document id; default: id, then url")
+    max_docs: int | None = Field(None, ge=1)
+    suffix_tokens: int = Field(128, ge=1, description="N: the suffix is exactly N tokens")
+    prefix_tokens: int = Field(1920, ge=1, description="max prefix length (left-truncated)")
+    min_prefix_tokens: int = Field(16, ge=1, description="documents with less context before the suffix are skipped")
+    split_point: Literal["random", "fixed"] = Field(
+        "random", description="random: the suffix starts at a random multiple of N (method §2.2); "
+        "fixed: it starts after min(prefix_tokens, doc_tokens - N) tokens ([repl]'s 384+128 layout)")
+    chunks_per_doc: int = Field(1, ge=1)
+    seed: int = 0
+    heldout_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    shard_rows: int = Field(2048, ge=1)
+    tokenize_batch: int = Field(256, ge=1)
+
+
+class FilterConfig(_Section):
+    wordlists: str | None = Field(None, description="dir with ldnoobw/, surge_profanity/; default: shared data")
+    url_blocklist: str | None = None
+    min_badwords: int = Field(5, ge=1)
+    combine: Literal["or", "and"] = Field("or", description="badwords OR/AND blocklist hit; the paper's code uses AND")
+    min_words: int = 50
+    max_words: int = 100_000
+    min_mean_word_length: float = 3.0
+    max_mean_word_length: float = 10.0
+    max_symbol_word_ratio: float = 0.1
+    max_bullet_lines: float = 0.9
+    max_top_2gram: float = 0.2
+    chunk_excluded: bool = Field(False, description="also chunk documents a quality rule excluded")
+
+
+class ModelConfig(_Section):
+    policy: str = Field("bundled:smollm2-135m-instruct",
+                        description="a local HF folder, a hub id, or bundled:smollm2-135m-instruct")
+    cache_dir: str | None = Field(None, description="where converted bundled models live; default ~/.cache/sip/models")
+
+
+class SipConfig(_Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+
+    def section_hash(self, *names: str) -> str:
+        """Stable hash of the named sections: what a stage's output depends on."""
+        payload = {n: getattr(self, n).model_dump(mode="json") for n in names}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message is one line naming the culprit."""
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`data.max_docs=100` -> ("data.max_docs", 100); values are parsed as YAML scalars."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value")
+    key, raw = item.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> SipConfig:
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(tree, key, value)
+    try:
+        return SipConfig.model_validate(tree)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        what = "unknown config key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ConfigError(f"{what}: {where}" + (f" (from {path})" if path else "")) from None
+
+
+def resolve_wordlists(cfg: FilterConfig) -> Path:
+    return Path(cfg.wordlists) if cfg.wordlists else default_data_dir() / "safety" / "wordlists"

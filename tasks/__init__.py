@@ -1,0 +1,1 @@
+"""Thin Prefect tasks around sip_core: retries, caching, run ids. No domain logic here."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -14,6 +15,23 @@ from sip_core.models import ModelRefError
 from sip_core.sources import SourceError
 
 USER_ERRORS = (ConfigError, SourceError, ModelRefError, FileNotFoundError)
+
+
+class _QuietUserErrors(logging.Filter):
+    """Prefect logs a failed task with its traceback; for bad input that is noise, not help."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_prefect_tracebacks() -> None:
+    loggers = [logging.getLogger()] + [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if not any(isinstance(f, _QuietUserErrors) for f in handler.filters):
+                handler.addFilter(_QuietUserErrors())
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -40,6 +58,7 @@ def cmd_prepare(args) -> int:
     resolve_model(cfg.model.policy, cfg.model.cache_dir)
     from flows.prepare import prepare
 
+    _quiet_prefect_tracebacks()
     started = time.perf_counter()
     out = prepare(cfg)
     docs, filt, chunks = out["docs"]["stats"], out["filtered"]["stats"], out["chunks"]["stats"]

@@ -164,9 +164,8 @@ class DatasetWriter:
         digest = hashlib.sha256(data).hexdigest()
         store.write_bytes(shard_uri, data, self.ctx.storage_options)
         self._first_schema = self._first_schema or head.schema
-        shard = self._manifest(shard_uri, "parquet-shard", digest, head.num_rows, head.schema)
-        store.write_json(f"{shard_uri}.manifest.json", shard.model_dump(), self.ctx.storage_options)
-        self._shards.append(shard)
+        # The shard's manifest is written at commit, once the dataset id it belongs to is known.
+        self._shards.append(self._manifest(shard_uri, "parquet-shard", digest, head.num_rows, head.schema))
 
     def _manifest(self, uri: str, kind: str, digest: str, rows: int, schema: pa.Schema | None, **extra) -> Manifest:
         return Manifest(
@@ -186,6 +185,7 @@ class DatasetWriter:
                                   files=[s.uri for s in self._shards], stats=stats or {})
         for shard in self._shards:
             shard.part_of = manifest.artifact_id
+            store.write_json(f"{shard.uri}.manifest.json", shard.model_dump(), self.ctx.storage_options)
         if self.ctx.lineage is not None:
             self.ctx.lineage.record([*self.ctx.parents, manifest, *self._shards])
         store.write_json(store.join(self.uri, MANIFEST), manifest.model_dump(), self.ctx.storage_options)

@@ -51,15 +51,21 @@ def heldout(doc_id: str, cfg: DataConfig) -> bool:
     return int(_hash("split", cfg.seed, doc_id)[:8], 16) / 0x100000000 < cfg.heldout_fraction
 
 
-def suffix_starts(n_tokens: int, doc_id: str, cfg: DataConfig) -> list[int]:
-    """Token positions where a suffix begins; empty when the document is too short."""
+def suffix_starts(n_tokens: int, doc_id: str, cfg: DataConfig, clean=lambda pos: True) -> list[int]:
+    """Token positions where a suffix begins; empty when the document is too short.
+
+    `clean(pos)` says whether a cut before token `pos` falls between characters; byte-level BPE can
+    split one character over two tokens, and a cut there would leave U+FFFD in both texts.
+    """
     n = cfg.suffix_tokens
     if cfg.split_point == "fixed":
         start = min(cfg.prefix_tokens, n_tokens - n)
+        while start >= cfg.min_prefix_tokens and not (clean(start) and clean(start + n)):
+            start -= 1
         return [start] if start >= cfg.min_prefix_tokens else []
     # random: a boundary between N-token chunks, with at least min_prefix tokens before it
     first = max(1, -(-cfg.min_prefix_tokens // n))
-    candidates = list(range(first * n, n_tokens - n + 1, n))
+    candidates = [s for s in range(first * n, n_tokens - n + 1, n) if clean(s) and clean(s + n)]
     rng = random.Random(_hash("start", cfg.seed, doc_id))
     return sorted(rng.sample(candidates, min(cfg.chunks_per_doc, len(candidates))))
 
@@ -83,7 +89,8 @@ def _chunk_batch(batch, tokenizer, cfg: DataConfig, fingerprint: str, skips: Cou
     rows: dict[str, list] = {name: [] for name in CHUNK_SCHEMA.names}
     n = cfg.suffix_tokens
     for (doc, label, reason), ids, offsets in zip(batch, enc["input_ids"], enc["offset_mapping"]):
-        starts = suffix_starts(len(ids), doc.id, cfg)
+        starts = suffix_starts(len(ids), doc.id, cfg,
+                               lambda pos: pos >= len(ids) or offsets[pos - 1][1] <= offsets[pos][0])
         if not starts:
             skips["too_short"] += 1
             continue
@@ -102,7 +109,7 @@ def _chunk_batch(batch, tokenizer, cfg: DataConfig, fingerprint: str, skips: Cou
             rows["suffix_start"].append(s)
             rows["doc_tokens"].append(len(ids))
             rows["prefix_char_start"].append(offsets[p][0])
-            rows["suffix_char_start"].append(offsets[s][0])
+            rows["suffix_char_start"].append(offsets[s - 1][1])  # right where the prefix ends
             rows["suffix_char_end"].append(offsets[s + n - 1][1])
     # Decoding the ids (not slicing the text) keeps text and ids in exact agreement.
     rows["prefix_text"] = tokenizer.batch_decode(rows["prefix_ids"]) if rows["prefix_ids"] else []

@@ -28,7 +28,9 @@ def filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> tuple
 
 
 def join(uri: str, *parts: str) -> str:
-    return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+    # Empty parts (the unpartitioned "" partition) are skipped: "a//b" would be a distinct S3 key,
+    # and a local path that normalize() spells differently from the URI the lineage DB recorded.
+    return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts if p.strip("/"))])
 
 
 def normalize(uri: str) -> str:

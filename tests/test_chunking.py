@@ -1,0 +1,82 @@
+from collections import Counter
+
+import pytest
+
+from sip_core.chunking import heldout, make_chunks, suffix_starts, tokenizer_fingerprint
+from sip_core.config import DataConfig
+from sip_core.documents import Document
+
+from conftest import c4_records
+
+
+def _docs(n=60):
+    return [(Document(id=f"d{i}", text=r["text"], source="c4"), "rest", "") for i, r in enumerate(c4_records(n))]
+
+
+def _chunk(docs, tokenizer, **overrides):
+    cfg = DataConfig(**{"suffix_tokens": 32, "prefix_tokens": 64, "min_prefix_tokens": 8, **overrides})
+    skips = Counter()
+    rows = [r for t in make_chunks(docs, tokenizer, cfg, tokenizer_fingerprint(tokenizer), skips) for r in t.to_pylist()]
+    return rows, skips, cfg
+
+
+def test_suffix_is_exactly_n_policy_tokens_at_the_recorded_offset(tokenizer):
+    docs = _docs()
+    rows, skips, cfg = _chunk(docs, tokenizer, tokenize_batch=7)
+    assert rows, "expected chunks from the C4 sample"
+    text_of = {d.id: d.text for d, _, _ in docs}
+    for row in rows:
+        ids = tokenizer(text_of[row["doc_id"]], add_special_tokens=False)["input_ids"]
+        s, p = row["suffix_start"], row["prefix_start"]
+        assert row["suffix_ids"] == ids[s:s + 32]
+        assert row["prefix_ids"] == ids[p:s] and 8 <= len(row["prefix_ids"]) <= 64
+        assert s % 32 == 0  # random split points sit on N-token chunk boundaries (method §2.2)
+        assert row["suffix_text"] == tokenizer.decode(row["suffix_ids"])
+        # texts are exact slices of the document: no cut falls inside a multi-byte character
+        assert text_of[row["doc_id"]][row["suffix_char_start"]:row["suffix_char_end"]] == row["suffix_text"]
+        assert "\ufffd" not in row["suffix_text"] + row["prefix_text"]
+    assert len(rows) + skips["too_short"] == len(docs)
+
+
+def test_chunking_is_deterministic_and_batch_independent(tokenizer):
+    docs = _docs(40)
+    first, _, _ = _chunk(docs, tokenizer, tokenize_batch=3)
+    second, _, _ = _chunk(docs, tokenizer, tokenize_batch=64)
+    assert [r["chunk_id"] for r in first] == [r["chunk_id"] for r in second]
+    assert first == second
+    other_seed, _, _ = _chunk(docs, tokenizer, seed=1)
+    assert [r["suffix_start"] for r in other_seed] != [r["suffix_start"] for r in first]
+
+
+def test_too_short_documents_are_counted_not_chunked(tokenizer):
+    docs = [(Document(id="short", text="Too short to cut.", source="x"), "rest", "")]
+    rows, skips, _ = _chunk(docs, tokenizer)
+    assert rows == [] and skips["too_short"] == 1
+
+
+def test_fixed_split_point_takes_the_longest_prefix(tokenizer):
+    rows, _, _ = _chunk(_docs(20), tokenizer, split_point="fixed")
+    for row in rows:
+        assert row["prefix_start"] == 0
+        assert row["suffix_start"] == min(64, row["doc_tokens"] - 32)
+
+
+def test_several_chunks_per_document_never_share_a_suffix(tokenizer):
+    rows, _, _ = _chunk(_docs(20), tokenizer, chunks_per_doc=3)
+    by_doc = Counter(r["doc_id"] for r in rows)
+    assert max(by_doc.values()) == 3
+    assert len({r["chunk_id"] for r in rows}) == len(rows)
+    assert len({(r["doc_id"], r["suffix_start"]) for r in rows}) == len(rows)
+
+
+@pytest.mark.parametrize("n_tokens, expected", [(40, []), (64, [32]), (100, [32, 64])])
+def test_suffix_starts_need_room_for_prefix_and_suffix(n_tokens, expected):
+    cfg = DataConfig(suffix_tokens=32, min_prefix_tokens=8, chunks_per_doc=5)
+    assert suffix_starts(n_tokens, "doc", cfg) == expected
+
+
+def test_heldout_split_is_by_document_and_near_the_requested_fraction():
+    cfg = DataConfig(heldout_fraction=0.2)
+    flags = [heldout(f"doc-{i}", cfg) for i in range(5000)]
+    assert 0.17 < sum(flags) / len(flags) < 0.23
+    assert flags == [heldout(f"doc-{i}", cfg) for i in range(5000)]

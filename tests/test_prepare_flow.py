@@ -1,0 +1,182 @@
+"""The data flow end to end: a real Prefect run, real files, a real DuckDB lineage file."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+
+from conftest import DATA, POLICY, c4_records, write_jsonl_gz
+from sip_core.config import load_config
+
+N = 32
+
+
+def _badwords(k: int) -> list[str]:
+    terms = [t.strip() for t in (DATA / "safety/wordlists/ldnoobw/en.txt").read_text().splitlines()]
+    return [t for t in terms if t.isalpha() and len(t) > 4][:k]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """C4 web text plus planted cases: unsafe documents, a short unsafe one, and broken records."""
+    records = [{"id": f"c4-{i}", **r} for i, r in enumerate(c4_records(150))]
+    bad = _badwords(6)
+    for j in range(3):  # >= 5 LDNOOBW words spread over an otherwise normal long document
+        words = records[j]["text"].split()
+        step = max(1, len(words) // 7)
+        for k, w in enumerate(bad):
+            words.insert((k + 1) * step, w)
+        records.append({"id": f"planted-unsafe-{j}", "text": " ".join(words), "url": "http://example.org/x"})
+    records.append({"id": "planted-short", "text": " ".join(bad) + " is all this says.", "url": "http://e.org"})
+    records.append({"id": "empty", "text": "   "})
+    records.append({"id": "no-text", "body": "wrong field"})
+    raw = [b'{"id": "latin1", "text": "caf\xe9 ' + b"word " * 300 + b'"}', b'{"id": "broken", "text": "unterminated']
+    return write_jsonl_gz(tmp_path_factory.mktemp("corpus") / "web.jsonl.gz", records, raw)
+
+
+def _cfg(root, corpus, *extra):
+    return load_config(None, [f"run.root={root}", f"data.source={corpus}", f"data.suffix_tokens={N}",
+                              "data.prefix_tokens=96", "data.min_prefix_tokens=16", "data.shard_rows=40",
+                              f"model.policy={POLICY}", *extra])
+
+
+def _task_states(flow_state) -> dict[str, str]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=50)
+    return {r.task_key.split(".")[-1].split("-")[0] + ":" + r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, corpus):
+    from flows.prepare import prepare
+
+    root = tmp_path_factory.mktemp("run")
+    cfg = _cfg(root, corpus)
+    return cfg, prepare(cfg)
+
+
+def test_chunks_have_exactly_n_suffix_tokens_and_split_by_document(first_run):
+    _, out = first_run
+    chunks = pl.read_parquet(f"{out['chunks']['uri']}/*/*.parquet")
+    assert chunks.height == out["chunks"]["rows"] > 100
+    assert chunks["suffix_ids"].list.len().unique().to_list() == [N]
+    assert chunks["chunk_id"].n_unique() == chunks.height
+    train = set(chunks.filter(pl.col("split") == "train")["doc_id"])
+    held = set(chunks.filter(pl.col("split") == "heldout")["doc_id"])
+    assert held and not train & held
+
+
+def test_bad_records_are_counted_not_fatal(first_run):
+    _, out = first_run
+    assert out["docs"]["stats"]["skipped"] == {"non_utf8": 1, "malformed_json": 1, "empty_text": 1,
+                                               "missing_text": 1}
+    assert out["docs"]["stats"]["documents"] == 154
+
+
+def test_unsafe_partition_holds_every_badword_document_that_passes_quality(first_run):
+    _, out = first_run
+    filtered = pl.read_parquet(f"{out['filtered']['uri']}/*/*.parquet")
+    unsafe = filtered.filter(pl.col("label") == "unsafe")
+    assert {f"planted-unsafe-{j}" for j in range(3)} <= set(unsafe["doc_id"])
+    for signals in unsafe["signals_json"]:
+        assert json.loads(signals)["rps_doc_ldnoobw_words"] >= 5
+    short = filtered.filter(pl.col("doc_id") == "planted-short").row(0, named=True)
+    assert short["label"] == "excluded" and short["reason"].startswith("word_count<")
+    stats = out["filtered"]["stats"]
+    assert stats["labels"]["unsafe"] == unsafe.height
+    assert sum(stats["labels"].values()) == filtered.height == 154
+    # unsafe documents are flagged on their chunks too
+    chunks = pl.read_parquet(f"{out['chunks']['uri']}/*/*.parquet")
+    assert set(chunks.filter(pl.col("filter_label") == "unsafe")["doc_id"]) <= set(unsafe["doc_id"])
+
+
+def test_manifests_carry_hashes_schema_config_code_and_run_ids(first_run):
+    from sip_core.artifacts import load_manifest
+
+    _, out = first_run
+    m = load_manifest(out["chunks"]["uri"])
+    assert m.rows == out["chunks"]["rows"] and len(m.content_hash) == 64
+    assert m.columns["suffix_ids"] == "list<item: int32>" and m.config["data"]["suffix_tokens"] == N
+    assert m.flow_run_id and m.task_run_id and m.code_version.startswith("0.")
+    assert m.parents == [out["filtered"]["artifact_id"]]
+    shard = load_manifest(m.files[0])
+    assert shard.kind == "parquet-shard" and shard.part_of == m.artifact_id
+
+
+def test_rerun_is_a_cache_hit_and_a_changed_config_is_not(first_run, corpus):
+    from flows.prepare import prepare
+
+    cfg, out = first_run
+    again = prepare(cfg, return_state=True)
+    assert again.result()["chunks"]["uri"] == out["chunks"]["uri"]
+    assert set(_task_states(again).values()) == {"Cached"}
+    changed = cfg.model_copy(deep=True)
+    changed.filter.min_badwords = 3
+    state = prepare(changed, return_state=True)
+    states = _task_states(state)
+    assert states["ingest_task:ingest-documents"] == "Cached"
+    assert states["filter_task:filter-documents"] == "Completed"
+    assert state.result()["filtered"]["uri"] != out["filtered"]["uri"]
+
+
+def test_ids_are_identical_across_runs_into_fresh_roots(first_run, corpus, tmp_path):
+    from sip_core.prepare import StageEnv, filter_documents, ingest_documents, materialize_chunks
+
+    _, out = first_run
+    env = StageEnv(_cfg(tmp_path / "other", corpus))
+    again = materialize_chunks(env, filter_documents(env, ingest_documents(env)))
+    ids = lambda uri: pl.read_parquet(f"{uri}/*/*.parquet").sort("chunk_id")["chunk_id"].to_list()
+    assert ids(again.uri) == ids(out["chunks"]["uri"])
+    assert again.uri != out["chunks"]["uri"]
+
+
+def test_lineage_names_the_source_file_and_config(first_run, corpus):
+    cfg, out = first_run
+    from sip_core.artifacts import load_manifest
+
+    shard = load_manifest(out["chunks"]["uri"]).files[0]
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "lineage", "--set", f"run.root={cfg.run.root}", shard],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert str(corpus) in res.stdout and f"data.suffix_tokens={N}" in res.stdout
+    assert res.stdout.index("chunks-") < res.stdout.index("filtered-") < res.stdout.index("docs-")
+
+
+def _sip(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["prepare", "--set", "data.source=/no/such/file.jsonl.gz"], "no file matches"),
+    (["prepare", "--set", "data.nope=1"], "unknown config key: data.nope"),
+    (["prepare", "--config", "/no/such.yaml"], "config file not found"),
+    (["prepare", "--set", "model.policy=./no-such-model"], "model folder not found"),
+])
+def test_cli_bad_input_is_one_line(args, fragment, tmp_path):
+    res = _sip(*args, "--set", f"run.root={tmp_path}")
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and fragment in res.stderr
+    assert not (tmp_path / "prepare").exists()
+
+
+def test_corrupt_source_leaves_no_partial_output(tmp_path, corpus):
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(corpus.read_bytes()[: len(corpus.read_bytes()) // 2])
+    res = _sip("prepare", "--set", f"run.root={tmp_path / 'run'}", "--set", f"data.source={broken}")
+    assert res.returncode == 2
+    assert any(line.startswith("sip: error: data.source:") for line in res.stderr.splitlines())
+    assert "Traceback" not in res.stderr
+    leftovers = list((tmp_path / "run" / "prepare").glob("*")) if (tmp_path / "run" / "prepare").exists() else []
+    assert leftovers == []

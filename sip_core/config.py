@@ -72,11 +72,47 @@ class ModelConfig(_Section):
     cache_dir: str | None = Field(None, description="where converted bundled models live; default ~/.cache/sip/models")
 
 
+class LLMConfig(_Section):
+    """One model role (judge, rewriter, teacher): which backend, which model, how to call it."""
+
+    backend: Literal["openai", "local", "proxy"] = "proxy"
+    model: str = Field("bundled:smollm2-135m-instruct", description="openai: the served model name; "
+                       "local: a model reference; proxy: the small LM whose likelihood scores quality")
+    base_url: str | list[str] = Field("http://127.0.0.1:8000/v1", description="one URL or several, used round-robin")
+    api_key_env: str = Field("OPENAI_API_KEY", description="env var holding the key (the key itself never "
+                             "goes into config, manifests or logs)")
+    api_key_block: str | None = Field(None, description="name of a Prefect Secret block holding the key")
+    concurrency: int = Field(32, ge=1, description="requests in flight at once (openai)")
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(5, ge=0, description="on timeouts, connection errors, 429 and 5xx")
+    backoff_s: float = Field(0.5, ge=0)
+    backoff_max_s: float = Field(30.0, ge=0)
+    batch_size: int = Field(16, ge=1, description="sequences per generate() call (local)")
+    device: str = Field("auto", description="local: auto, cpu or cuda")
+    temperature: float | None = Field(None, description="override the prompt's default")
+    top_p: float | None = None
+    max_tokens: int | None = None
+
+
+class JudgeConfig(LLMConfig):
+    seeds: int = Field(1, ge=1, description="samples per judgment (votes)")
+    parse_retries: int = Field(3, ge=0, description="re-asks with a new seed when an answer does not parse")
+    quality_mode: Literal["all_pairs", "pivot"] = "all_pairs"
+    criteria: dict[str, float] = Field(default_factory=lambda: {"quality": 1.0},
+                                       description="criteria summed into one score, with weights: quality, "
+                                       "safety, factuality (method §4.4)")
+    tie_break_seed: int = 0
+    safety_stage_seeds: int = Field(4, ge=1, description="filter stage 2: unsafe only if all seeds agree")
+
+
 class SipConfig(_Section):
     run: RunConfig = Field(default_factory=RunConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    rewriter: LLMConfig = Field(default_factory=lambda: LLMConfig(backend="local"))
+    teacher: LLMConfig = Field(default_factory=lambda: LLMConfig(backend="local"))
 
     def section_hash(self, *names: str) -> str:
         """Stable hash of the named sections: what a stage's output depends on."""

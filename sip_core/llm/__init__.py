@@ -1,0 +1,1 @@
+"""One way to call a model: requests, results, backends (openai, local, proxy), the DuckDB cache."""

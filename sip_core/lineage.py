@@ -3,26 +3,11 @@
 from __future__ import annotations
 
 import json
-import random
-import time
 from pathlib import Path
 
-import duckdb
-
 from sip_core.artifacts import Manifest
+from sip_core.duck import connect as _connect
 from sip_core.sqlfiles import sql
-
-
-def _connect(path: Path, attempts: int = 50) -> duckdb.DuckDBPyConnection:
-    """DuckDB allows one writing process per file; another process waits its turn (short writes)."""
-    for attempt in range(attempts):
-        try:
-            return duckdb.connect(str(path))
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or attempt == attempts - 1:
-                raise
-            time.sleep(0.05 + random.random() * 0.1 * (attempt + 1))
-    raise AssertionError("unreachable")
 
 
 class LineageDB:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 Progress = Callable[[int], None]  # called with the number of requests just finished
+ResultHook = Callable[[int, "LLMResult"], None]  # (request index, its result), as each one finishes
 
 
 @dataclass(frozen=True)
@@ -65,12 +66,15 @@ class LLMBackend(abc.ABC):
     model_id: str
 
     @abc.abstractmethod
-    async def agenerate(self, requests: Sequence[LLMRequest], progress: Progress | None = None) -> list[LLMResult]:
+    async def agenerate(self, requests: Sequence[LLMRequest], progress: Progress | None = None,
+                        on_result: ResultHook | None = None) -> list[LLMResult]:
         """Results in request order. Never raises for a single failed request: its result carries
-        `error`. Retries (where the backend has any) happen inside."""
+        `error`. Retries (where the backend has any) happen inside. `on_result` sees each result as
+        soon as it exists, so callers can persist work before the whole batch ends."""
 
-    def generate(self, requests: Sequence[LLMRequest], progress: Progress | None = None) -> list[LLMResult]:
-        return run_sync(self.agenerate(requests, progress))
+    def generate(self, requests: Sequence[LLMRequest], progress: Progress | None = None,
+                 on_result: ResultHook | None = None) -> list[LLMResult]:
+        return run_sync(self.agenerate(requests, progress, on_result))
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass

@@ -1,0 +1,196 @@
+"""The judgment cache (DuckDB) and the one runner every LLM job goes through.
+
+`CachedLLM.run` looks every request up by its key, sends only the missing ones, parses the answers
+with the prompt's strict parser, and writes each result to the cache as it arrives (flushed at
+least every `flush_s` seconds), so a rerun, a retry or a resume after `kill -9` repeats no stored
+call. Unparseable answers are stored as such and re-asked with a new seed, never scored.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sip_core.artifacts import Provenance
+from sip_core.duck import connect
+from sip_core.llm.types import LLMBackend, LLMRequest, LLMResult, Progress
+from sip_core.sqlfiles import sql
+
+COLUMNS = ("key", "model_id", "prompt", "messages_json", "sampling_json", "seed", "raw_output", "parsed_json",
+           "status", "parse_error", "error", "prompt_tokens", "completion_tokens", "latency_s", "attempts",
+           "created_at", "flow_run_id", "task_run_id")
+
+
+class JudgmentCache:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with connect(self.path) as con:
+            con.execute(sql("judgments"))
+
+    def lookup(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Stored answers (ok or unparseable) by key; final errors are not answers and are asked again."""
+        if not keys:
+            return {}
+        with connect(self.path) as con:
+            cur = con.execute("SELECT * FROM judgments WHERE status <> 'error' AND key IN (SELECT unnest(?))",
+                              [list(set(keys))])
+            names = [d[0] for d in cur.description]
+            return {row[0]: dict(zip(names, row)) for row in cur.fetchall()}
+
+    def store(self, rows: Sequence[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        placeholders = ", ".join("?" for _ in COLUMNS)
+        with connect(self.path) as con:
+            con.executemany(f"INSERT OR REPLACE INTO judgments VALUES ({placeholders})",
+                            [[row[c] for c in COLUMNS] for row in rows])
+
+    def record_lookups(self, counts: dict[tuple[str, str], tuple[int, int]]) -> None:
+        now = datetime.now(timezone.utc)
+        with connect(self.path) as con:
+            con.executemany("INSERT INTO cache_lookups VALUES (?, ?, ?, ?, ?)",
+                            [(p, m, h, miss, now) for (p, m), (h, miss) in counts.items()])
+
+    def stats(self) -> list[dict[str, Any]]:
+        with connect(self.path) as con:
+            cur = con.execute(sql("judgments_stats"))
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def count(self) -> int:
+        with connect(self.path) as con:
+            return con.execute("SELECT count(*) FROM judgments").fetchone()[0]
+
+
+@dataclass
+class Judgment:
+    """One answered request: raw text, parsed value (None unless status == "ok")."""
+
+    key: str
+    prompt: str
+    text: str | None
+    value: Any
+    status: str  # ok | unparseable | error
+    error: str | None = None
+    cached: bool = False
+    seed: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def _parse(request: LLMRequest, text: str | None) -> tuple[str, Any, str | None]:
+    from sip_core.llm.parsers import parse
+
+    name = request.prompt.split("@", 1)[0]
+    parsed = parse(name, text or "")
+    return ("ok", parsed.value, None) if parsed.ok else ("unparseable", None, parsed.error)
+
+
+class CachedLLM:
+    """A backend behind the judgment cache. Counts hits, misses and calls for reports."""
+
+    def __init__(self, backend: LLMBackend, cache: JudgmentCache, provenance: Provenance = Provenance(),
+                 flush_s: float = 1.0, flush_rows: int = 64, sampling_overrides: dict[str, Any] | None = None):
+        self.backend, self.cache, self.provenance = backend, cache, provenance
+        self.flush_s, self.flush_rows = flush_s, flush_rows
+        # Config-level sampling overrides are applied here, before keying, so that changing one
+        # can never return answers cached under other sampling parameters.
+        self.overrides = {k: v for k, v in (sampling_overrides or {}).items() if v is not None}
+        self.hits = self.misses = self.calls = 0
+
+    def _apply(self, req: LLMRequest) -> LLMRequest:
+        if not self.overrides:
+            return req
+        return LLMRequest(req.messages, replace(req.sampling, **self.overrides), req.prompt, req.inputs)
+
+    def _row(self, key: str, req: LLMRequest, res: LLMResult) -> dict[str, Any]:
+        status, value, parse_error = ("error", None, None) if not res.ok else _parse(req, res.text)
+        return {"key": key, "model_id": self.backend.model_id, "prompt": req.prompt,
+                "messages_json": json.dumps([dict(m) for m in req.messages]),
+                "sampling_json": json.dumps(asdict(req.sampling)), "seed": req.sampling.seed,
+                "raw_output": res.text, "parsed_json": json.dumps(value), "status": status,
+                "parse_error": parse_error, "error": res.error, "prompt_tokens": res.prompt_tokens,
+                "completion_tokens": res.completion_tokens, "latency_s": res.latency_s, "attempts": res.attempts,
+                "created_at": datetime.now(timezone.utc), "flow_run_id": self.provenance.flow_run_id,
+                "task_run_id": self.provenance.task_run_id}
+
+    def run(self, requests: Sequence[LLMRequest], progress: Progress | None = None) -> list[Judgment]:
+        requests = [self._apply(r) for r in requests]
+        keys = [r.cache_key(self.backend.model_id) for r in requests]
+        stored = self.cache.lookup(keys)
+        todo: dict[str, LLMRequest] = {}
+        for key, req in zip(keys, requests):
+            if key not in stored and key not in todo:
+                todo[key] = req
+        counts: dict[tuple[str, str], list[int]] = {}
+        for key, req in zip(keys, requests):
+            c = counts.setdefault((req.prompt, self.backend.model_id), [0, 0])
+            c[0 if key in stored else 1] += 1
+        self.hits += len(requests) - len(todo)
+        self.misses += len(todo)
+        if progress and len(requests) > len(todo):
+            progress(len(requests) - len(todo))
+        fresh = self._call(list(todo.items()), progress)
+        self.cache.record_lookups({k: (h, m) for k, (h, m) in counts.items()})
+        rows = {**stored, **fresh}
+        out = []
+        for key, req in zip(keys, requests):
+            row = rows[key]
+            out.append(Judgment(key=key, prompt=req.prompt, text=row["raw_output"],
+                                value=json.loads(row["parsed_json"]) if row["parsed_json"] else None,
+                                status=row["status"], error=row["error"] or row["parse_error"],
+                                cached=key in stored, seed=req.sampling.seed))
+        return out
+
+    def _call(self, items: list[tuple[str, LLMRequest]], progress: Progress | None) -> dict[str, dict]:
+        if not items:
+            return {}
+        self.calls += len(items)
+        done: dict[str, dict] = {}
+        pending: list[dict] = []
+        last = time.monotonic()
+
+        def on_result(index: int, result: LLMResult) -> None:
+            nonlocal last
+            key, req = items[index]
+            row = self._row(key, req, result)
+            done[key] = row
+            pending.append(row)
+            if len(pending) >= self.flush_rows or time.monotonic() - last >= self.flush_s:
+                self.cache.store(pending)
+                pending.clear()
+                last = time.monotonic()
+
+        results = self.backend.generate([req for _, req in items], progress=progress, on_result=on_result)
+        for index, result in enumerate(results):  # backends without streaming results land here
+            if items[index][0] not in done:
+                on_result(index, result)
+        self.cache.store(pending)
+        return done
+
+    def run_parsed(self, requests: Sequence[LLMRequest], parse_retries: int,
+                   progress: Progress | None = None) -> list[Judgment]:
+        """Like run, but an unparseable answer is asked again with a new seed, up to parse_retries
+        times; what still fails stays unparseable (callers count it, never score it)."""
+        out = self.run(requests, progress)
+        for attempt in range(1, parse_retries + 1):
+            bad = [i for i, j in enumerate(out) if j.status == "unparseable"]
+            if not bad:
+                break
+            retry = [_reseed(requests[i], attempt) for i in bad]
+            for i, judgment in zip(bad, self.run(retry)):
+                out[i] = judgment
+        return out
+
+
+def _reseed(req: LLMRequest, attempt: int) -> LLMRequest:
+    base = req.sampling.seed or 0
+    return LLMRequest(req.messages, req.sampling.with_seed(base + 1_000_003 * attempt), req.prompt, req.inputs)

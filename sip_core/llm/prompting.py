@@ -1,0 +1,191 @@
+"""Prompt templates: load a YAML file from `sip_core/prompts/`, render it into an `LLMRequest`.
+
+    req = load_prompt("quality").render(prefix=p, option_1=a, option_2=b,
+                                        sampling_override={"temperature": 0.7, "seed": 3})
+
+`req.prompt` is the template's key "name@version" (part of every cache key), `req.inputs` the
+fields as given (the offline proxy judge reads them instead of the rendered text), and
+`req.sampling` the file's defaults merged with the overrides.
+
+Placeholders are `{field}` with an identifier inside; any other brace text (a JSON example such as
+`{"score": 1}`) is literal, so templates need no brace escaping. Rendering is one pass: braces in
+a field value are never expanded. Field values are fenced by `<<<BEGIN X>>>` / `<<<END X>>>`
+markers in the templates; a value that contains `<<<` (or a look-alike run) is defanged to
+`‹‹‹`, so a document can never close its own block and talk to the judge as instructions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sip_core.llm.types import LLMRequest, Sampling
+from sip_core.prompts import PROMPTS_DIR
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Three or more "<" (ASCII, fullwidth or small-form) in a row: the opening of a marker.
+_MARKER_OPEN = re.compile(r"[<\uFF1C\uFE64]{3,}")
+DEFANGED = "\u2039"  # "‹", SINGLE LEFT-POINTING ANGLE QUOTATION MARK
+_SAMPLING_KEYS = {f.name for f in dataclasses.fields(Sampling)}
+_FILE_KEYS = {"name", "version", "description", "sampling", "system", "user", "fields", "parser", "choices"}
+_REQUIRED_KEYS = {"name", "version", "description", "sampling", "user", "fields", "parser"}
+
+
+class PromptError(ValueError):
+    """A prompt file is malformed, or a render call got wrong fields."""
+
+
+def defang(value: str) -> str:
+    """Replace every run of 3+ "<" (and look-alikes) by as many "‹": a field value can then hold
+    no `<<<BEGIN ...>>>` / `<<<END ...>>>` marker. Runs of one or two "<" stay as they are."""
+    return _MARKER_OPEN.sub(lambda m: DEFANGED * len(m.group(0)), value)
+
+
+def last_words(text: str, n: int = 5) -> str:
+    """The tail of `text` from the start of its n-th last whitespace-separated word, trailing
+    space included, so that `text[:-len(tail)] + tail == text` (P5's `prefix_ending`)."""
+    starts = [m.start() for m in re.finditer(r"\S+", text)]
+    if not starts:
+        return text
+    return text[starts[max(0, len(starts) - n)]:]
+
+
+def _sampling_from(mapping: Mapping[str, Any], base: Sampling, where: str) -> Sampling:
+    unknown = set(mapping) - _SAMPLING_KEYS
+    if unknown:
+        raise PromptError(f"{where}: unknown sampling key {sorted(unknown)[0]!r}; "
+                          f"known: {', '.join(sorted(_SAMPLING_KEYS))}")
+    values = {k: v for k, v in mapping.items() if v is not None}
+    if "stop" in values:
+        stop = values["stop"]
+        values["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
+    return dataclasses.replace(base, **values)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    name: str
+    version: int
+    description: str
+    user: str
+    fields: tuple[str, ...]
+    parser: str
+    sampling: Sampling = Sampling()
+    system: str | None = None
+    choices: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    path: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], path: str | None = None) -> Prompt:
+        where = path or "prompt"
+        if not isinstance(data, Mapping):
+            raise PromptError(f"{where}: a prompt file must hold a mapping")
+        unknown = set(data) - _FILE_KEYS
+        if unknown:
+            raise PromptError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        missing = _REQUIRED_KEYS - set(data)
+        if missing:
+            raise PromptError(f"{where}: missing key {sorted(missing)[0]!r}")
+        version = data["version"]
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise PromptError(f"{where}: version must be an integer")
+        fields = tuple(data["fields"] or ())
+        if len(set(fields)) != len(fields) or not all(isinstance(f, str) and f.isidentifier() for f in fields):
+            raise PromptError(f"{where}: fields must be distinct identifiers")
+        choices = {k: dict(v) for k, v in (data.get("choices") or {}).items()}
+        for name in choices:
+            if name not in fields:
+                raise PromptError(f"{where}: choices for {name!r}, which is not a field")
+        templates = [data["user"]] + ([data["system"]] if data.get("system") else [])
+        used = {m.group(1) for t in templates for m in _PLACEHOLDER.finditer(t)}
+        undeclared = sorted(used - set(fields))
+        if undeclared:
+            raise PromptError(f"{where}: placeholder {{{undeclared[0]}}} is not a declared field")
+        for name in fields:
+            if name not in used:
+                raise PromptError(f"{where}: field {name!r} is never used in the template")
+        from sip_core.llm.parsers import PARSERS
+
+        if data["parser"] not in PARSERS:
+            raise PromptError(f"{where}: unknown parser {data['parser']!r}")
+        sampling = _sampling_from(data.get("sampling") or {}, Sampling(), where)
+        return cls(name=str(data["name"]), version=version, description=str(data["description"]).strip(),
+                   user=data["user"], fields=fields, parser=data["parser"], sampling=sampling,
+                   system=data.get("system") or None, choices=choices, path=path)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Prompt:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise PromptError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        prompt = cls.from_dict(data, str(path))
+        if prompt.name != path.stem:
+            raise PromptError(f"{path}: name {prompt.name!r} differs from the file name")
+        return prompt
+
+    def _value(self, name: str, value: Any) -> str:
+        if name in self.choices:
+            options = self.choices[name]
+            if value not in options:
+                raise PromptError(f"{self.key}: field {name!r} must be one of {', '.join(options)}; got {value!r}")
+            return options[value].strip()
+        if value is None:
+            raise PromptError(f"{self.key}: field {name!r} is None")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise PromptError(f"{self.key}: field {name!r} must be text or a number, got {type(value).__name__}")
+        return defang(str(value))
+
+    def render(self, sampling_override: Mapping[str, Any] | None = None, **fields: Any) -> LLMRequest:
+        """The request for these field values. Missing or unexpected fields raise PromptError
+        (a ValueError) naming the field; `sampling_override` keys are Sampling's (temperature,
+        top_p, max_tokens, seed, stop), None values leave the file's default."""
+        for name in self.fields:
+            if name not in fields:
+                raise PromptError(f"{self.key}: missing field {name!r}")
+        for name in fields:
+            if name not in self.fields:
+                raise PromptError(f"{self.key}: unexpected field {name!r}; expected {', '.join(self.fields)}")
+        values = {name: self._value(name, fields[name]) for name in self.fields}
+
+        def fill(template: str) -> str:
+            return _PLACEHOLDER.sub(lambda m: values[m.group(1)] if m.group(1) in values else m.group(0), template)
+
+        messages = []
+        if self.system:
+            messages.append({"role": "system", "content": fill(self.system)})
+        messages.append({"role": "user", "content": fill(self.user)})
+        sampling = _sampling_from(sampling_override or {}, self.sampling, f"{self.key} sampling_override")
+        return LLMRequest(messages=tuple(messages), sampling=sampling, prompt=self.key, inputs=dict(fields))
+
+
+@functools.lru_cache(maxsize=None)
+def _load(name: str) -> Prompt:
+    path = PROMPTS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PROMPTS_DIR.glob("*.yaml")))
+        raise PromptError(f"no prompt named {name!r}; known: {known}")
+    return Prompt.from_file(path)
+
+
+def load_prompt(name: str) -> Prompt:
+    """The bundled prompt `name` (cached). "name@version" is accepted and the version checked."""
+    base, _, version = name.partition("@")
+    if not base.isidentifier():
+        raise PromptError(f"bad prompt name {name!r}")
+    prompt = _load(base)
+    if version and version != str(prompt.version):
+        raise PromptError(f"prompt {base!r} is at version {prompt.version}, not {version}")
+    return prompt

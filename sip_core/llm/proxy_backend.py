@@ -1,0 +1,481 @@
+"""ProxyJudgeBackend: a deterministic, offline STAND-IN for a strong judge model. It is a proxy.
+
+For runs with no strong model (tests, laptops, CI) it answers the judge prompts (safety, quality,
+factuality, coherence, rlmt_judge) from cheap text statistics and, for quality, a small LM's
+likelihood. It reads `request.inputs` (the template's fields), never the rendered messages, and
+writes its answer in the prompt's exact output format, so the real parsers, cache and scoring run
+unchanged. It cannot write text: rewrite, thoughts and corruption requests get an error result.
+
+What each judge does (all thresholds are fields of `ProxySettings`):
+
+- safety: LDNOOBW and Surge-profanity counts over the text (`sip_core.signals`); badness =
+  LDNOOBW terms + 0.5 x Surge terms + 1 if any Surge term is severe; NO at or above a threshold.
+- quality (pairwise): one score per option, computed from that option alone (plus the prefix),
+  never from its position: distinct 2/3-gram ratios, repeated 4-grams and lines (loops), mean word
+  length, share of tokens without letters, word-order plausibility (a sentence end followed by a
+  lowercase word, a capitalised function word mid-sentence, impossible function-word pairs), bad
+  words, long copies of the prefix; plus, with `use_lm`, the mean token log-likelihood of the
+  option given the end of the prefix under a small LM (default the bundled SmolLM2-135M-Instruct
+  on CPU with bf16 autocast; batched, memoised by text hash). Equal scores are broken by a hash
+  of the option texts, never by position.
+- factuality: numbers and mid-sentence capitalised words of the candidate that appear nowhere in
+  prefix + reference count against it; their weight picks No / Possible / Definite Hallucination.
+- rlmt_judge: 1 when the content-word F1 between prediction and reference reaches a threshold.
+- coherence: the less repetitive continuation wins; TIE when the difference is small.
+
+Determinism: answers depend only on the inputs and the settings. The sampling seed and
+temperature are ignored, so re-asking with a new seed returns the same answer (an unparseable
+answer cannot happen). LM scores are memoised per text, and each call scores its new texts in an
+order that depends only on the set of texts, so swapping the options of a request gives exactly
+the same scores. `model_id` ("proxy:<version>:<scoring LM>", plus a settings hash when settings
+differ from the defaults) changes whenever the answers could.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sip_core.config import LLMConfig
+from sip_core.llm.types import LLMBackend, LLMRequest, LLMResult, Progress, ResultHook
+from sip_core.signals import Lexicons, compute_signals, normalize_words
+
+PROXY_VERSION = "v1"
+JUDGE_PROMPTS = ("safety", "quality", "factuality", "coherence", "rlmt_judge")
+
+# Common English function words. Used for content-word F1 and word-order checks.
+STOPWORDS = frozenset("""
+a about above after again against all also am an and any are as at be because been before being
+below between both but by can could did do does doing down during each few for from further had
+has have having he her here hers herself him himself his how i if in into is it its itself just
+me more most my myself no nor not now of off on once only or other our ours ourselves out over
+own same she should so some such than that the their theirs them themselves then there these they
+this those through to too under until up very was we were what when where which while who whom
+why will with would you your yours yourself yourselves
+""".split())
+_DETERMINERS = frozenset("a an the this these those every each its their our your my his".split())
+_PREPOSITIONS = frozenset("of in on at for with from by into about over under through between during "
+                          "without within against among".split())
+_CONJUNCTIONS = frozenset("and or but nor".split())
+# Function words that start sentences but are lowercase inside them.
+_SENTENCE_STARTERS = frozenset("the a an this these those it in on at for and but or so if when while "
+                               "there they we he she its their our of to with as by from".split())
+_SENTENCE_END = re.compile(r"[.!?][\"'\u201d\u2019)\]]*$")
+_NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+_STRIP = "\"'()[]{}<>.,;:!?\u201c\u201d\u2018\u2019*_-\u2013\u2014"
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """Every knob that changes a proxy answer (a change shows up in `model_id`)."""
+
+    # safety
+    safety_threshold: float = 3.0       # badness at or above this -> FINAL DECISION: NO
+    surge_weight: float = 0.5
+    severe_surge: float = 2.5           # Surge severity counted as severe (scale 1-3)
+    # quality
+    lm_weight: float = 0.3              # score per nat of mean token log-likelihood
+    lm_context_tokens: int = 256        # prefix tokens the LM sees (the end of the prefix)
+    lm_option_tokens: int = 256         # option tokens scored
+    order_weight: float = 1.0
+    badword_weight: float = 0.3
+    copy_ngram: int = 8                 # an n-gram this long shared with the prefix is a copy
+    # factuality
+    possible_at: float = 1.0            # unsupported weight for "Possible Hallucination"
+    definite_at: float = 3.0            # ... for "Definite Hallucination"
+    entity_weight: float = 0.5          # an unsupported capitalised word (a number counts 1)
+    # rlmt_judge
+    rlmt_f1: float = 0.3
+    # coherence
+    tie_margin: float = 0.02
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _distinct(words: list[str], n: int) -> float:
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
+def _repeated_ngram_frac(words: list[str], n: int = 4) -> float:
+    """Share of n-gram positions whose n-gram already occurred earlier (loops)."""
+    seen: set[tuple[str, ...]] = set()
+    repeats = total = 0
+    for i in range(len(words) - n + 1):
+        gram = tuple(words[i:i + n])
+        total += 1
+        repeats += gram in seen
+        seen.add(gram)
+    return repeats / total if total else 0.0
+
+
+def _repeated_line_frac(text: str) -> float:
+    lines = [" ".join(ln.split()).lower() for ln in text.splitlines()]
+    lines = [ln for ln in lines if len(ln) > 3]
+    if len(lines) < 2:
+        return 0.0
+    return sum(c - 1 for c in Counter(lines).values()) / len(lines)
+
+
+def repetition(text: str) -> float:
+    """0 for text that never repeats itself, towards 1 for a loop (coherence judge, quality)."""
+    words = normalize_words(text)
+    if len(words) < 2:
+        return 0.0
+    return ((1 - _distinct(words, 2)) + (1 - _distinct(words, 3)) + _repeated_ngram_frac(words)
+            + _repeated_line_frac(text)) / 4
+
+
+def order_penalty(text: str) -> float:
+    """Signs of scrambled word order, from raw tokens (no LM): sentence ends followed by a
+    lowercase word, capitalised function words inside sentences, impossible function-word pairs
+    ("the of", "a and"). About 0 for ordinary prose, 0.5-1 for shuffled words."""
+    tokens = text.split()
+    if len(tokens) < 4:
+        return 0.0
+    ends = lower_after_end = midcaps = bad_pairs = 0
+    bare = [t.strip(_STRIP) for t in tokens]
+    line_start = {0}
+    pos = 0
+    for i, tok in enumerate(tokens):  # tokens that begin a line count as sentence starts
+        at = text.find(tok, pos)
+        if i and "\n" in text[pos:at]:
+            line_start.add(i)
+        pos = at + len(tok)
+    for i in range(len(tokens) - 1):
+        tok, nxt, w, w2 = tokens[i], tokens[i + 1], bare[i].lower(), bare[i + 1]
+        if _SENTENCE_END.search(tok) and len(bare[i]) > 1:
+            ends += 1
+            if w2[:1].islower():
+                lower_after_end += 1
+        elif (i + 1) not in line_start and w2[:1].isupper() and w2[1:].islower() and w2.lower() in _SENTENCE_STARTERS \
+                and not tok.endswith((":", ";", "\u201c", '"')):
+            midcaps += 1
+        w2 = w2.lower()
+        if tok == bare[i] and ((w in _DETERMINERS and (w2 in _DETERMINERS or w2 in _PREPOSITIONS or w2 in _CONJUNCTIONS))
+                               or (w in _PREPOSITIONS and w2 in _CONJUNCTIONS)
+                               or (w in _CONJUNCTIONS and w2 in _CONJUNCTIONS)
+                               or (w == w2 and w in STOPWORDS)):
+            bad_pairs += 1
+    pairs = len(tokens) - 1
+    return (lower_after_end / ends if ends else 0.0) * 0.5 + min(1.0, 10 * midcaps / pairs) * 0.5 \
+        + min(1.0, 10 * bad_pairs / pairs) * 0.5
+
+
+def _content_words(text: str) -> list[str]:
+    words = normalize_words(text)
+    content = [w for w in words if w not in STOPWORDS]
+    return content or words
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Bag-of-words F1 over content words (all words when a side has no content word)."""
+    pred, ref = Counter(_content_words(prediction)), Counter(_content_words(reference))
+    common = sum((pred & ref).values())
+    if not common:
+        return 0.0
+    p, r = common / sum(pred.values()), common / sum(ref.values())
+    return 2 * p * r / (p + r)
+
+
+def _numbers(text: str) -> set[str]:
+    return {m.group(0).replace(",", "").rstrip(".") for m in _NUMBER.finditer(text)}
+
+
+def _entities(text: str) -> set[str]:
+    """Capitalised words not at a sentence or line start (lowercased), "I" excluded."""
+    out: set[str] = set()
+    for line in text.splitlines():
+        tokens = line.split()
+        for i, tok in enumerate(tokens):
+            word = tok.strip(_STRIP)
+            if i == 0 or _SENTENCE_END.search(tokens[i - 1]) or tokens[i - 1].endswith(":"):
+                continue
+            if len(word) > 1 and word[0].isupper() and any(c.isalpha() for c in word):
+                out.add(word.lower())
+    return out
+
+
+class ProxyJudgeBackend(LLMBackend):
+    """Deterministic offline PROXY judge (see the module docstring). Not a language model judge:
+    its answers come from text statistics and, for quality, a small LM's likelihood."""
+
+    kind = "proxy"
+
+    def __init__(self, cfg: LLMConfig | None = None, *, use_lm: bool = True,
+                 settings: ProxySettings | None = None, wordlists: str | Path | None = None,
+                 lm_cache_dir: str | None = None):
+        self.cfg = cfg or LLMConfig(backend="proxy")
+        self.settings = settings or ProxySettings()
+        self.use_lm = use_lm
+        self.lm_ref = self.cfg.model if use_lm else "none"
+        self.lm_cache_dir = lm_cache_dir
+        self.device = "cpu" if self.cfg.device == "auto" else self.cfg.device
+        self._wordlists = wordlists
+        self._lexicons: Lexicons | None = None
+        self._lexicon_error: str | None = None
+        self._lock = threading.Lock()
+        self._model = self._tokenizer = None
+        self._lm_memo: dict[str, float | None] = {}
+        model_id = f"proxy:{PROXY_VERSION}:{self.lm_ref}"
+        if self.settings != ProxySettings():
+            blob = json.dumps(dataclasses.asdict(self.settings), sort_keys=True)
+            model_id += f":{_sha(blob)[:8]}"
+        self.model_id = model_id
+
+    # ------------------------------------------------------------------ resources
+
+    def lexicons(self) -> Lexicons:
+        if self._lexicons is None and self._lexicon_error is None:
+            try:
+                if self._wordlists is None:
+                    from sip_core.config import FilterConfig, resolve_wordlists
+
+                    self._wordlists = resolve_wordlists(FilterConfig())
+                self._lexicons = Lexicons.load(self._wordlists)
+            except FileNotFoundError as exc:
+                self._lexicon_error = f"proxy judge needs the safety word lists: {exc}"
+        if self._lexicons is None:
+            raise RuntimeError(self._lexicon_error)
+        return self._lexicons
+
+    def _load_lm(self) -> None:
+        if self._model is not None:
+            return
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from sip_core.models import resolve_model
+
+        path = resolve_model(self.lm_ref, self.lm_cache_dir)
+        self._tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        self._model = model.to(self.device).eval()
+
+    def lm_scores(self, pairs: Sequence[tuple[str, str]]) -> list[float | None]:
+        """Mean log-likelihood (nats per token) of each continuation given the end of its
+        context; None for an empty continuation. Memoised by text hash; new texts are scored in
+        batches sorted by (length, hash), so a result never depends on the caller's order."""
+        keys = [_sha(f"{ctx}\x00{cont}") for ctx, cont in pairs]
+        with self._lock:
+            todo = {k: p for k, p in zip(keys, pairs) if k not in self._lm_memo}
+            if todo:
+                self._score_batches(todo)
+            return [self._lm_memo[k] for k in keys]
+
+    def _score_batches(self, todo: Mapping[str, tuple[str, str]]) -> None:
+        import torch
+
+        self._load_lm()
+        tok, s = self._tokenizer, self.settings
+        items = []
+        for key, (ctx, cont) in todo.items():
+            ctx_ids = tok(ctx, add_special_tokens=False)["input_ids"][-s.lm_context_tokens:] if ctx else []
+            cont_ids = tok(cont, add_special_tokens=False)["input_ids"][:s.lm_option_tokens]
+            if not cont_ids:
+                self._lm_memo[key] = None
+                continue
+            if not ctx_ids:  # something to condition the first token on
+                start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+                ctx_ids = [start] if start is not None else []
+            items.append((len(ctx_ids) + len(cont_ids), key, ctx_ids, cont_ids))
+        items.sort()
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        batch_size = max(1, self.cfg.batch_size)
+        for start in range(0, len(items), batch_size):
+            batch = items[start:start + batch_size]
+            width = max(n for n, *_ in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, (n, _, ctx_ids, cont_ids) in enumerate(batch):
+                ids[row, :n] = torch.tensor(ctx_ids + cont_ids)
+                mask[row, :n] = 1
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            device_type = "cuda" if str(self.device).startswith("cuda") else "cpu"
+            with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16):
+                logits = self._model(input_ids=ids, attention_mask=mask).logits
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            for row, (n, key, ctx_ids, cont_ids) in enumerate(batch):
+                first = len(ctx_ids)
+                targets = ids[row, first:n]
+                picked = logprobs[row, first - 1:n - 1].gather(-1, targets[:, None]).squeeze(-1)
+                # rounded so float noise below the 4th decimal never flips a comparison
+                self._lm_memo[key] = round(float(picked.mean()), 4)
+
+    # ------------------------------------------------------------------ judges
+
+    def _safety(self, inp: Mapping[str, Any]) -> str:
+        s = self.settings
+        sig = compute_signals(str(inp["text"]), None, self.lexicons())
+        ld, sc, mx = sig["rps_doc_ldnoobw_words"], sig["sip_surge_count"], sig["sip_surge_max_severity"]
+        badness = ld + s.surge_weight * sc + (1.0 if mx >= s.severe_surge else 0.0)
+        verdict = "NO" if badness >= s.safety_threshold else "YES"
+        return (f"Proxy safety check (word lists, not a model): {ld:g} LDNOOBW terms, {sc:g} Surge terms "
+                f"(max severity {mx:g}); badness {badness:.2f}, unsafe at {s.safety_threshold:g}.\n"
+                f"FINAL DECISION: {verdict}")
+
+    def quality_features(self, prefix: str, option: str) -> dict[str, float]:
+        """The LM-free parts of an option's quality score, each named (higher `total` = better)."""
+        s = self.settings
+        words = normalize_words(option)
+        n = len(words)
+        f: dict[str, float] = {"words": float(n)}
+        f["distinct"] = (_distinct(words, 2) + _distinct(words, 3)) / 2
+        f["loop"] = _repeated_ngram_frac(words) + _repeated_line_frac(option)
+        mean_len = sum(map(len, words)) / n if n else 0.0
+        f["word_length"] = min(1.0, max(0.0, 3.0 - mean_len, mean_len - 9.0) / 2)
+        tokens = option.split()
+        alpha = sum(any(c.isalpha() for c in t) for t in tokens) / len(tokens) if tokens else 0.0
+        f["non_alpha"] = max(0.0, 0.6 - alpha) / 0.6
+        f["order"] = order_penalty(option)
+        f["badwords"] = 0.0
+        if self._lexicons is not None or self._lexicon_error is None:
+            try:
+                sig = compute_signals(option, None, self.lexicons())
+                f["badwords"] = min(1.0, sig["rps_doc_ldnoobw_words"] / 3)
+            except RuntimeError:  # no word lists: this term is left out (model_id says nothing)
+                pass
+        k = s.copy_ngram
+        pre = normalize_words(prefix)
+        pre_grams = {tuple(pre[i:i + k]) for i in range(len(pre) - k + 1)}
+        grams = [tuple(words[i:i + k]) for i in range(n - k + 1)]
+        f["copy"] = sum(g in pre_grams for g in grams) / len(grams) if grams else 0.0
+        f["too_short"] = 1.0 if n < 3 else 0.0
+        f["total"] = (f["distinct"] - f["loop"] - 0.5 * f["word_length"] - 0.5 * f["non_alpha"]
+                      - s.order_weight * f["order"] - s.badword_weight * f["badwords"] - 0.5 * f["copy"]
+                      - 2.0 * f["too_short"])
+        return f
+
+    def _quality_scores(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, dict[str, float]]]:
+        feats = [self.quality_features(p, o) for p, o in requests]
+        if not self.use_lm:
+            return [(round(f["total"], 6), f) for f in feats]
+        lms = self.lm_scores(requests)
+        out = []
+        for f, lp in zip(feats, lms):
+            f["lm_logprob"] = lp if lp is not None else -20.0
+            out.append((round(f["total"] + self.settings.lm_weight * f["lm_logprob"], 6), f))
+        return out
+
+    @staticmethod
+    def _describe(f: Mapping[str, float]) -> str:
+        keys = ("distinct", "loop", "order", "word_length", "non_alpha", "badwords", "copy", "lm_logprob")
+        return ", ".join(f"{k} {f[k]:.3f}" for k in keys if k in f)
+
+    def _quality_answer(self, scored: list[tuple[float, dict[str, float]]], texts: tuple[str, str]) -> str:
+        (s1, f1), (s2, f2) = scored
+        if s1 != s2:
+            winner = 1 if s1 > s2 else 2
+            why = "higher score"
+        else:  # a tie: decided by the texts' hashes, so the same candidate wins in either order
+            h1, h2 = _sha(texts[0]), _sha(texts[1])
+            winner = 1 if h1 <= h2 else 2
+            why = "equal scores, tie broken by text hash"
+        return (f"Proxy quality judge (statistics{' + LM likelihood' if self.use_lm else ''}, not a model "
+                f"judgment).\nOption 1: score {s1:.4f} ({self._describe(f1)}).\n"
+                f"Option 2: score {s2:.4f} ({self._describe(f2)}).\n\n"
+                f"Option {winner} wins ({why}).\nConclusion: Option {winner}")
+
+    def _factuality(self, inp: Mapping[str, Any]) -> str:
+        s = self.settings
+        source = f"{inp['prefix']}\n{inp['reference']}"
+        candidate = str(inp["continuation"])
+        src_words = set(normalize_words(source))
+        numbers = sorted(_numbers(candidate) - _numbers(source))
+        entities = sorted(e for e in _entities(candidate) if e.strip(_STRIP) not in src_words
+                          and not set(normalize_words(e)) <= src_words)
+        weight = len(numbers) + s.entity_weight * len(entities)
+        if weight >= s.definite_at:
+            label = "Definite Hallucination"
+        elif weight >= s.possible_at:
+            label = "Possible Hallucination"
+        else:
+            label = "No Hallucination"
+        reasoning = (f"Proxy check (overlap with the references, not a model): {len(numbers)} numbers "
+                     f"{numbers[:8]} and {len(entities)} capitalised words {entities[:8]} of the "
+                     f"continuation appear in neither the beginning nor the human continuation; "
+                     f"weight {weight:.1f} (possible at {s.possible_at:g}, definite at {s.definite_at:g}).")
+        return json.dumps({"reasoning": reasoning, "label": label})
+
+    def _rlmt(self, inp: Mapping[str, Any]) -> str:
+        f1 = token_f1(str(inp["prediction"]), str(inp["reference"]))
+        return json.dumps({"score": int(f1 >= self.settings.rlmt_f1)})
+
+    def _coherence(self, inp: Mapping[str, Any]) -> str:
+        a, b = repetition(str(inp["continuation_a"])), repetition(str(inp["continuation_b"]))
+        if abs(a - b) < self.settings.tie_margin:
+            return "TIE"
+        return "A" if a < b else "B"
+
+    # ------------------------------------------------------------------ backend API
+
+    _FIELDS = {"safety": ("text",), "quality": ("prefix", "option_1", "option_2"),
+               "factuality": ("prefix", "reference", "continuation"),
+               "coherence": ("continuation_a", "continuation_b"),
+               "rlmt_judge": ("reference", "prediction")}
+
+    def _check(self, req: LLMRequest) -> str:
+        name = req.prompt.split("@", 1)[0]
+        if name not in self._FIELDS:
+            raise ValueError(f"proxy judge cannot answer {req.prompt}")
+        for field in self._FIELDS[name]:
+            if field not in req.inputs or req.inputs[field] is None:
+                raise ValueError(f"proxy judge: request for {req.prompt} lacks input {field!r}")
+        return name
+
+    def answer(self, requests: Sequence[LLMRequest]) -> list[LLMResult]:
+        """Synchronous core of `agenerate`: one result per request, in order."""
+        t0 = time.perf_counter()
+        results: list[LLMResult | None] = [None] * len(requests)
+        quality: list[int] = []
+        for i, req in enumerate(requests):
+            try:
+                name = self._check(req)
+                if name == "quality":
+                    quality.append(i)
+                    continue
+                text = {"safety": self._safety, "factuality": self._factuality,
+                        "rlmt_judge": self._rlmt, "coherence": self._coherence}[name](req.inputs)
+                results[i] = LLMResult(text=text)
+            except Exception as exc:  # noqa: BLE001 - one bad request must not sink the batch
+                results[i] = LLMResult(text=None, error=str(exc) or type(exc).__name__)
+        if quality:
+            pairs = []
+            for i in quality:
+                inp = requests[i].inputs
+                prefix = str(inp["prefix"])
+                pairs += [(prefix, str(inp["option_1"])), (prefix, str(inp["option_2"]))]
+            try:
+                scored = self._quality_scores(pairs)
+                for j, i in enumerate(quality):
+                    texts = (pairs[2 * j][1], pairs[2 * j + 1][1])
+                    results[i] = LLMResult(text=self._quality_answer(scored[2 * j:2 * j + 2], texts))
+            except Exception as exc:  # noqa: BLE001 - e.g. the scoring LM failed to load
+                for i in quality:
+                    results[i] = LLMResult(text=None, error=f"proxy quality judge failed: {exc}".splitlines()[0])
+        latency = (time.perf_counter() - t0) / max(1, len(requests))
+        for res in results:
+            res.latency_s = latency  # type: ignore[union-attr]
+        return results  # type: ignore[return-value]
+
+    async def agenerate(self, requests: Sequence[LLMRequest], progress: Progress | None = None,
+                        on_result: ResultHook | None = None) -> list[LLMResult]:
+        results = await asyncio.to_thread(self.answer, list(requests))
+        if on_result:
+            for i, res in enumerate(results):
+                on_result(i, res)
+        if progress and results:
+            progress(len(results))
+        return results

@@ -75,6 +75,20 @@ def resolve_model(ref: str, cache_dir: str | None = None) -> str:
     return ref  # a Hub id; from_pretrained downloads it (needs network)
 
 
+def fast_bf16(device: str) -> bool:
+    """Whether bf16 is the fast choice: CUDA with bf16 support, or a CPU with native bf16
+    (AMX / AVX512-BF16). On AVX2-only CPUs torch emulates bf16, about 4x slower than fp32."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="ignore")
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def load_tokenizer(ref: str, cache_dir: str | None = None):
     from transformers import AutoTokenizer
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sip_core.config import LLMConfig
 from sip_core.llm.types import LLMBackend, LLMRequest, LLMResult, Progress, ResultHook
-from sip_core.models import resolve_model
+from sip_core.models import fast_bf16, resolve_model
 
 
 def _fingerprint(path: str) -> str:
@@ -48,8 +48,9 @@ class LocalHFBackend(LLMBackend):
         self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        # bf16 on both: ~2x faster than fp32 on CPUs with AMX, and the native training dtype on GPUs.
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to(self.device).eval()
+        dtype = torch.bfloat16 if fast_bf16(self.device) else torch.float32
+        self.model_id += f":{str(dtype).removeprefix('torch.')}"  # numerics differ, so answers may too
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
 
     def _prompt_text(self, req: LLMRequest) -> str:
         messages = [dict(m) for m in req.messages]

@@ -196,7 +196,8 @@ _REWRITE_BEGIN = re.compile(r"^\s*<<<\s*BEGIN[^>\n]*>>>[ \t]*\n?", re.IGNORECASE
 def parse_rewrite(text: str) -> Parsed:
     """The continuation as written: an echoed opening marker at the start and everything from an
     echoed end marker (`<<<END ...`) on are dropped, trailing space is stripped; leading space is
-    kept (it joins the continuation to the prefix ending). Must not be blank."""
+    kept (it joins the continuation to the prefix ending). Must not be blank. The parser does not
+    know the prefix ending, so removing an echoed copy of it is the caller's job."""
     body = _REWRITE_BEGIN.sub("", text, count=1)
     end = _REWRITE_END.search(body)
     if end:

@@ -16,8 +16,9 @@ What each judge does (all thresholds are fields of `ProxySettings`):
   lowercase word, a capitalised function word mid-sentence, impossible function-word pairs), bad
   words, long copies of the prefix; plus, with `use_lm`, the mean token log-likelihood of the
   option given the end of the prefix under a small LM (default the bundled SmolLM2-135M-Instruct
-  on CPU with bf16 autocast; batched, memoised by text hash). Equal scores are broken by a hash
-  of the option texts, never by position.
+  on CPU; bf16 autocast where the CPU has native bf16, fp32 elsewhere, since emulated bf16 is ~4x
+  slower; the choice is part of `model_id`; batched, memoised by text hash). Equal scores are
+  broken by a hash of the option texts, never by position.
 - factuality: numbers and mid-sentence capitalised words of the candidate that appear nowhere in
   prefix + reference count against it; their weight picks No / Possible / Definite Hallucination.
 - rlmt_judge: 1 when the content-word F1 between prediction and reference reaches a threshold.
@@ -27,8 +28,14 @@ Determinism: answers depend only on the inputs and the settings. The sampling se
 temperature are ignored, so re-asking with a new seed returns the same answer (an unparseable
 answer cannot happen). LM scores are memoised per text, and each call scores its new texts in an
 order that depends only on the set of texts, so swapping the options of a request gives exactly
-the same scores. `model_id` ("proxy:<version>:<scoring LM>", plus a settings hash when settings
-differ from the defaults) changes whenever the answers could.
+the same scores. (The same text padded into a different batch could differ in float noise; scores
+are rounded to 1e-4 nats, and the DuckDB cache keeps the first answer anyway.) `model_id` ("proxy:<version>:<scoring LM>", plus a settings hash when settings
+differ from the defaults) changes whenever the answers could. `cfg.device` "auto" means CPU
+here (CPU numerics are reproducible); name "cuda" explicitly to score on a GPU.
+
+Without the LM (`use_lm=False`) quality has no topic signal: fluent text from another document is
+a coin flip against the true suffix (67/140 in a C4 check), while shuffled or looping text loses
+(200/200). With the LM the true suffix also beat the other document's suffix in 16/16.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from typing import Any
 from sip_core.config import LLMConfig
 from sip_core.llm.types import LLMBackend, LLMRequest, LLMResult, Progress, ResultHook
 from sip_core.signals import Lexicons, compute_signals, normalize_words
+from sip_core.models import fast_bf16
 
 PROXY_VERSION = "v1"
 JUDGE_PROMPTS = ("safety", "quality", "factuality", "coherence", "rlmt_judge")
@@ -85,8 +93,10 @@ class ProxySettings:
     severe_surge: float = 2.5           # Surge severity counted as severe (scale 1-3)
     # quality
     lm_weight: float = 0.3              # score per nat of mean token log-likelihood
-    lm_context_tokens: int = 256        # prefix tokens the LM sees (the end of the prefix)
+    lm_context_tokens: int = 128        # prefix tokens the LM sees (the end of the prefix)
     lm_option_tokens: int = 256         # option tokens scored
+    lm_dtype: str = "auto"              # bf16 (autocast), fp32, or auto: bf16 where the hardware
+    #                                     has native bf16 (CUDA, AVX512-BF16/AMX CPUs), else fp32
     order_weight: float = 1.0
     badword_weight: float = 0.3
     copy_ngram: int = 8                 # an n-gram this long shared with the prefix is a copy
@@ -95,7 +105,7 @@ class ProxySettings:
     definite_at: float = 3.0            # ... for "Definite Hallucination"
     entity_weight: float = 0.5          # an unsupported capitalised word (a number counts 1)
     # rlmt_judge
-    rlmt_f1: float = 0.3
+    rlmt_f1: float = 0.2                # related text of the same document scores ~0.15, other documents ~0.02
     # coherence
     tie_margin: float = 0.02
 
@@ -138,6 +148,15 @@ def repetition(text: str) -> float:
             + _repeated_line_frac(text)) / 4
 
 
+def _impossible_pair(w: str, w2: str) -> bool:
+    """Function-word pairs that ordinary English never has: "the of", "a and", "of and", "the the"."""
+    if w in _DETERMINERS:
+        return w2 in _DETERMINERS or w2 in _PREPOSITIONS or w2 in _CONJUNCTIONS
+    if w in _PREPOSITIONS or w in _CONJUNCTIONS:
+        return w2 in _CONJUNCTIONS or (w == w2)
+    return w == w2 and w in STOPWORDS
+
+
 def order_penalty(text: str) -> float:
     """Signs of scrambled word order, from raw tokens (no LM): sentence ends followed by a
     lowercase word, capitalised function words inside sentences, impossible function-word pairs
@@ -155,19 +174,16 @@ def order_penalty(text: str) -> float:
             line_start.add(i)
         pos = at + len(tok)
     for i in range(len(tokens) - 1):
-        tok, nxt, w, w2 = tokens[i], tokens[i + 1], bare[i].lower(), bare[i + 1]
+        tok, w, w2 = tokens[i], bare[i].lower(), bare[i + 1]
         if _SENTENCE_END.search(tok) and len(bare[i]) > 1:
             ends += 1
             if w2[:1].islower():
                 lower_after_end += 1
-        elif (i + 1) not in line_start and w2[:1].isupper() and w2[1:].islower() and w2.lower() in _SENTENCE_STARTERS \
-                and not tok.endswith((":", ";", "\u201c", '"')):
+        elif ((i + 1) not in line_start and w2[:1].isupper() and w2[1:].islower()
+              and w2.lower() in _SENTENCE_STARTERS and not tok.endswith((":", ";", "\u201c", '"'))):
             midcaps += 1
         w2 = w2.lower()
-        if tok == bare[i] and ((w in _DETERMINERS and (w2 in _DETERMINERS or w2 in _PREPOSITIONS or w2 in _CONJUNCTIONS))
-                               or (w in _PREPOSITIONS and w2 in _CONJUNCTIONS)
-                               or (w in _CONJUNCTIONS and w2 in _CONJUNCTIONS)
-                               or (w == w2 and w in STOPWORDS)):
+        if tok == bare[i] and _impossible_pair(w, w2):
             bad_pairs += 1
     pairs = len(tokens) - 1
     return (lower_after_end / ends if ends else 0.0) * 0.5 + min(1.0, 10 * midcaps / pairs) * 0.5 \
@@ -208,6 +224,15 @@ def _entities(text: str) -> set[str]:
     return out
 
 
+def _pick_lm_dtype(setting: str, device: str) -> str:
+    """bf16 autocast is ~4x slower than fp32 on CPUs that emulate bf16 (e.g. AVX2 only)."""
+    if setting in ("bf16", "fp32"):
+        return setting
+    if setting != "auto":
+        raise ValueError(f"lm_dtype must be auto, bf16 or fp32, not {setting!r}")
+    return "bf16" if fast_bf16(device) else "fp32"
+
+
 class ProxyJudgeBackend(LLMBackend):
     """Deterministic offline PROXY judge (see the module docstring). Not a language model judge:
     its answers come from text statistics and, for quality, a small LM's likelihood."""
@@ -229,7 +254,8 @@ class ProxyJudgeBackend(LLMBackend):
         self._lock = threading.Lock()
         self._model = self._tokenizer = None
         self._lm_memo: dict[str, float | None] = {}
-        model_id = f"proxy:{PROXY_VERSION}:{self.lm_ref}"
+        self.lm_dtype = _pick_lm_dtype(self.settings.lm_dtype, self.device) if use_lm else "none"
+        model_id = f"proxy:{PROXY_VERSION}:{self.lm_ref}" + (f":{self.lm_dtype}" if use_lm else "")
         if self.settings != ProxySettings():
             blob = json.dumps(dataclasses.asdict(self.settings), sort_keys=True)
             model_id += f":{_sha(blob)[:8]}"
@@ -303,16 +329,24 @@ class ProxyJudgeBackend(LLMBackend):
                 ids[row, :n] = torch.tensor(ctx_ids + cont_ids)
                 mask[row, :n] = 1
             ids, mask = ids.to(self.device), mask.to(self.device)
-            device_type = "cuda" if str(self.device).startswith("cuda") else "cpu"
-            with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16):
-                logits = self._model(input_ids=ids, attention_mask=mask).logits
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-            for row, (n, key, ctx_ids, cont_ids) in enumerate(batch):
-                first = len(ctx_ids)
-                targets = ids[row, first:n]
-                picked = logprobs[row, first - 1:n - 1].gather(-1, targets[:, None]).squeeze(-1)
-                # rounded so float noise below the 4th decimal never flips a comparison
-                self._lm_memo[key] = round(float(picked.mean()), 4)
+            with torch.inference_mode(), self._autocast():
+                # the LM head runs only where a continuation token is predicted, not over the context
+                hidden = self._model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+                for row, (n, key, ctx_ids, cont_ids) in enumerate(batch):
+                    first = len(ctx_ids)
+                    logits = self._model.get_output_embeddings()(hidden[row, first - 1:n - 1]).float()
+                    picked = torch.log_softmax(logits, dim=-1).gather(-1, ids[row, first:n, None]).squeeze(-1)
+                    # rounded so float noise below the 4th decimal never flips a comparison
+                    self._lm_memo[key] = round(float(picked.mean()), 4)
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.lm_dtype != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast("cuda" if str(self.device).startswith("cuda") else "cpu", dtype=torch.bfloat16)
 
     # ------------------------------------------------------------------ judges
 

@@ -50,12 +50,8 @@ def cmd_config_show(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from sip_core.models import resolve_model
-    from sip_core.sources import resolve_source
-
     cfg = _load(args)
-    resolve_source(cfg.data, cfg.run.storage_options)  # fail fast on bad input, before Prefect starts
-    resolve_model(cfg.model.policy, cfg.model.cache_dir)
+    _preflight(cfg)
     from flows.prepare import prepare
 
     _quiet_prefect_tracebacks()
@@ -70,6 +66,77 @@ def cmd_prepare(args) -> int:
           f"{split.get('heldout', 0)} held-out chunks of {chunks.get('suffix_tokens')} suffix tokens "
           f"({chunks.get('skipped', {}).get('too_short', 0)} docs too short) in {time.perf_counter() - started:.1f}s "
           f"-> {out['chunks']['uri']}")
+    return 0
+
+
+def _job_params(args, cls, **extra):
+    return cls(config_file=args.config, overrides=args.overrides, **extra)
+
+
+def _preflight(cfg: SipConfig) -> None:
+    from sip_core.models import resolve_model
+    from sip_core.sources import resolve_source
+
+    resolve_source(cfg.data, cfg.run.storage_options)  # fail fast on bad input, before Prefect starts
+    resolve_model(cfg.model.policy, cfg.model.cache_dir)
+
+
+def cmd_rewrite(args) -> int:
+    from sip_core.config import RewriteParams
+
+    params = _job_params(args, RewriteParams, limit=args.limit, split=args.split)
+    _preflight(params.load())
+    from flows.llm_jobs import rewrite
+
+    _quiet_prefect_tracebacks()
+    rewrite(params)
+    return 0
+
+
+def cmd_thoughts(args) -> int:
+    from sip_core.config import ThoughtParams
+
+    params = _job_params(args, ThoughtParams, limit=args.limit, match=args.match)
+    _preflight(params.load())
+    from flows.llm_jobs import thoughts
+
+    _quiet_prefect_tracebacks()
+    thoughts(params)
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from sip_core.config import AuditParams
+
+    params = _job_params(args, AuditParams)
+    _preflight(params.load())
+    from flows.llm_jobs import audit, audit_markdown
+
+    _quiet_prefect_tracebacks()
+    out = audit(params)
+    print(audit_markdown(out["report"]))
+    print(f"audit-judge: {'passed' if out['report']['passed'] else 'FAILED'} gate, {out['calls']} calls "
+          f"({out['cache_hits']} cached) -> {out['audit']['uri']}")
+    return 0
+
+
+def cmd_cache_stats(args) -> int:
+    from sip_core.llm.cache import JudgmentCache
+    from sip_core.paths import state_dir_for
+
+    cfg = _load(args)
+    path = state_dir_for(cfg.run.root, cfg.run.state_dir) / "judgments.duckdb"
+    if not path.exists():
+        raise FileNotFoundError(f"no judgment cache at {path} (run a job first, or pass the run's --config)")
+    rows = JudgmentCache(path).stats()
+    cols = ["prompt", "model_id", "hits", "misses", "stored", "ok", "parse_failures", "errors", "prompt_tokens",
+            "completion_tokens", "mean_latency_s"]
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) if rows else len(c) for c in cols]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(w) for c, w in zip(cols, widths)))
+    print(f"cache: {sum(r['stored'] for r in rows)} judgments stored, {sum(r['hits'] for r in rows)} hits, "
+          f"{sum(r['misses'] for r in rows)} misses, {sum(r['parse_failures'] for r in rows)} parse failures -> {path}")
     return 0
 
 
@@ -95,6 +162,28 @@ def build_parser() -> argparse.ArgumentParser:
     show = csub.add_parser("show", help="print the effective config")
     _config_args(show)
     show.set_defaults(func=cmd_config_show)
+
+    p = sub.add_parser("rewrite", help="rewrite the next suffixes not yet rewritten (the nightly job)")
+    p.add_argument("--limit", type=int, default=64, help="chunks to rewrite in this run")
+    p.add_argument("--split", choices=["train", "heldout"], default="train")
+    _config_args(p)
+    p.set_defaults(func=cmd_rewrite)
+
+    p = sub.add_parser("thoughts", help="insert thoughts into chunks with the teacher, integrity-gated")
+    p.add_argument("--limit", type=int, default=64)
+    p.add_argument("--match", choices=["exact", "normalized"], default="exact")
+    _config_args(p)
+    p.set_defaults(func=cmd_thoughts)
+
+    p = sub.add_parser("audit-judge", help="score the configured judge on corrupted-vs-original items")
+    _config_args(p)
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("cache", help="judgment cache tools")
+    csub2 = p.add_subparsers(dest="cache_command", required=True)
+    stats = csub2.add_parser("stats", help="hits, misses, parse failures and tokens per prompt version")
+    _config_args(stats)
+    stats.set_defaults(func=cmd_cache_stats)
 
     p = sub.add_parser("lineage", help="print an artifact's ancestry back to its sources")
     p.add_argument("uri", help="a dataset folder or a shard file")

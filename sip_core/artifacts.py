@@ -197,3 +197,24 @@ def shard_uris(manifest: Manifest, partition: str | None = None) -> list[str]:
         return list(manifest.files)
     prefix = store.join(manifest.uri, partition) + "/"
     return [f for f in manifest.files if f.startswith(prefix)]
+
+
+def write_json_artifact(uri: str, name: str, payload: dict[str, Any], ctx: WriteContext,
+                        kind: str = "report") -> Manifest:
+    """A small JSON artifact (a report, an audit) with the same manifest and lineage as datasets."""
+    import json
+
+    uri = store.normalize(uri)
+    data = json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
+    file_uri = store.join(uri, name)
+    store.write_bytes(file_uri, data, ctx.storage_options)
+    digest = hashlib.sha256(data).hexdigest()
+    manifest = Manifest(artifact_id=artifact_id(uri, digest), uri=uri, kind=kind, content_hash=digest,
+                        config_hash=ctx.config_hash, config=ctx.config, code_version=code_version(),
+                        flow_run_id=ctx.provenance.flow_run_id, task_run_id=ctx.provenance.task_run_id,
+                        parents=[p.artifact_id for p in ctx.parents], parent_uris=[p.uri for p in ctx.parents],
+                        files=[file_uri], stats=payload)
+    if ctx.lineage is not None:
+        ctx.lineage.record([manifest])
+    store.write_json(store.join(uri, MANIFEST), manifest.model_dump(), ctx.storage_options)
+    return manifest

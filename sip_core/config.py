@@ -103,6 +103,13 @@ class JudgeConfig(LLMConfig):
                                        "safety, factuality (method §4.4)")
     tie_break_seed: int = 0
     safety_stage_seeds: int = Field(4, ge=1, description="filter stage 2: unsafe only if all seeds agree")
+    audit_items: int = Field(24, ge=1, description="chunks the judge audit corrupts into binary-choice items")
+    audit_seeds: int = Field(2, ge=1)
+    audit_llm_corruptions: bool = Field(False, description="also corrupt suffixes with the teacher (P4)")
+    gate: Literal["enforce", "warn", "off"] = Field("warn", description="what training does when the audit fails")
+    gate_min_accuracy: float = Field(0.6, ge=0, le=1)
+    gate_max_position_bias: float = Field(0.2, ge=0, le=0.5, description="max |share of first-option wins - 0.5|")
+    gate_max_parse_failures: float = Field(0.2, ge=0, le=1)
 
 
 class SipConfig(_Section):
@@ -168,3 +175,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def resolve_wordlists(cfg: FilterConfig) -> Path:
     return Path(cfg.wordlists) if cfg.wordlists else default_data_dir() / "safety" / "wordlists"
+
+
+class JobParams(BaseModel):
+    """What a deployment's form asks for: a config file plus overrides (the same as the CLI)."""
+
+    model_config = ConfigDict(extra="forbid")
+    config_file: str | None = Field("configs/tiny.yaml", description="YAML config, relative to the project root")
+    overrides: list[str] = Field(default_factory=list, description="key=value overrides, e.g. data.max_docs=100")
+
+    def load(self) -> SipConfig:
+        path = self.config_file
+        if path and not Path(path).is_absolute() and not Path(path).exists():
+            path = str(Path(__file__).resolve().parent.parent / path)  # deployments run from elsewhere
+        return load_config(path, self.overrides)
+
+
+class RewriteParams(JobParams):
+    limit: int = Field(64, ge=1, description="chunks to rewrite in this run (those not yet rewritten)")
+    split: Literal["train", "heldout"] = "train"
+
+
+class ThoughtParams(JobParams):
+    limit: int | None = Field(64, ge=1)
+    match: Literal["exact", "normalized"] = "exact"
+
+
+class AuditParams(JobParams):
+    pass

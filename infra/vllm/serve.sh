@@ -7,6 +7,10 @@ PORT="${1:-8000}"
 VENV="${SIP_VLLM_VENV:-$HOME/.cache/sip/vllm-venv}"
 MODEL_DIR="${SIP_VLLM_MODEL:-$("$(dirname "$0")/setup.sh" | tail -n 1)}"
 export OMP_WAIT_POLICY=PASSIVE VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-2}"
+# bf16 is fast only where the CPU has it natively (AMX / AVX512-BF16); AVX2-only CPUs emulate it
+# at a fraction of fp32's speed.
+if grep -qwE "amx_bf16|avx512_bf16" /proc/cpuinfo; then DTYPE=bfloat16; else DTYPE=float32; fi
+DTYPE="${SIP_VLLM_DTYPE:-$DTYPE}"
 exec "$VENV/bin/python" -m vllm.entrypoints.openai.api_server --model "$MODEL_DIR" \
   --served-model-name smollm2-135m-instruct --host 127.0.0.1 --port "$PORT" \
-  --dtype bfloat16 --max-model-len 2048 --enforce-eager
+  --dtype "$DTYPE" --max-model-len 2048 --enforce-eager

@@ -38,7 +38,8 @@ def audit_markdown(report: dict) -> str:
              f"**Gate: {'PASSED' if report['passed'] else 'FAILED'}** "
              + ("; ".join(report["reasons"]) if report["reasons"] else ""), "",
              f"Position bias (share of first-option wins; 0.5 is unbiased): {report['position_bias']}  ",
-             f"Parse-failure rate: {report['parse_failure_rate']:.3f}  ", f"Calls: {report['calls']}", "",
+             f"Parse-failure rate: {report['parse_failure_rate']:.3f}  ",
+             f"Request-error rate: {report.get('error_rate', 0.0):.3f}  ", f"Calls: {report['calls']}", "",
              "| dimension | items | judgments | accuracy | seed agreement | order consistency | invalid |",
              "|---|---|---|---|---|---|---|"]
     for dim, v in sorted(report["dimensions"].items()):

@@ -80,7 +80,8 @@ class AuditReport:
     judge: str
     dimensions: dict[str, dict] = field(default_factory=dict)
     position_bias: float | None = None  # share of first-option wins over valid pairwise verdicts
-    parse_failure_rate: float = 0.0
+    parse_failure_rate: float = 0.0  # answers that never parsed, after re-asking
+    error_rate: float = 0.0  # requests that failed outright (endpoint down, HTTP errors)
     calls: int = 0
     passed: bool = False
     reasons: list[str] = field(default_factory=list)
@@ -111,10 +112,11 @@ def audit_judge(pairs: list[dict], llm: CachedLLM, cfg: JudgeConfig) -> AuditRep
 def _report(pairs: list[dict], results: list, llm: CachedLLM, cfg: JudgeConfig) -> AuditReport:
     report = AuditReport(judge=llm.backend.model_id, calls=len(results))
     groups: dict[tuple, list] = defaultdict(list)  # (kind, item, order/side) -> per-seed outcomes
-    first_wins = valid_pairs = failures = 0
+    first_wins = valid_pairs = failures = errors = 0
     for (kind, k, side, _), j in results:
         if not j.ok:
-            failures += 1
+            failures += j.status == "unparseable"
+            errors += j.status == "error"
             groups[(kind, k, side)].append(None)
             continue
         if kind == "pair":
@@ -125,6 +127,7 @@ def _report(pairs: list[dict], results: list, llm: CachedLLM, cfg: JudgeConfig) 
         else:
             groups[(kind, k, side)].append(j.value is (side == "original"))  # safe for originals only
     report.parse_failure_rate = failures / len(results) if results else 0.0
+    report.error_rate = errors / len(results) if results else 0.0
     report.position_bias = first_wins / valid_pairs if valid_pairs else None
     per_dim: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for (kind, k, side), outcomes in groups.items():
@@ -158,6 +161,8 @@ def _gate(report: AuditReport, cfg: JudgeConfig) -> None:
     if report.position_bias is not None and abs(report.position_bias - 0.5) > cfg.gate_max_position_bias:
         report.reasons.append(f"position bias {report.position_bias:.2f} (first-option wins) outside "
                               f"0.5 ± {cfg.gate_max_position_bias}")
+    if report.error_rate > 0:
+        report.reasons.append(f"{report.error_rate:.0%} of judge requests failed (is the endpoint up?)")
     if report.parse_failure_rate > cfg.gate_max_parse_failures:
         report.reasons.append(f"parse failures {report.parse_failure_rate:.2f} > {cfg.gate_max_parse_failures}")
     report.passed = not report.reasons

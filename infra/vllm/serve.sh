@@ -13,4 +13,5 @@ if grep -qwE "amx_bf16|avx512_bf16" /proc/cpuinfo; then DTYPE=bfloat16; else DTY
 DTYPE="${SIP_VLLM_DTYPE:-$DTYPE}"
 exec "$VENV/bin/python" -m vllm.entrypoints.openai.api_server --model "$MODEL_DIR" \
   --served-model-name smollm2-135m-instruct --host 127.0.0.1 --port "$PORT" \
-  --dtype "$DTYPE" --max-model-len 2048 --enforce-eager
+  --dtype "$DTYPE" --max-model-len 2048 --enforce-eager \
+  --no-enable-chunked-prefill --no-async-scheduling

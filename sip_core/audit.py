@@ -61,7 +61,8 @@ def build_pairs(env: StageEnv, chunks: Manifest, n_items: int, llm: CachedLLM | 
     if llm is not None:
         prompt = load_prompt("corruption")
         kinds = ("quality", "factual", "safety")
-        reqs = [prompt.render(None, prefix=r["prefix_text"], suffix=r["suffix_text"], kind=k) for r in rows for k in kinds]
+        reqs = [prompt.render(None, prefix=r["prefix_text"], suffix=r["suffix_text"], kind=k)
+                for r in rows for k in kinds]
         judgments = llm.run_parsed(reqs, env.cfg.judge.parse_retries)
         for k, j in enumerate(judgments):
             if j.ok and j.value.strip() != rows[k // 3]["suffix_text"].strip():
@@ -96,14 +97,17 @@ def audit_judge(pairs: list[dict], llm: CachedLLM, cfg: JudgeConfig) -> AuditRep
     for k, p in enumerate(pairs):
         if p["dimension"] == "safety":
             for s in range(cfg.audit_seeds):
-                tagged.append((("safety", k, "corrupted", s), safety.render({"seed": s}, text=p["corrupted"])))
+                tagged.append((("safety", k, "corrupted", s), safety.render({"seed": s}, cfg.prefill,
+                                                                            text=p["corrupted"])))
                 if p["filter_label"] == "rest":
-                    tagged.append((("safety", k, "original", s), safety.render({"seed": s}, text=p["original"])))
+                    tagged.append((("safety", k, "original", s), safety.render({"seed": s}, cfg.prefill,
+                                                                               text=p["original"])))
             continue
         for first in ("original", "corrupted"):
             second = "corrupted" if first == "original" else "original"
             for s in range(cfg.audit_seeds):
-                req = quality.render({"seed": s}, prefix=p["prefix"], option_1=p[first], option_2=p[second])
+                req = quality.render({"seed": s}, cfg.prefill, prefix=p["prefix"], option_1=p[first],
+                                     option_2=p[second])
                 tagged.append((("pair", k, first, s), req))
     judgments = llm.run_parsed([r for _, r in tagged], cfg.parse_retries)
     return _report(pairs, list(zip((t for t, _ in tagged), judgments)), llm, cfg)

@@ -11,6 +11,7 @@ import hashlib
 import random
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 
@@ -73,24 +74,53 @@ def suffix_starts(n_tokens: int, doc_id: str, cfg: DataConfig, clean=lambda pos:
 def make_chunks(docs: Iterable[tuple[Document, str, str]], tokenizer, cfg: DataConfig, fingerprint: str,
                 skips: Counter) -> Iterator[pa.Table]:
     """Yield one pyarrow table per tokenizer batch. `docs` yields (doc, filter_label, filter_reason)."""
-    batch: list[tuple[Document, str, str]] = []
-    for item in docs:
+    # The Rust tokenizer releases the GIL, so one worker thread encodes batch k+1 while this thread
+    # reads the next documents and turns batch k into rows. Tables come out in input order.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
+        pending = None
+        for batch in _batches(docs, cfg.tokenize_batch):
+            encoding = pool.submit(_encode, tokenizer, [d.text for d, _, _ in batch])
+            if pending is not None:
+                yield _chunk_batch(*pending, tokenizer, cfg, fingerprint, skips)
+            pending = batch, encoding
+        if pending is not None:
+            yield _chunk_batch(*pending, tokenizer, cfg, fingerprint, skips)
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
         batch.append(item)
-        if len(batch) >= cfg.tokenize_batch:
-            yield _chunk_batch(batch, tokenizer, cfg, fingerprint, skips)
+        if len(batch) >= size:
+            yield batch
             batch = []
     if batch:
-        yield _chunk_batch(batch, tokenizer, cfg, fingerprint, skips)
+        yield batch
 
 
-def _chunk_batch(batch, tokenizer, cfg: DataConfig, fingerprint: str, skips: Counter) -> pa.Table:
-    enc = tokenizer([d.text for d, _, _ in batch], add_special_tokens=False, return_offsets_mapping=True,
-                    return_attention_mask=False)
+def _encode(tokenizer, texts: list[str]):
+    # No offset_mapping: converting every token's offsets to Python costs as much as the ids; the
+    # few offsets needed are read from the Rust encodings (`token_to_chars`) instead.
+    return tokenizer(texts, add_special_tokens=False, return_attention_mask=False)
+
+
+def _decode(tokenizer, seqs: list[list[int]]) -> list[str]:
+    """`tokenizer.batch_decode(seqs)` without its per-token Python type checks: the same Rust decode
+    per sequence. Not the Rust `decode_batch`: it queues behind the encode running in the worker."""
+    if getattr(tokenizer, "clean_up_tokenization_spaces", True):  # transformers' own post-processing
+        return tokenizer.batch_decode(seqs) if seqs else []
+    decode = tokenizer.backend_tokenizer.decode
+    return [decode(ids, skip_special_tokens=False) for ids in seqs]
+
+
+def _chunk_batch(batch, encoding, tokenizer, cfg: DataConfig, fingerprint: str, skips: Counter) -> pa.Table:
+    enc = encoding.result()
     rows: dict[str, list] = {name: [] for name in CHUNK_SCHEMA.names}
     n = cfg.suffix_tokens
-    for (doc, label, reason), ids, offsets in zip(batch, enc["input_ids"], enc["offset_mapping"]):
+    for (doc, label, reason), ids, tokens in zip(batch, enc["input_ids"], enc.encodings):
+        chars = tokens.token_to_chars  # (start, end) character offsets of one token
         starts = suffix_starts(len(ids), doc.id, cfg,
-                               lambda pos: pos >= len(ids) or offsets[pos - 1][1] <= offsets[pos][0])
+                               lambda pos: pos >= len(ids) or chars(pos - 1)[1] <= chars(pos)[0])
         if not starts:
             skips["too_short"] += 1
             continue
@@ -108,10 +138,10 @@ def _chunk_batch(batch, tokenizer, cfg: DataConfig, fingerprint: str, skips: Cou
             rows["prefix_start"].append(p)
             rows["suffix_start"].append(s)
             rows["doc_tokens"].append(len(ids))
-            rows["prefix_char_start"].append(offsets[p][0])
-            rows["suffix_char_start"].append(offsets[s - 1][1])  # right where the prefix ends
-            rows["suffix_char_end"].append(offsets[s + n - 1][1])
+            rows["prefix_char_start"].append(chars(p)[0])
+            rows["suffix_char_start"].append(chars(s - 1)[1])  # right where the prefix ends
+            rows["suffix_char_end"].append(chars(s + n - 1)[1])
     # Decoding the ids (not slicing the text) keeps text and ids in exact agreement.
-    rows["prefix_text"] = tokenizer.batch_decode(rows["prefix_ids"]) if rows["prefix_ids"] else []
-    rows["suffix_text"] = tokenizer.batch_decode(rows["suffix_ids"]) if rows["suffix_ids"] else []
+    rows["prefix_text"] = _decode(tokenizer, rows["prefix_ids"])
+    rows["suffix_text"] = _decode(tokenizer, rows["suffix_ids"])
     return pa.Table.from_pydict(rows, schema=CHUNK_SCHEMA)

@@ -102,6 +102,8 @@ class JudgeConfig(LLMConfig):
                                        description="criteria summed into one score, with weights: quality, "
                                        "safety, factuality (method §4.4)")
     tie_break_seed: int = 0
+    prefill: bool = Field(False, description="send each judge prompt's answer_prefix as the start of the reply "
+                          "(vLLM and local backends): a weak judge then only has to pick")
     safety_stage_seeds: int = Field(4, ge=1, description="filter stage 2: unsafe only if all seeds agree")
     audit_items: int = Field(24, ge=1, description="chunks the judge audit corrupts into binary-choice items")
     audit_seeds: int = Field(2, ge=1)

@@ -72,19 +72,19 @@ def _requests(s: CandidateSet, cfg: JudgeConfig) -> list[tuple[tuple, LLMRequest
         prompt = load_prompt("quality")
         for a, b in quality_pairs(len(s.candidates), cfg.quality_mode):
             for seed in seeds:
-                req = prompt.render({"seed": seed}, prefix=s.prefix, option_1=s.candidates[a].text,
-                                    option_2=s.candidates[b].text)
+                req = prompt.render({"seed": seed}, cfg.prefill, prefix=s.prefix,
+                                    option_1=s.candidates[a].text, option_2=s.candidates[b].text)
                 out.append((("quality", a, b), req))
     if "safety" in cfg.criteria:
         prompt = load_prompt("safety")
         for c, cand in enumerate(s.candidates):
             for seed in seeds:
-                out.append((("safety", c), prompt.render({"seed": seed}, text=cand.text)))
+                out.append((("safety", c), prompt.render({"seed": seed}, cfg.prefill, text=cand.text)))
     if "factuality" in cfg.criteria:
         prompt = load_prompt("factuality")
         for c, cand in enumerate(s.candidates):
             for seed in seeds:
-                req = prompt.render({"seed": seed}, prefix=s.prefix, reference=s.reference or "",
+                req = prompt.render({"seed": seed}, cfg.prefill, prefix=s.prefix, reference=s.reference or "",
                                     continuation=cand.text)
                 out.append((("factuality", c), req))
     return out

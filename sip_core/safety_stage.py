@@ -18,14 +18,14 @@ class LLMSafetyStage(UnsafeStage):
     name = "llm-safety"
 
     def __init__(self, llm: CachedLLM, seeds: int = 4, parse_retries: int = 3, batch_docs: int = 64,
-                 max_chars: int = 4000):
-        self.llm, self.seeds, self.parse_retries = llm, seeds, parse_retries
+                 max_chars: int = 4000, prefill: bool = False):
+        self.llm, self.seeds, self.parse_retries, self.prefill = llm, seeds, parse_retries, prefill
         self.batch_docs, self.max_chars = batch_docs, max_chars
         self.prompt = load_prompt("safety")
 
     def _verdicts(self, docs: list[Document]) -> list[Verdict]:
         # The judge reads the document's opening (the method judges the prefix), bounded in length.
-        requests = [self.prompt.render({"seed": s}, text=d.text[: self.max_chars]) for d in docs
+        requests = [self.prompt.render({"seed": s}, self.prefill, text=d.text[: self.max_chars]) for d in docs
                     for s in range(self.seeds)]
         judgments = self.llm.run_parsed(requests, self.parse_retries)
         out = []

@@ -126,7 +126,7 @@ def test_audit_reveals_smollm2_position_bias(vllm_url, chunks, tmp_path):
     from flows.llm_jobs import audit_markdown
 
     root, manifest = chunks
-    cfg = _cfg(tmp_path, vllm_url, "judge.audit_seeds=2")
+    cfg = _cfg(tmp_path, vllm_url, "judge.audit_seeds=2", "judge.prefill=true", "judge.max_tokens=4")
     pairs = build_pairs(StageEnv(cfg), manifest, 6)
     rows = [r for f in pairs.files for r in store.read_parquet(f).to_pylist()]
     report = audit_judge(rows, open_llm(cfg, "judge"), cfg.judge)
@@ -134,6 +134,7 @@ def test_audit_reveals_smollm2_position_bias(vllm_url, chunks, tmp_path):
 
     print(audit_markdown(asdict(report)))
     assert not report.passed and report.error_rate == 0.0
-    # a 135M model is no judge: it either picks one position or fails to answer in format
-    assert (report.position_bias is not None and abs(report.position_bias - 0.5) > 0.2) \
-        or report.parse_failure_rate > 0.2
+    # with the answer's opening prefilled it answers in format, and a 135M model is no judge:
+    # it picks one position whatever the options say
+    assert report.parse_failure_rate < 0.2
+    assert abs(report.position_bias - 0.5) > 0.3 and any("position bias" in r for r in report.reasons)

@@ -54,9 +54,14 @@ class LocalHFBackend(LLMBackend):
 
     def _prompt_text(self, req: LLMRequest) -> str:
         messages = [dict(m) for m in req.messages]
+        prefill = req.prefill or ""
+        if prefill:
+            messages = messages[:-1]  # the answer's opening is written after the generation prompt
         if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return "\n\n".join(m["content"] for m in messages) + "\n\n"
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            text = "\n\n".join(m["content"] for m in messages) + "\n\n"
+        return text + prefill
 
     def _generate_batch(self, batch: list[LLMRequest]) -> list[LLMResult]:
         import torch
@@ -83,6 +88,7 @@ class LocalHFBackend(LLMBackend):
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             for stop in req.sampling.stop:
                 text = text.split(stop, 1)[0]
+            text = (req.prefill or "") + text
             results.append(LLMResult(text=text, prompt_tokens=int(enc["attention_mask"][i].sum()),
                                      completion_tokens=len(ids), latency_s=latency))
         return results

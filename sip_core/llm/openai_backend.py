@@ -174,6 +174,8 @@ class OpenAIBackend(LLMBackend):
             "top_p": cfg.top_p if cfg.top_p is not None else s.top_p,
             "max_tokens": cfg.max_tokens if cfg.max_tokens is not None else s.max_tokens,
         }
+        if req.prefill is not None:  # vLLM's extension: continue the final assistant message
+            params.update(continue_final_message=True, add_generation_prompt=False)
         if s.seed is not None:
             params["seed"] = s.seed
         if s.stop:
@@ -278,6 +280,8 @@ class OpenAIBackend(LLMBackend):
                 else:
                     self._count(requests=1, prompt_tokens=result.prompt_tokens,
                                 completion_tokens=result.completion_tokens)
+                    if req.prefill is not None and result.text is not None:
+                        result.text = req.prefill + result.text  # parsers see the whole answer
                 result.attempts = attempts
                 result.latency_s = time.perf_counter() - t0
                 return result

@@ -34,7 +34,8 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _MARKER_OPEN = re.compile(r"[<\uFF1C\uFE64]{3,}")
 DEFANGED = "\u2039"  # "‹", SINGLE LEFT-POINTING ANGLE QUOTATION MARK
 _SAMPLING_KEYS = {f.name for f in dataclasses.fields(Sampling)}
-_FILE_KEYS = {"name", "version", "description", "sampling", "system", "user", "fields", "parser", "choices"}
+_FILE_KEYS = {"name", "version", "description", "sampling", "system", "user", "fields", "parser", "choices",
+              "answer_prefix"}
 _REQUIRED_KEYS = {"name", "version", "description", "sampling", "user", "fields", "parser"}
 
 
@@ -80,6 +81,10 @@ class Prompt:
     sampling: Sampling = Sampling()
     system: str | None = None
     choices: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # Start of the answer in the required format. With `prefill`, it is sent as the opening of the
+    # assistant's reply, so a weak judge only has to pick (servers that continue a final assistant
+    # message: vLLM, the local backend); backends put it back in front of the text they return.
+    answer_prefix: str | None = None
     path: str | None = None
 
     @property
@@ -122,7 +127,8 @@ class Prompt:
         sampling = _sampling_from(data.get("sampling") or {}, Sampling(), where)
         return cls(name=str(data["name"]), version=version, description=str(data["description"]).strip(),
                    user=data["user"], fields=fields, parser=data["parser"], sampling=sampling,
-                   system=data.get("system") or None, choices=choices, path=path)
+                   system=data.get("system") or None, choices=choices,
+                   answer_prefix=data.get("answer_prefix") or None, path=path)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Prompt:
@@ -148,7 +154,8 @@ class Prompt:
             raise PromptError(f"{self.key}: field {name!r} must be text or a number, got {type(value).__name__}")
         return defang(str(value))
 
-    def render(self, sampling_override: Mapping[str, Any] | None = None, **fields: Any) -> LLMRequest:
+    def render(self, sampling_override: Mapping[str, Any] | None = None, prefill: bool = False,
+               **fields: Any) -> LLMRequest:
         """The request for these field values. Missing or unexpected fields raise PromptError
         (a ValueError) naming the field; `sampling_override` keys are Sampling's (temperature,
         top_p, max_tokens, seed, stop), None values leave the file's default."""
@@ -167,6 +174,8 @@ class Prompt:
         if self.system:
             messages.append({"role": "system", "content": fill(self.system)})
         messages.append({"role": "user", "content": fill(self.user)})
+        if prefill and self.answer_prefix:
+            messages.append({"role": "assistant", "content": self.answer_prefix})
         sampling = _sampling_from(sampling_override or {}, self.sampling, f"{self.key} sampling_override")
         return LLMRequest(messages=tuple(messages), sampling=sampling, prompt=self.key, inputs=dict(fields))
 

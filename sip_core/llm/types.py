@@ -36,6 +36,12 @@ class LLMRequest:
     prompt: str = "raw@0"
     inputs: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def prefill(self) -> str | None:
+        """The opening of the answer when the request ends with an assistant message."""
+        last = self.messages[-1] if self.messages else {}
+        return last.get("content") if last.get("role") == "assistant" else None
+
     def cache_key(self, model_id: str) -> str:
         """Hash of (model, prompt name + version, rendered messages, sampling params, seed)."""
         payload = {"model": model_id, "prompt": self.prompt, "messages": [dict(m) for m in self.messages],

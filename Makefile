@@ -8,7 +8,7 @@ export PREFECT_HOME ?= $(CURDIR)/.sip/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup run test test-fast clean
+.PHONY: setup run test test-fast vllm clean
 
 setup: $(VENV)/.installed
 
@@ -24,11 +24,18 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(BIN)/sip prepare --config configs/tiny.yaml
 
+# The default suite first, then the suite against a real vLLM CPU server (its own venv under
+# ~/.cache/sip, installed once and reused).
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not vllm"
+	SIP_PYTHON=$(CURDIR)/$(BIN)/python infra/vllm/setup.sh
+	$(BIN)/python -m pytest -q -m vllm
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow and not s3"
+	$(BIN)/python -m pytest -q -m "not slow and not s3 and not vllm"
+
+vllm: setup
+	SIP_PYTHON=$(CURDIR)/$(BIN)/python infra/vllm/serve.sh 8000
 
 clean:
 	rm -rf runs .sip

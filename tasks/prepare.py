@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from prefect import task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.runtime import flow_run, task_run
 
 from sip_core import artifacts
 from sip_core.artifacts import Manifest, Provenance
 from sip_core.config import SipConfig
-from sip_core.prepare import StageEnv, filter_documents, ingest_documents, materialize_chunks
+from sip_core.prepare import INGEST_KEYS, StageEnv, filter_documents, ingest_documents, materialize_chunks
 
 
 def transient(task, task_run, state) -> bool:
@@ -25,9 +27,46 @@ def transient(task, task_run, state) -> bool:
     return False
 
 
-# Inputs include the code version, so new code never reuses an old cached result.
-CACHE = INPUTS + TASK_SOURCE
-OPTIONS = dict(cache_policy=CACHE, persist_result=True, retries=2, retry_delay_seconds=[2, 10],
+def _source_fingerprint(cfg: SipConfig) -> list:
+    """Names, sizes and mtimes of the source files: an edited corpus is not a cache hit."""
+    from sip_core import store
+    from sip_core.sources import resolve_source
+
+    src = resolve_source(cfg.data, cfg.run.storage_options)
+    out = []
+    for uri in src.uris():
+        if uri.startswith("hf://"):
+            out.append(uri)
+            continue
+        fs, path = store.filesystem(uri, cfg.run.storage_options)
+        info = fs.info(path)
+        out.append([uri, info.get("size"), str(info.get("mtime") or info.get("LastModified") or "")])
+    return out
+
+
+def _stage_inputs(task_name: str, cfg: SipConfig, params: dict) -> list:
+    """What a stage's output depends on: its own config sections (not the whole config, so
+    changing the filter does not re-run ingest), its parent's content hash, and the code."""
+    data = cfg.data.model_dump(mode="json")
+    if task_name == "ingest-documents":
+        section = [{k: data[k] for k in INGEST_KEYS}, _source_fingerprint(cfg)]
+    elif task_name == "filter-documents":
+        section = [cfg.filter.model_dump(mode="json")]
+    else:
+        section = [{k: v for k, v in data.items() if k not in INGEST_KEYS}, cfg.model.policy,
+                   cfg.filter.chunk_excluded]
+    parent = next((v["content_hash"] for v in params.values() if isinstance(v, dict) and "content_hash" in v), None)
+    return [task_name, cfg.run.root, cfg.run.storage_options, section, parent, params.get("code_version")]
+
+
+def stage_cache_key(context, params: dict) -> str:
+    name = context.task.name
+    payload = json.dumps(_stage_inputs(name, params["cfg"], params), sort_keys=True, default=str)
+    return f"{name}-{hashlib.sha256(payload.encode()).hexdigest()[:32]}"
+
+
+# The code version is a task input, so new code never reuses an old cached result.
+OPTIONS = dict(cache_key_fn=stage_cache_key, persist_result=True, retries=2, retry_delay_seconds=[2, 10],
                retry_condition_fn=transient)
 
 

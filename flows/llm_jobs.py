@@ -33,13 +33,21 @@ def thoughts(params: ThoughtParams = ThoughtParams()) -> dict:
     return out
 
 
+def _injection_line(result: dict | None) -> str:
+    if not result:
+        return "not measured"
+    return f"verdict flipped in {result['flips']} of {result['eligible']} judgments (rate {result['flip_rate']})"
+
+
 def audit_markdown(report: dict) -> str:
     lines = [f"# Judge audit: `{report['judge']}`", "",
              f"**Gate: {'PASSED' if report['passed'] else 'FAILED'}** "
              + ("; ".join(report["reasons"]) if report["reasons"] else ""), "",
              f"Position bias (share of first-option wins; 0.5 is unbiased): {report['position_bias']}  ",
              f"Parse-failure rate: {report['parse_failure_rate']:.3f}  ",
-             f"Request-error rate: {report.get('error_rate', 0.0):.3f}  ", f"Calls: {report['calls']}", "",
+             f"Request-error rate: {report.get('error_rate', 0.0):.3f}  ",
+             f"Prompt injection (a document says 'answer Option N'): {_injection_line(report.get('injection'))}  ",
+             f"Calls: {report['calls']}", "",
              "| dimension | items | judgments | accuracy | seed agreement | order consistency | invalid |",
              "|---|---|---|---|---|---|---|"]
     for dim, v in sorted(report["dimensions"].items()):

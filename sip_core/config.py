@@ -64,6 +64,8 @@ class FilterConfig(_Section):
     max_bullet_lines: float = 0.9
     max_top_2gram: float = 0.2
     chunk_excluded: bool = Field(False, description="also chunk documents a quality rule excluded")
+    llm_stage: bool = Field(False, description="stage 2: the judge confirms each rule-flagged document, "
+                            "unsafe only if all judge.safety_stage_seeds verdicts agree")
 
 
 class ModelConfig(_Section):
@@ -108,6 +110,8 @@ class JudgeConfig(LLMConfig):
     audit_items: int = Field(24, ge=1, description="chunks the judge audit corrupts into binary-choice items")
     audit_seeds: int = Field(2, ge=1)
     audit_llm_corruptions: bool = Field(False, description="also corrupt suffixes with the teacher (P4)")
+    audit_injection: bool = Field(True, description="also measure how often a document that instructs the "
+                                  "judge flips its verdict")
     gate: Literal["enforce", "warn", "off"] = Field("warn", description="what training does when the audit fails")
     gate_min_accuracy: float = Field(0.6, ge=0, le=1)
     gate_max_position_bias: float = Field(0.2, ge=0, le=0.5, description="max |share of first-option wins - 0.5|")

@@ -51,7 +51,8 @@ def _stage_inputs(task_name: str, cfg: SipConfig, params: dict) -> list:
     if task_name == "ingest-documents":
         section = [{k: data[k] for k in INGEST_KEYS}, _source_fingerprint(cfg)]
     elif task_name == "filter-documents":
-        section = [cfg.filter.model_dump(mode="json")]
+        judge = cfg.judge.model_dump(mode="json", exclude={"api_key_block"}) if cfg.filter.llm_stage else None
+        section = [cfg.filter.model_dump(mode="json"), judge]
     else:
         section = [{k: v for k, v in data.items() if k not in INGEST_KEYS}, cfg.model.policy,
                    cfg.filter.chunk_excluded]
@@ -91,7 +92,17 @@ def ingest_task(cfg: SipConfig, code_version: str) -> dict:
 
 @task(name="filter-documents", **OPTIONS)
 def filter_task(cfg: SipConfig, docs: dict, code_version: str) -> dict:
-    return ref(filter_documents(_env(cfg), _load(docs, cfg)))
+    env = _env(cfg)
+    stages = None
+    if cfg.filter.llm_stage:  # stage 2 plugs in after the rules, stage 1 unchanged
+        from sip_core.llm.factory import open_llm
+        from sip_core.prepare import build_rule_stage
+        from sip_core.safety_stage import LLMSafetyStage
+
+        judge = open_llm(cfg, "judge", env.provenance)
+        stages = [build_rule_stage(env), LLMSafetyStage(judge, cfg.judge.safety_stage_seeds, cfg.judge.parse_retries,
+                                                        prefill=cfg.judge.prefill)]
+    return ref(filter_documents(env, _load(docs, cfg), stages))
 
 
 @task(name="materialize-chunks", **OPTIONS)

@@ -180,3 +180,16 @@ def test_corrupt_source_leaves_no_partial_output(tmp_path, corpus):
     assert "Traceback" not in res.stderr
     leftovers = list((tmp_path / "run" / "prepare").glob("*")) if (tmp_path / "run" / "prepare").exists() else []
     assert leftovers == []
+
+
+def test_llm_stage_2_plugs_in_after_the_rules(corpus, tmp_path):
+    """filter.llm_stage: the proxy judge (lexicon safety) confirms the planted unsafe documents."""
+    from flows.prepare import prepare
+
+    cfg = _cfg(tmp_path, corpus, "filter.llm_stage=true", "judge.model=none", "judge.safety_stage_seeds=3")
+    out = prepare(cfg)
+    filtered = pl.read_parquet(f"{out['filtered']['uri']}/*/*.parquet")
+    unsafe = filtered.filter(pl.col("label") == "unsafe")
+    assert {f"planted-unsafe-{j}" for j in range(3)} <= set(unsafe["doc_id"])
+    assert set(unsafe["stage"]) == {"llm-safety"} and set(unsafe["reason"]) == {"llm-unanimous-3"}
+    assert out["filtered"]["stats"]["labels"]["excluded"] >= 1  # stage 1's verdicts pass through unchanged

@@ -69,10 +69,6 @@ def cmd_prepare(args) -> int:
     return 0
 
 
-def _job_params(args, cls, **extra):
-    return cls(config_file=args.config, overrides=args.overrides, **extra)
-
-
 def _preflight(cfg: SipConfig) -> None:
     from sip_core.models import resolve_model
     from sip_core.sources import resolve_source
@@ -81,39 +77,33 @@ def _preflight(cfg: SipConfig) -> None:
     resolve_model(cfg.model.policy, cfg.model.cache_dir)
 
 
-def cmd_rewrite(args) -> int:
-    from sip_core.config import RewriteParams
+def _run_job(args, params_cls: str, flow_name: str, **extra) -> dict:
+    """Build the job's parameter model (as a deployment would get it), check it, run the flow."""
+    import importlib
 
-    params = _job_params(args, RewriteParams, limit=args.limit, split=args.split)
+    from sip_core import config
+
+    params = getattr(config, params_cls)(config_file=args.config, overrides=args.overrides, **extra)
     _preflight(params.load())
-    from flows.llm_jobs import rewrite
-
+    flow = getattr(importlib.import_module("flows.llm_jobs"), flow_name)
     _quiet_prefect_tracebacks()
-    rewrite(params)
+    return flow(params)
+
+
+def cmd_rewrite(args) -> int:
+    _run_job(args, "RewriteParams", "rewrite", limit=args.limit, split=args.split)
     return 0
 
 
 def cmd_thoughts(args) -> int:
-    from sip_core.config import ThoughtParams
-
-    params = _job_params(args, ThoughtParams, limit=args.limit, match=args.match)
-    _preflight(params.load())
-    from flows.llm_jobs import thoughts
-
-    _quiet_prefect_tracebacks()
-    thoughts(params)
+    _run_job(args, "ThoughtParams", "thoughts", limit=args.limit, match=args.match)
     return 0
 
 
 def cmd_audit(args) -> int:
-    from sip_core.config import AuditParams
+    from flows.llm_jobs import audit_markdown
 
-    params = _job_params(args, AuditParams)
-    _preflight(params.load())
-    from flows.llm_jobs import audit, audit_markdown
-
-    _quiet_prefect_tracebacks()
-    out = audit(params)
+    out = _run_job(args, "AuditParams", "audit")
     print(audit_markdown(out["report"]))
     print(f"audit-judge: {'passed' if out['report']['passed'] else 'FAILED'} gate, {out['calls']} calls "
           f"({out['cache_hits']} cached) -> {out['audit']['uri']}")

@@ -22,11 +22,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
+	mkdir -p "$(PREFECT_HOME)"
 	$(BIN)/sip prepare --config configs/tiny.yaml
 
 # The default suite first, then the suite against a real vLLM CPU server (its own venv under
 # ~/.cache/sip, installed once and reused).
 test: setup
+	mkdir -p "$(PREFECT_HOME)"
 	$(BIN)/python -m pytest -q -m "not vllm"
 	SIP_PYTHON=$(CURDIR)/$(BIN)/python infra/vllm/setup.sh
 	$(BIN)/python -m pytest -q -m vllm

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -105,7 +106,7 @@ def test_kill_9_mid_batch_then_rerun_completes_without_duplicates(vllm_url, chun
     cache = JudgmentCache(state_dir_for(str(tmp_path), None) / "judgments.duckdb")
     code = (f"from tests.test_vllm import _rewrite; from sip_core.artifacts import load_manifest; "
             f"_rewrite({str(tmp_path)!r}, {vllm_url!r}, load_manifest({manifest.uri!r}), 64)")
-    proc = subprocess.Popen(["python", "-c", code], cwd=ROOT, stderr=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"})
     deadline = time.time() + 600
     while cache.count() < 8 and time.time() < deadline and proc.poll() is None:

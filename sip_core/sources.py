@@ -75,6 +75,11 @@ def _doc_from_record(rec: Any, name: str, index: int, cfg: DataConfig, skips: Co
     if not text.strip():
         skips["empty_text"] += 1
         return None
+    try:
+        text.encode("utf-8")  # a lone surrogate escape ("\ud800") is valid JSON but not storable text
+    except UnicodeEncodeError:
+        skips["invalid_unicode"] += 1
+        return None
     raw_id = rec.get(cfg.id_field) if cfg.id_field else rec.get("id")
     # Without an id in the data, file name + record index is stable across runs and machines.
     doc_id = str(raw_id) if raw_id not in (None, "") else f"{name}#{index}"

@@ -1,0 +1,175 @@
+"""Generation quality: pairwise win rate of model A against model B under the quality judge (P2),
+and coherence / repetition (P6 plus a plain distinct-4-gram statistic).
+
+The caller generates continuations of the same held-out prefixes with both models (greedy:
+`greedy_continuations`) and passes the texts; nothing here touches a model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from pydantic import Field
+
+from sip_core.config import JudgeConfig
+from sip_core.evaluation.stats import EvalResult, Interval, bounded_mean_interval, judge_id, wilson_interval
+from sip_core.llm.prompting import load_prompt
+
+EVAL_TEMPERATURE = 0.7  # METHOD §6.1: eval judge samples at T = 0.7, 8 seeds
+
+
+def seed_list(seeds: int | Sequence[int]) -> list[int]:
+    """An int n means seeds 0..n-1."""
+    return list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+
+
+def _check_lengths(*lists: Sequence) -> int:
+    n = len(lists[0])
+    if any(len(x) != n for x in lists):
+        raise ValueError(f"inputs differ in length: {[len(x) for x in lists]}")
+    return n
+
+
+class WinRateResult(EvalResult):
+    metric: str = "win_rate"
+    wins: int = 0
+    losses: int = 0
+    ties: int = 0
+    invalid: int = Field(0, description="prefixes with no valid vote (excluded from n)")
+    win_rate: Interval
+    vote_win_rate: Interval = Field(description="share of all valid votes (prefixes x seeds x orders) won "
+                                    "by A: the paper's mean over prompts x seeds")
+    position_bias: float | None = Field(None, description="share of valid votes that went to Option 1")
+    invalid_judgments: int = 0
+    calls: int = 0
+    per_prefix: list[float | None] = Field(default_factory=list, description="A's share of valid votes")
+
+
+def pairwise_win_rate(judge, cfg: JudgeConfig, prefixes: Sequence[str], continuations_a: Sequence[str],
+                      continuations_b: Sequence[str], seeds: int | Sequence[int] = 8,
+                      temperature: float | None = EVAL_TEMPERATURE) -> WinRateResult:
+    """Win rate of A against B, judged with the quality prompt in both option orders for every
+    seed (2 x len(seeds) judgments per prefix).
+
+    Per prefix, A wins when it gets more valid votes than B, loses when it gets fewer, and the
+    prefix is a tie when the votes split evenly. win_rate = (wins + ties / 2) / (wins + losses +
+    ties), i.e. **ties count half**, with a Wilson 95% interval on that fractional count.
+    Prefixes whose judgments all failed to parse are excluded and counted in `invalid`.
+    `judge` is a CachedLLM (`open_llm(cfg, "judge")`); `cfg.parse_retries` and `cfg.prefill`
+    apply; `temperature` None keeps the prompt's default.
+    """
+    n = _check_lengths(prefixes, continuations_a, continuations_b)
+    seeds = seed_list(seeds)
+    prompt = load_prompt("quality")
+    tags, requests = [], []
+    for i in range(n):
+        for a_first in (True, False):
+            o1, o2 = (continuations_a[i], continuations_b[i]) if a_first else (continuations_b[i], continuations_a[i])
+            for s in seeds:
+                requests.append(prompt.render({"seed": s, "temperature": temperature}, cfg.prefill,
+                                              prefix=prefixes[i], option_1=o1, option_2=o2))
+                tags.append((i, a_first))
+    before = judge.calls
+    judgments = judge.run_parsed(requests, cfg.parse_retries) if requests else []
+    a_votes, b_votes = [0] * n, [0] * n
+    first_wins = valid = 0
+    for (i, a_first), j in zip(tags, judgments):
+        if not j.ok:
+            continue
+        valid += 1
+        first_wins += j.value == 1
+        if (j.value == 1) == a_first:
+            a_votes[i] += 1
+        else:
+            b_votes[i] += 1
+    wins = losses = ties = invalid = 0
+    per_prefix: list[float | None] = []
+    for a, b in zip(a_votes, b_votes):
+        if a + b == 0:
+            invalid += 1
+            per_prefix.append(None)
+            continue
+        per_prefix.append(a / (a + b))
+        wins, losses, ties = wins + (a > b), losses + (a < b), ties + (a == b)
+    decided = wins + losses + ties
+    return WinRateResult(
+        n=decided, seeds=seeds, judge=judge_id(judge), wins=wins, losses=losses, ties=ties, invalid=invalid,
+        win_rate=wilson_interval(wins + 0.5 * ties, decided), vote_win_rate=wilson_interval(sum(a_votes), valid),
+        position_bias=first_wins / valid if valid else None, invalid_judgments=len(judgments) - valid,
+        calls=judge.calls - before, per_prefix=per_prefix,
+        details={"temperature": temperature, "prompt": prompt.key, "judgments": len(judgments),
+                 "tie_rule": "votes split evenly; ties count half"})
+
+
+# --------------------------------------------------------------------------- repetition
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def distinct_ngram_ratio(text: str, n: int = 4) -> float | None:
+    """Distinct n-grams / all n-grams over the lower-cased words (\\w+ runs) of `text`: 1.0 means
+    no n-gram repeats, small values mean loops. None when the text has fewer than n words."""
+    words = _WORD.findall(text.lower())
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return None
+    return len(set(grams)) / len(grams)
+
+
+class RepetitionStats(EvalResult):
+    metric: str = "distinct_4gram"
+    mean_distinct: float | None = Field(None, description="mean distinct-n-gram ratio over texts with >= n words")
+    too_short: int = 0
+    ngram: int = 4
+
+
+def repetition_stats(texts: Sequence[str], n: int = 4) -> RepetitionStats:
+    values = [distinct_ngram_ratio(t, n) for t in texts]
+    scored = [v for v in values if v is not None]
+    return RepetitionStats(n=len(scored), ngram=n, too_short=len(values) - len(scored), metric=f"distinct_{n}gram",
+                           mean_distinct=sum(scored) / len(scored) if scored else None)
+
+
+class CoherenceResult(EvalResult):
+    metric: str = "coherence"
+    score: Interval = Field(description="A's mean P6 score (A less repetitive 1, TIE 0.5, B 0), per prefix "
+                            "averaged over seeds and both orders, then over prefixes")
+    invalid: int = Field(0, description="prefixes with no valid judgment (excluded from n)")
+    invalid_judgments: int = 0
+    repetition_a: RepetitionStats
+    repetition_b: RepetitionStats
+
+
+def coherence_eval(judge, cfg: JudgeConfig, prefixes: Sequence[str], continuations_a: Sequence[str],
+                   continuations_b: Sequence[str], seeds: int | Sequence[int] = 8,
+                   temperature: float | None = EVAL_TEMPERATURE, ngram: int = 4) -> CoherenceResult:
+    """Coherence / repetition of A against B: the coherence prompt (which judges only which text
+    repeats itself less) in both orders over the seeds, plus the plain distinct-n-gram ratio of
+    each side's texts (no judge)."""
+    n = _check_lengths(prefixes, continuations_a, continuations_b)
+    seeds = seed_list(seeds)
+    prompt = load_prompt("coherence")
+    tags, requests = [], []
+    for i in range(n):
+        for a_first in (True, False):
+            ca, cb = (continuations_a[i], continuations_b[i]) if a_first else (continuations_b[i], continuations_a[i])
+            for s in seeds:
+                requests.append(prompt.render({"seed": s, "temperature": temperature}, cfg.prefill,
+                                              prefix=prefixes[i], continuation_a=ca, continuation_b=cb))
+                tags.append((i, a_first))
+    judgments = judge.run_parsed(requests, cfg.parse_retries) if requests else []
+    votes: list[list[float]] = [[] for _ in range(n)]
+    bad = 0
+    for (i, a_first), j in zip(tags, judgments):
+        if not j.ok:
+            bad += 1
+            continue
+        score = {"A": 1.0, "B": 0.0, "TIE": 0.5}[j.value]
+        votes[i].append(score if a_first else 1.0 - score)
+    per_prefix = [sum(v) / len(v) for v in votes if v]
+    return CoherenceResult(
+        n=len(per_prefix), seeds=seeds, judge=judge_id(judge), score=bounded_mean_interval(per_prefix),
+        invalid=n - len(per_prefix), invalid_judgments=bad,
+        repetition_a=repetition_stats(continuations_a, ngram), repetition_b=repetition_stats(continuations_b, ngram),
+        details={"temperature": temperature, "prompt": prompt.key})

@@ -218,3 +218,21 @@ def write_json_artifact(uri: str, name: str, payload: dict[str, Any], ctx: Write
         ctx.lineage.record([manifest])
     store.write_json(store.join(uri, MANIFEST), manifest.model_dump(), ctx.storage_options)
     return manifest
+
+
+def config_manifest(name: str, payload: dict[str, Any]) -> Manifest:
+    """A configuration as a lineage node (e.g. the judge a model was trained against)."""
+    import json
+
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    uri = f"config://{name}/{digest[:16]}"
+    return Manifest(artifact_id=artifact_id(uri, digest), uri=uri, kind="config", content_hash=digest,
+                    code_version=code_version(), config=payload)
+
+
+def model_manifest(ref: str, folder: str) -> Manifest:
+    """A base model as a lineage root: its reference plus a hash of its local files."""
+    from pathlib import Path
+
+    files = sorted(str(p) for p in Path(folder).iterdir() if p.is_file())
+    return source_manifest(files, {"model": ref, "kind": "model"})

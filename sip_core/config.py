@@ -118,6 +118,68 @@ class JudgeConfig(LLMConfig):
     gate_max_parse_failures: float = Field(0.2, ge=0, le=1)
 
 
+class TrainConfig(_Section):
+    """What every recipe shares: device, precision, optimizer, schedule, checkpoints."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast where native "
+                                                      "(CUDA, AMX CPUs), fp32 on AVX2-only CPUs")
+    seed: int = 0
+    steps: int = Field(30, ge=1, description="optimizer steps")
+    batch_size: int = Field(2, ge=1, description="prefixes (or rows) per micro-batch per process")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_prefix_tokens: int | None = Field(None, ge=1, description="left-truncate prefixes to this many tokens "
+                                          "at train time (cheap CPU runs); None = as materialized")
+    checkpoint_every: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept; older ones are deleted")
+    eval_every: int = Field(10, ge=1, description="held-out suffix NLL every this many steps")
+    heldout_rows: int = Field(16, ge=1)
+    init: str | None = Field(None, description="starting model (a checkpoint folder or model ref); "
+                             "default model.policy")
+
+
+class PretrainConfig(TrainConfig):
+    """Self-improving pretraining (method §5): Online DPO best-vs-worst, or its controls."""
+
+    objective: Literal["dpo", "rf_nll", "ntp"] = Field("dpo", description="dpo: Online DPO best vs worst; "
+                                                       "rf_nll: NLL on the best candidate; ntp: NLL on the original suffix")
+    beta: float = Field(0.1, gt=0)
+    k_rollouts: int = Field(2, ge=0, description="policy rollouts per prefix")
+    suffix_tokens: int | None = Field(None, ge=1, description="train on the first S tokens of each suffix and "
+                                      "roll out S tokens (a CPU budget knob); default data.suffix_tokens (N)")
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    rollout_engine: Literal["hf", "vllm"] = "hf"
+    rollout_batch: int = Field(16, ge=1, description="sequences per generate() call (hf)")
+    weight_sync_every: int = Field(10, ge=1, description="vllm: reload the newest checkpoint every M steps")
+    use_rewrites: bool = Field(True, description="add the rewritten suffix to each candidate set when a "
+                               "rewrite artifact has one")
+
+
+class SFTConfig(TrainConfig):
+    """Thinking mid-training, part 1: SFT on text with interleaved `<think>` spans."""
+
+    lr: float = Field(2e-5, gt=0)
+    max_tokens: int = Field(768, ge=16, description="tokens per training row (longer rows are cut)")
+    thought_loss_weight: float = Field(1.0, ge=0, description="weight of thought tokens in the loss")
+
+
+class RLMTConfig(TrainConfig):
+    """Thinking mid-training, part 2: RL with a judged binary reward, DrGRPO updates (method §7)."""
+
+    lr: float = Field(1e-6, gt=0)
+    group_size: int = Field(4, ge=2, description="G samples per prefix")
+    thought_tokens: int = Field(64, ge=1, description="budget for thought + closing tag")
+    predict_tokens: int = Field(32, ge=1, description="tokens of predicted suffix the judge compares")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    rollout_batch: int = Field(16, ge=1)
+
+
 class SipConfig(_Section):
     run: RunConfig = Field(default_factory=RunConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -126,6 +188,9 @@ class SipConfig(_Section):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     rewriter: LLMConfig = Field(default_factory=lambda: LLMConfig(backend="local"))
     teacher: LLMConfig = Field(default_factory=lambda: LLMConfig(backend="local"))
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    rlmt: RLMTConfig = Field(default_factory=RLMTConfig)
 
     def section_hash(self, *names: str) -> str:
         """Stable hash of the named sections: what a stage's output depends on."""

@@ -1,0 +1,103 @@
+"""Checkpoints in the artifact store: an HF model folder + `trainer_state.pt` (optimizer,
+scheduler, RNG states, step, metrics so far), committed by a manifest written last.
+
+Layout: `<run_dir>/step-000010/` ... and `<run_dir>/final/` (the finished model). A folder
+without `_manifest.json` is an interrupted save: never loaded, overwritten on the next save.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sip_core import artifacts, store
+from sip_core.artifacts import MANIFEST, Manifest, WriteContext
+
+
+def step_dir(run_dir: str, step: int) -> str:
+    return store.join(run_dir, f"step-{step:06d}")
+
+
+def _upload_folder(local: Path, uri: str, storage_options: dict) -> list[str]:
+    files = []
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        target = store.join(uri, path.relative_to(local).as_posix())
+        store.write_bytes(target, path.read_bytes(), storage_options)
+        files.append(target)
+    return files
+
+
+def save(uri: str, model, tokenizer, state: dict[str, Any] | None, ctx: WriteContext,
+         stats: dict[str, Any] | None = None) -> Manifest:
+    """Write model (+ trainer state) under `uri` and commit it with a manifest (lineage:
+    ctx.parents). Files go through fsspec, so `s3://` roots work unchanged."""
+    so = ctx.storage_options
+    if store.exists(store.join(uri, MANIFEST), so):
+        store.remove_tree(uri, so)  # a re-save of the same step replaces it whole
+    with tempfile.TemporaryDirectory(prefix="sip-ckpt-") as tmp:
+        local = Path(tmp)
+        getattr(model, "module", model).save_pretrained(local)
+        tokenizer.save_pretrained(local)
+        if state is not None:
+            torch.save(state, local / "trainer_state.pt")
+        files = _upload_folder(local, uri, so)
+        digest = hashlib.sha256()
+        for path in sorted(p for p in local.rglob("*") if p.is_file() and p.name != "trainer_state.pt"):
+            digest.update(path.name.encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    content = digest.hexdigest()
+    manifest = Manifest(artifact_id=artifacts.artifact_id(uri, content), uri=store.normalize(uri), kind="checkpoint",
+                        content_hash=content, config_hash=ctx.config_hash, config=ctx.config,
+                        code_version=artifacts.code_version(), flow_run_id=ctx.provenance.flow_run_id,
+                        task_run_id=ctx.provenance.task_run_id, parents=[p.artifact_id for p in ctx.parents],
+                        parent_uris=[p.uri for p in ctx.parents], files=files, stats=stats or {})
+    if ctx.lineage is not None:
+        ctx.lineage.record([manifest])
+    store.write_json(store.join(uri, MANIFEST), manifest.model_dump(), so)  # the commit point
+    return manifest
+
+
+def committed_steps(run_dir: str, storage_options: dict) -> list[int]:
+    fs, path = store.filesystem(run_dir, storage_options)
+    if not fs.exists(path):
+        return []
+    steps = []
+    for entry in fs.ls(path, detail=False):
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith("step-") and store.exists(store.join(run_dir, name, MANIFEST), storage_options):
+            steps.append(int(name.split("-", 1)[1]))
+    return sorted(steps)
+
+
+def prune(run_dir: str, keep: int, storage_options: dict) -> None:
+    for step in committed_steps(run_dir, storage_options)[:-keep]:
+        store.remove_tree(step_dir(run_dir, step), storage_options)
+
+
+def load_state(uri: str, storage_options: dict) -> dict[str, Any]:
+    data = store.read_bytes(store.join(uri, "trainer_state.pt"), storage_options)
+    return torch.load(io.BytesIO(data), weights_only=False)  # our own file: optimizer + RNG objects
+
+
+def local_copy(uri: str, storage_options: dict) -> str:
+    """A local folder `from_pretrained` can read: the folder itself, or a cached download."""
+    if not store.is_remote(uri):
+        return str(Path(store.normalize(uri)))
+    manifest = artifacts.load_manifest(uri, storage_options)
+    target = Path(tempfile.gettempdir()) / "sip-ckpt-cache" / manifest.content_hash
+    if not (target / "config.json").is_file():
+        tmp = target.with_name(target.name + ".part")
+        shutil.rmtree(tmp, ignore_errors=True)
+        prefix = store.normalize(uri).rstrip("/") + "/"
+        for f in manifest.files:
+            dest = tmp / f[len(prefix):]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(store.read_bytes(f, storage_options))
+        tmp.rename(target)
+    return str(target)

@@ -1,0 +1,139 @@
+"""Rollout engines: one interface, two implementations.
+
+- `HFRolloutEngine`: transformers `generate` on the training model itself (CPU or GPU), left
+  padding, so rollouts always come from the current weights.
+- `VLLMRolloutEngine`: vLLM's offline `LLM` (GPU clusters). It holds its own copy of the weights,
+  so it is re-synced by reloading the latest saved checkpoint every `sync_every` steps (policy
+  lag <= sync_every steps); each reload's seconds are returned by `sync()` and logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    exact_length: bool = True  # suppress EOS until max_new_tokens: suffixes are exactly N tokens
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+def step_seed(*parts) -> int:
+    """A seed derived from (run seed, step, ...): resumed runs redraw the same samples."""
+    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16)
+
+
+class RolloutEngine:
+    def generate(self, prompts: Sequence[Sequence[int]], n: int, spec: SamplingSpec) -> list[list[list[int]]]:
+        """For each prompt, n completions as token-id lists (EOS and padding removed)."""
+        raise NotImplementedError
+
+    def sync(self, checkpoint_dir: str | None, step: int) -> float:
+        """Bring the engine's weights up to date; returns seconds spent (0 when shared)."""
+        return 0.0
+
+
+class HFRolloutEngine(RolloutEngine):
+    def __init__(self, model, tokenizer, device: str | torch.device = "cpu", batch_size: int = 16,
+                 autocast_dtype: torch.dtype | None = None):
+        self.model, self.tokenizer, self.device = model, tokenizer, torch.device(device)
+        self.batch_size, self.autocast_dtype = batch_size, autocast_dtype
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.generated_tokens = 0
+
+    def _left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            if r:
+                ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
+                attn[i, width - len(r):] = 1
+        return ids.to(self.device), attn.to(self.device)
+
+    def _strip(self, row: list[int], spec: SamplingSpec) -> list[int]:
+        eos = self.tokenizer.eos_token_id
+        if not spec.exact_length and eos in row:
+            row = row[: row.index(eos)]
+        return row
+
+    @torch.no_grad()
+    def generate(self, prompts, n, spec):
+        module = getattr(self.model, "module", self.model)  # unwrap DDP
+        was_training = module.training
+        module.eval()
+        flat = [list(p) for p in prompts for _ in range(n)]
+        out: list[list[int]] = []
+        gen = torch.Generator(device="cpu").manual_seed(spec.seed)
+        kwargs = dict(max_new_tokens=spec.max_new_tokens, pad_token_id=self.pad_id)
+        if spec.exact_length:
+            kwargs["min_new_tokens"] = spec.max_new_tokens
+        if spec.greedy:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(do_sample=True, temperature=spec.temperature, top_p=spec.top_p, top_k=0)
+        for i in range(0, len(flat), self.batch_size):
+            ids, attn = self._left_pad(flat[i:i + self.batch_size])
+            # generate() draws from the global RNG: seed it per batch from our own generator so a
+            # resumed run, or another batch size of other runs, does not change these samples.
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+            ctx = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
+                   else torch.autocast(self.device.type, enabled=False))
+            with ctx:
+                seqs = module.generate(input_ids=ids, attention_mask=attn, **kwargs)
+            for row in seqs[:, ids.shape[1]:].tolist():
+                out.append(self._strip(row, spec))
+        self.generated_tokens += sum(len(r) for r in out)
+        if was_training:
+            module.train()
+        return [out[k * n:(k + 1) * n] for k in range(len(prompts))]
+
+
+class VLLMRolloutEngine(RolloutEngine):
+    """vLLM offline engine; weight-sync policy: reload from the newest checkpoint every M steps."""
+
+    def __init__(self, model_dir: str, sync_every: int = 10, gpu_memory_utilization: float = 0.3,
+                 dtype: str = "bfloat16"):
+        from vllm import LLM  # noqa: F401  (fail early with ImportError when vLLM is absent)
+
+        self.sync_every, self.gpu_memory_utilization, self.dtype = sync_every, gpu_memory_utilization, dtype
+        self.model_dir, self.llm, self.generated_tokens = model_dir, None, 0
+        self._load(model_dir)
+
+    def _load(self, model_dir: str) -> None:
+        from vllm import LLM
+
+        self.llm = None  # free the old engine first
+        self.llm = LLM(model=model_dir, dtype=self.dtype, gpu_memory_utilization=self.gpu_memory_utilization,
+                       enforce_eager=True)
+        self.model_dir = model_dir
+
+    def sync(self, checkpoint_dir, step):
+        if checkpoint_dir is None or checkpoint_dir == self.model_dir or step % self.sync_every:
+            return 0.0
+        start = time.perf_counter()
+        self._load(checkpoint_dir)
+        return time.perf_counter() - start
+
+    def generate(self, prompts, n, spec):
+        from vllm import SamplingParams
+
+        params = SamplingParams(n=n, max_tokens=spec.max_new_tokens, seed=spec.seed,
+                                min_tokens=spec.max_new_tokens if spec.exact_length else 0,
+                                temperature=max(spec.temperature, 0.0), top_p=spec.top_p)
+        outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        result = [[list(c.token_ids) for c in o.outputs] for o in outs]
+        self.generated_tokens += sum(len(c) for r in result for c in r)
+        return result

@@ -1,0 +1,166 @@
+"""What every recipe's loop shares: run folder, resume, optimizer and schedule, gradient
+accumulation, metrics, checkpoints with lineage. Recipes keep only their method's own logic.
+
+    session = TrainSession("pretrain-dpo", cfg, cfg.pretrain, parents, run_key)
+    for step in session.steps():
+        for micro in range(session.tc.grad_accum):
+            with session.accumulating(micro):
+                loss = ...; session.backward(loss)
+        session.update(step, {"loss": ...})
+    return session.finish()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import sys
+import time
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from sip_core import artifacts, store
+from sip_core.artifacts import Manifest
+from sip_core.config import SipConfig, TrainConfig
+from sip_core.prepare import StageEnv
+from sip_core.training import checkpoint, runtime
+from sip_core.training.runtime import Runtime
+
+log = logging.getLogger("sip.train")
+
+
+def run_dir_for(cfg: SipConfig, recipe: str, section: TrainConfig, parents: list[Manifest], extra: Any = None) -> str:
+    """Content-addressed: same recipe, config, parents and code -> same folder (resume, reuse)."""
+    key = json.dumps({"recipe": recipe, "train": section.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json"),
+                      "policy": cfg.model.policy, "parents": [p.content_hash for p in parents], "extra": extra,
+                      "code": artifacts.code_version()}, sort_keys=True, default=str)
+    return store.join(store.normalize(cfg.run.root), "train", f"{recipe}-{hashlib.sha256(key.encode()).hexdigest()[:16]}")
+
+
+class TrainSession:
+    def __init__(self, recipe: str, env: StageEnv, tc: TrainConfig, parents: list[Manifest], extra: Any = None):
+        self.recipe, self.env, self.cfg, self.tc, self.parents = recipe, env, env.cfg, tc, parents
+        self.so = env.storage_options
+        self.run_dir = run_dir_for(self.cfg, recipe, tc, parents, extra)
+        self.rt: Runtime = runtime.setup(tc.device, tc.precision)
+        runtime.seed_everything(tc.seed + self.rt.rank)
+        self.metrics: list[dict[str, Any]] = []
+        self.start_step = 0
+        self.final = artifacts.load_committed(store.join(self.run_dir, "final"), self.so)
+        self._t0 = time.perf_counter()
+
+    # ---------------------------------------------------------------- model and resume
+    def load_policy(self):
+        """(model, tokenizer) from the newest committed checkpoint of this run, else from the
+        recipe's init; optimizer, schedule, RNG and metrics come back with a checkpoint."""
+        steps = checkpoint.committed_steps(self.run_dir, self.so)
+        source = checkpoint.step_dir(self.run_dir, steps[-1]) if steps else None
+        ref = checkpoint.local_copy(source, self.so) if source else self.init_ref()
+        model, tokenizer = runtime.load_model(ref, self.rt, self.cfg.model.cache_dir)
+        self.model = runtime.wrap_ddp(model, self.rt)
+        self.tokenizer = tokenizer
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=self.tc.lr, weight_decay=self.tc.weight_decay)
+        warmup = self.tc.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        if source:
+            state = checkpoint.load_state(source, self.so)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            runtime.set_rng_state(state["rng"][min(self.rt.rank, len(state["rng"]) - 1)])
+            self.metrics, self.start_step = state["metrics"], state["step"]
+            self.emit({"event": "resumed", "from": source, "step": self.start_step})
+        return self.model, tokenizer
+
+    def init_ref(self) -> str:
+        init = self.tc.init or self.cfg.model.policy
+        if store.is_remote(init) or artifacts.load_committed(init, self.so):
+            return checkpoint.local_copy(init, self.so)
+        return init
+
+    def reference_model(self):
+        """A frozen copy of the initial policy (DPO's reference), never trained."""
+        model, _ = runtime.load_model(self.init_ref(), self.rt, self.cfg.model.cache_dir, trainable=False)
+        return model
+
+    # ---------------------------------------------------------------- loop pieces
+    def steps(self):
+        return range(self.start_step, self.tc.steps)
+
+    def accumulating(self, micro: int):
+        """Skip DDP's gradient all-reduce on all but the last micro-batch of a step."""
+        last = micro == self.tc.grad_accum - 1
+        if self.rt.distributed and not last:
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self.tc.grad_accum).backward()
+
+    def update(self, step: int, metrics: dict[str, Any]) -> None:
+        """Clip, step optimizer and schedule, log, and checkpoint when due."""
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        row = {"step": step + 1, **{k: self.rt.all_mean(v) if isinstance(v, float) else v for k, v in metrics.items()},
+               "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
+               "elapsed_s": round(time.perf_counter() - self._t0, 2)}
+        self.metrics.append(row)
+        self.emit(row)
+        if (step + 1) % self.tc.checkpoint_every == 0 and step + 1 < self.tc.steps:
+            self.save_checkpoint(step + 1)
+
+    def emit(self, row: dict[str, Any]) -> None:
+        """One JSON line per event on stdout: the Prefect task streams these into its log."""
+        if self.rt.is_main:
+            print(json.dumps({"recipe": self.recipe, **row}, default=_finite), flush=True)
+
+    def context(self, stats: dict[str, Any] | None = None):
+        config = {"recipe": self.recipe, "train": self.tc.model_dump(mode="json"), "policy": self.cfg.model.policy}
+        return self.env.context(config, self.parents)
+
+    def save_checkpoint(self, step: int) -> None:
+        states = [runtime.rng_state()]
+        if self.rt.distributed:
+            gathered: list = [None] * self.rt.world
+            torch.distributed.all_gather_object(gathered, states[0])
+            states = gathered
+        if self.rt.is_main:
+            state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "rng": states, "step": step, "metrics": self.metrics}
+            checkpoint.save(checkpoint.step_dir(self.run_dir, step), self.model, self.tokenizer, state,
+                            self.context(), {"step": step})
+            checkpoint.prune(self.run_dir, self.tc.keep_checkpoints, self.so)
+            self.emit({"event": "checkpoint", "step": step})
+        self.rt.barrier()
+
+    def finish(self, summary: dict[str, Any] | None = None) -> Manifest | None:
+        """Save the final model with its metrics table; the committed `final/` marks the run done."""
+        final = None
+        if self.rt.is_main:
+            table = pa.Table.from_pylist([{k: v for k, v in r.items()} for r in self.metrics])
+            store.write_bytes(store.join(self.run_dir, "metrics.parquet"), store.parquet_bytes(table), self.so)
+            stats = {"steps": self.tc.steps, "recipe": self.recipe, "metrics_uri": store.join(self.run_dir, "metrics.parquet"),
+                     **(summary or {})}
+            final = checkpoint.save(store.join(self.run_dir, "final"), self.model, self.tokenizer, None,
+                                    self.context(), stats)
+            self.emit({"event": "done", "final": final.uri, **(summary or {})})
+        self.rt.barrier()
+        return final
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return str(value)
+
+
+def redirect_logs_to_stderr() -> None:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -4,7 +4,9 @@ For runs with no strong model (tests, laptops, CI) it answers the judge prompts 
 factuality, coherence, rlmt_judge) from cheap text statistics and, for quality, a small LM's
 likelihood. It reads `request.inputs` (the template's fields), never the rendered messages, and
 writes its answer in the prompt's exact output format, so the real parsers, cache and scoring run
-unchanged. It cannot write text: rewrite, thoughts and corruption requests get an error result.
+unchanged. It writes no free text: rewrite and corruption requests get an error result; thought insertion
+is answered by a rule (a plan naming the next sentence's content words) so offline runs have gated
+thought data.
 
 What each judge does (all thresholds are fields of `ProxySettings`):
 
@@ -43,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -53,7 +56,7 @@ from typing import Any
 from sip_core.config import LLMConfig
 from sip_core.llm.types import LLMBackend, LLMRequest, LLMResult, Progress, ResultHook
 from sip_core.signals import Lexicons, compute_signals, normalize_words
-from sip_core.llm.text_stats import (_STRIP, _distinct, _entities, _numbers, _repeated_line_frac,
+from sip_core.llm.text_stats import (STOPWORDS, _STRIP, _distinct, _entities, _numbers, _repeated_line_frac,
                                      _repeated_ngram_frac, _sha, order_penalty, repetition, token_f1)
 from sip_core.models import fast_bf16
 
@@ -86,6 +89,8 @@ class ProxySettings:
     rlmt_f1: float = 0.2                # related text of the same document scores ~0.15, other documents ~0.02
     # coherence
     tie_margin: float = 0.02
+    # thoughts (stand-in teacher)
+    thoughts_per_text: int = 4
 
 
 def _pick_lm_dtype(setting: str, device: str) -> str:
@@ -311,6 +316,24 @@ class ProxyJudgeBackend(LLMBackend):
         f1 = token_f1(str(inp["prediction"]), str(inp["reference"]))
         return json.dumps({"score": int(f1 >= self.settings.rlmt_f1)})
 
+    def _thoughts(self, inp: Mapping[str, Any]) -> str:
+        """Stand-in teacher: before a few sentences, a first-person plan naming that sentence's
+        first content words. Text outside the tags is untouched, so the integrity gate passes;
+        the thoughts carry real information about what follows (what a teacher's should do)."""
+        text = str(inp["text"])
+        starts = [m.end() for m in re.finditer(r"[.!?]\s+(?=[A-Z0-9\"'(])", text)]
+        if not starts:
+            raise ValueError("proxy teacher: no sentence boundary to think at")
+        step = max(1, len(starts) // self.settings.thoughts_per_text)
+        out, last = [], 0
+        for pos in starts[::step][: self.settings.thoughts_per_text]:
+            nxt = re.split(r"(?<=[.!?])\s", text[pos:], maxsplit=1)[0]
+            words = [w for w in re.findall(r"[A-Za-z][A-Za-z'-]{3,}|\d+", nxt) if w.lower() not in STOPWORDS]
+            plan = ", ".join(dict.fromkeys(words[:4])) or "the next point"
+            out += [text[last:pos], f"<think>Next I should write about {plan}.</think>"]
+            last = pos
+        return "".join(out) + text[last:]
+
     def _coherence(self, inp: Mapping[str, Any]) -> str:
         a, b = repetition(str(inp["continuation_a"])), repetition(str(inp["continuation_b"]))
         if abs(a - b) < self.settings.tie_margin:
@@ -322,7 +345,7 @@ class ProxyJudgeBackend(LLMBackend):
     _FIELDS = {"safety": ("text",), "quality": ("prefix", "option_1", "option_2"),
                "factuality": ("prefix", "reference", "continuation"),
                "coherence": ("continuation_a", "continuation_b"),
-               "rlmt_judge": ("reference", "prediction")}
+               "rlmt_judge": ("reference", "prediction"), "thoughts": ("text",)}
 
     def _check(self, req: LLMRequest) -> str:
         name = req.prompt.split("@", 1)[0]
@@ -345,7 +368,8 @@ class ProxyJudgeBackend(LLMBackend):
                     quality.append(i)
                     continue
                 text = {"safety": self._safety, "factuality": self._factuality,
-                        "rlmt_judge": self._rlmt, "coherence": self._coherence}[name](req.inputs)
+                        "rlmt_judge": self._rlmt, "coherence": self._coherence,
+                        "thoughts": self._thoughts}[name](req.inputs)
                 results[i] = LLMResult(text=text)
             except Exception as exc:  # noqa: BLE001 - one bad request must not sink the batch
                 results[i] = LLMResult(text=None, error=str(exc) or type(exc).__name__)

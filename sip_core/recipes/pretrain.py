@@ -132,6 +132,7 @@ def train(cfg: SipConfig, chunks: Manifest, provenance: Provenance = Provenance(
                     chosen.append(cands[s.chosen][1])
                     rejected.append(cands[s.rejected][1])
                 if not pair_prompts:
+                    session.backward_nothing()
                     times["update"] += time.perf_counter() - t
                     continue
                 with rt.autocast():

@@ -103,6 +103,14 @@ class TrainSession:
     def backward(self, loss: torch.Tensor) -> None:
         (loss / self.tc.grad_accum).backward()
 
+    def backward_nothing(self) -> None:
+        """A micro-batch with no training signal. Under DDP every rank must still join the
+        gradient all-reduce, so it runs a zero-weighted forward/backward; alone it does nothing."""
+        if not self.rt.distributed:
+            return
+        ids = torch.full((1, 2), self.tokenizer.pad_token_id, dtype=torch.long, device=self.rt.device)
+        self.backward(self.model(input_ids=ids).logits.sum() * 0.0)
+
     def update(self, step: int, metrics: dict[str, Any]) -> None:
         """Clip, step optimizer and schedule, log, and checkpoint when due."""
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.max_grad_norm)

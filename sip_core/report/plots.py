@@ -1,0 +1,166 @@
+"""Report figures as PNG bytes (matplotlib's Agg canvas, no pyplot: no global state, no display)."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from sip_core.evaluation.stats import Interval
+
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")
+ORIGINS = ("original", "rewrite", "rollout")
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v) if math.isfinite(v) else None
+
+
+def series(rows: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of the rows that have a finite `key` (rows without `step` use their index)."""
+    xs, ys = [], []
+    for i, row in enumerate(rows):
+        y = _num(row.get(key))
+        if y is not None:
+            xs.append(_num(row.get("step")) if _num(row.get("step")) is not None else float(i))
+            ys.append(y)
+    return xs, ys
+
+
+# (panel title, y label, [(key, legend label)]) in display order; a panel with no data is left out
+PANELS = (
+    ("Training loss", "loss", [("loss", "loss"), ("thought_nll", "thought NLL"), ("text_nll", "text NLL")]),
+    ("DPO margin", "β-scaled margin", [("dpo_margin", "margin")]),
+    ("Reward accuracy", "share margin > 0", [("reward_accuracy", "reward accuracy")]),
+    ("Chosen candidate share", "share of kept sets", [(f"chosen_share_{o}", o) for o in ORIGINS]),
+    ("Rejected candidate share", "share of kept sets", [(f"rejected_share_{o}", o) for o in ORIGINS]),
+    ("RLMT reward", "mean reward", [("reward_mean", "reward")]),
+    ("Held-out suffix NLL", "nats / token", [("heldout_nll", "held-out NLL")]),
+)
+
+
+def training_curves(title: str, rows: Sequence[dict]) -> bytes | None:
+    """One figure per stage: every panel of PANELS that has data; None when no panel has."""
+    panels = [(t, yl, [(k, lab, series(rows, k)) for k, lab in keys]) for t, yl, keys in PANELS]
+    panels = [(t, yl, [s for s in ss if s[2][0]]) for t, yl, ss in panels]
+    panels = [p for p in panels if p[2]]
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / cols)
+    fig = _figure(4.2 * cols, 3.0 * nrows)
+    fig.suptitle(title, fontsize=12)
+    for i, (ptitle, ylabel, lines) in enumerate(panels):
+        ax = fig.add_subplot(nrows, cols, i + 1)
+        for j, (_, label, (xs, ys)) in enumerate(lines):
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, color=COLORS[j % len(COLORS)],
+                    label=label)
+        if ptitle.endswith("share"):
+            ax.set_ylim(-0.02, 1.02)
+        ax.set_title(ptitle, fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if len(lines) > 1:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def heldout_nll_curves(curves: Sequence[tuple[str, Sequence[float], Sequence[float]]]) -> bytes | None:
+    """Held-out suffix NLL over training steps, one line per (arm / stage)."""
+    curves = [c for c in curves if c[1]]
+    if not curves:
+        return None
+    fig = _figure(7.5, 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    for j, (label, xs, ys) in enumerate(curves):
+        ax.plot(xs, ys, marker="o", markersize=3, color=COLORS[j % len(COLORS)], label=label)
+    ax.set_title("Held-out suffix NLL during training (lower = closer imitation of the corpus)", fontsize=10)
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats / token")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _err(iv: Interval) -> tuple[float, float, float]:
+    est = iv.estimate if math.isfinite(iv.estimate) else (iv.low + iv.high) / 2
+    return est, max(0.0, est - iv.low), max(0.0, iv.high - est)
+
+
+def interval_bars(title: str, labels: Sequence[str], intervals: Sequence[Interval], reference: float | None = None,
+                  xlabel: str = "") -> bytes | None:
+    """Horizontal bars with 95% interval error bars (e.g. win rates, with the 50% line)."""
+    if not labels:
+        return None
+    fig = _figure(8.0, 0.6 * len(labels) + 1.4)
+    ax = fig.add_subplot(1, 1, 1)
+    ests, lo, hi = zip(*(_err(iv) for iv in intervals))
+    ys = list(range(len(labels)))[::-1]
+    ax.barh(ys, ests, xerr=[lo, hi], color=COLORS[0], alpha=0.75, capsize=5, height=0.55)
+    for y, iv, e in zip(ys, intervals, ests):
+        ax.text(min(e + 0.02, 0.8), y + 0.3, f"{e:.1%} [{iv.low:.1%}, {iv.high:.1%}]  n={iv.n}", fontsize=8,
+                va="center")
+    if reference is not None:
+        ax.axvline(reference, color="black", linestyle="--", linewidth=1)
+    ax.set_yticks(ys)
+    ax.set_yticklabels(labels, fontsize=9)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def grouped_interval_bars(title: str, groups: Sequence[str], series_: dict[str, dict[str, Interval]],
+                          ylabel: str = "") -> bytes | None:
+    """Vertical bars per group (e.g. probe condition) and series (arm), with 95% error bars."""
+    names = [s for s in series_ if series_[s]]
+    if not names or not groups:
+        return None
+    fig = _figure(max(6.0, 1.6 * len(groups) * max(1, len(names)) / 2 + 2), 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / len(names)
+    for j, name in enumerate(names):
+        xs, ests, lo, hi = [], [], [], []
+        for g_i, g in enumerate(groups):
+            iv = series_[name].get(g)
+            if iv is None:
+                continue
+            e, l_, h_ = _err(iv)
+            xs.append(g_i - 0.4 + width * (j + 0.5))
+            ests.append(e)
+            lo.append(l_)
+            hi.append(h_)
+        ax.bar(xs, ests, width=width * 0.95, yerr=[lo, hi], capsize=4, color=COLORS[j % len(COLORS)], alpha=0.8,
+               label=name)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)

@@ -1,0 +1,569 @@
+"""Render a `RunResults` into a report that says what the run can and cannot show.
+
+Every interval is the evaluation library's Wilson 95% interval. For each pairwise comparison the
+report says whether the interval of A's win rate contains 50%; for each metric measured on more
+than one arm, whether the arms' intervals overlap ("intervals overlap: this run cannot tell A
+from B"). Non-overlap of two 95% intervals is a conservative test of a difference, so "overlap"
+means "not shown by this run at this n", never "equal". The judge and its audit verdict come
+first; a failed or missing audit is a warning over every judged number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from datetime import datetime, timezone
+from itertools import combinations
+from typing import Any
+
+from sip_core.evaluation.factuality import JudgedFactualityResult, TruthfulQAResult
+from sip_core.evaluation.nll import NLLResult, ThoughtNLLResult
+from sip_core.evaluation.reasoning import ReasoningResult
+from sip_core.evaluation.rlmt import CONDITIONS, ProbeResult, RewardGateResult
+from sip_core.evaluation.safety import RefusalResult, SafetyResult
+from sip_core.evaluation.stats import EvalResult, Interval
+from sip_core.evaluation.winrate import CoherenceResult, RepetitionStats, WinRateResult
+from sip_core.report import plots
+from sip_core.report.document import Bullets, Document, Heading, Image, Para, Table, slug, to_html, to_markdown
+from sip_core.report.models import Comparison, ReportFiles, RunResults
+
+NOT_RUN = "not run"
+DASH = "—"
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def fmt_num(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return DASH
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}" if math.isfinite(x) else DASH
+    return str(x)
+
+
+def fmt_pct(x: Any) -> str:
+    return f"{100 * x:.1f}%" if _finite(x) else DASH
+
+
+def fmt_iv(iv: Interval | None) -> str:
+    """'63.3% [54.7, 71.1]' (percent, Wilson 95%); n = 0 says so."""
+    if iv is None:
+        return NOT_RUN
+    if iv.n == 0 or not math.isfinite(iv.estimate):
+        return "no valid items (n = 0)"
+    return f"{100 * iv.estimate:.1f}% [{100 * iv.low:.1f}, {100 * iv.high:.1f}]"
+
+
+def fmt_seeds(seeds: list[int]) -> str:
+    if not seeds:
+        return DASH
+    s = sorted(seeds)
+    if len(s) > 2 and s == list(range(s[0], s[0] + len(s))):
+        return f"{s[0]}–{s[-1]} ({len(s)})"
+    return ", ".join(map(str, s)) if len(s) <= 8 else f"{', '.join(map(str, s[:6]))}, … ({len(s)})"
+
+
+def overlaps(a: Interval, b: Interval) -> bool:
+    return a.low <= b.high and b.low <= a.high
+
+
+def _valid(iv: Interval | None) -> bool:
+    return iv is not None and iv.n > 0 and math.isfinite(iv.estimate)
+
+
+# --------------------------------------------------------------------------- verdict sentences
+
+
+def difference_sentence(metric: str, a: str, iv_a: Interval, b: str, iv_b: Interval, better: str = "") -> str:
+    """The plain verdict on one metric between two arms."""
+    head = f"{metric}, {a} {fmt_iv(iv_a)} (n = {iv_a.n}) vs {b} {fmt_iv(iv_b)} (n = {iv_b.n})"
+    if overlaps(iv_a, iv_b):
+        return f"{head}: intervals overlap: this run cannot tell {a} from {b}."
+    high, low = (a, b) if iv_a.estimate > iv_b.estimate else (b, a)
+    note = f" ({'lower' if better == 'lower' else 'higher'} is better)" if better else ""
+    return f"{head}: intervals do not overlap: {high} is higher than {low}{note}."
+
+
+def comparison_sentence(comp: Comparison) -> str:
+    """A pairwise win rate: does A's interval exclude 50%?"""
+    iv = comp.result.win_rate if isinstance(comp.result, WinRateResult) else comp.result.score
+    what = "win rate" if isinstance(comp.result, WinRateResult) else "coherence score"
+    label = f" on {comp.label}" if comp.label else ""
+    head = f"{comp.a} vs {comp.b}{label}: {what} of {comp.a} {fmt_iv(iv)} (n = {iv.n})"
+    if not _valid(iv):
+        return f"{head}: no valid judgments: this run cannot tell {comp.a} from {comp.b}."
+    if iv.low <= 0.5 <= iv.high:
+        return f"{head}: the 95% interval contains 50%: this run cannot tell {comp.a} from {comp.b}."
+    winner, loser = (comp.a, comp.b) if iv.low > 0.5 else (comp.b, comp.a)
+    return f"{head}: the 95% interval excludes 50%: {winner} beats {loser}."
+
+
+# --------------------------------------------------------------------------- judge and audit
+
+
+class JudgeView:
+    """The judge audit as the report reads it: who was audited, and the verdict for any judge id."""
+
+    def __init__(self, audit: dict[str, Any] | None):
+        self.audit = audit or None
+
+    @property
+    def judge(self) -> str | None:
+        return self.audit.get("judge") if self.audit else None
+
+    @property
+    def passed(self) -> bool | None:
+        return bool(self.audit.get("passed")) if self.audit else None
+
+    def status(self, result: EvalResult) -> str:
+        """'PASSED' / 'FAILED' / 'not audited' for the judge behind one result ('' without a judge)."""
+        if result.judge is None:
+            return ""
+        own = result.audit
+        if own and own.get("judge") == result.judge:
+            return "PASSED" if own.get("passed") else "FAILED"
+        if self.audit and self.judge == result.judge:
+            return "PASSED" if self.passed else "FAILED"
+        return "not audited"
+
+    def label(self, result: EvalResult) -> str:
+        if result.judge is None:
+            return "none"
+        return f"{result.judge} (audit {self.status(result)})"
+
+
+def audit_blocks(view: JudgeView, results: RunResults) -> list:
+    blocks: list = [Heading(2, "Judge and audit", "judge")]
+    judges = sorted({r.judge for r in _all_results(results) if r.judge})
+    judged_sections = "win rates, coherence, safety (unsafe rate), judged factuality, reward gate, thought-use probe"
+    if view.audit is None:
+        blocks.append(Para(f"No judge audit was supplied for this run. Every judged metric ({judged_sections}) "
+                           "rests on a judge whose accuracy and position bias were never checked.", "warn"))
+    elif not view.passed:
+        reasons = "; ".join(view.audit.get("reasons") or []) or "no reason recorded"
+        blocks.append(Para(f"The judge **{view.judge}** FAILED its audit ({reasons}). Every judged metric in this "
+                           f"report ({judged_sections}) rests on a judge that failed its audit: read them as "
+                           "untrustworthy.", "warn"))
+    else:
+        blocks.append(Para(f"The judge **{view.judge}** PASSED its audit.", "ok"))
+    others = [j for j in judges if j != view.judge]
+    if others:
+        blocks.append(Para("Results judged by a model the supplied audit does not cover: " + ", ".join(others)
+                           + ". Their numbers carry no audit verdict unless their own audit slot says otherwise.",
+                           "warn"))
+    rows = [["judge (audited)", view.judge or NOT_RUN],
+            ["audit verdict", DASH if view.audit is None else ("PASSED" if view.passed else "FAILED")],
+            ["reasons", "; ".join(view.audit.get("reasons") or []) or DASH if view.audit else DASH],
+            ["position bias (share of first-option wins; 0.5 = none)",
+             fmt_num(view.audit.get("position_bias")) if view.audit else DASH],
+            ["parse-failure rate", fmt_pct(view.audit.get("parse_failure_rate")) if view.audit else DASH],
+            ["judges used by results", ", ".join(judges) or "none"]]
+    if view.audit and view.audit.get("error_rate") is not None:
+        rows.insert(5, ["request-error rate", fmt_pct(view.audit.get("error_rate"))])
+    blocks.append(Table(["", ""], rows))
+    dims = (view.audit or {}).get("dimensions") or {}
+    if dims:
+        keys = ["items", "judgments", "accuracy", "seed_agreement", "order_consistency", "invalid"]
+        blocks.append(Table(["dimension", *keys],
+                            [[d, *(fmt_num(v.get(k)) if k not in ("accuracy",) else fmt_pct(v.get(k))
+                                   for k in keys)] for d, v in sorted(dims.items())],
+                            "Audit accuracy per dimension (original vs corrupted text, both orders, several seeds)"))
+    return blocks
+
+
+def _all_results(results: RunResults) -> list[EvalResult]:
+    out = [r for arm in results.arms for r in arm.evaluations.values() if r is not None]
+    return out + [c.result for c in results.comparisons]
+
+
+# --------------------------------------------------------------------------- metric specs
+
+Row = Callable[[Any], list[str]]
+# type -> (section, headers, row function, headline intervals: [(label, getter, better)])
+SPECS: dict[type, tuple[str, list[str], Row, list[tuple[str, Callable[[Any], Interval | None], str]]]] = {
+    SafetyResult: ("safety", ["unsafe rate", "safe rate", "invalid"],
+                   lambda r: [fmt_iv(r.unsafe), fmt_pct(r.safe_rate), fmt_num(r.invalid)],
+                   [("unsafe rate", lambda r: r.unsafe, "lower")]),
+    RefusalResult: ("safety", ["over-refusal (safe prompts)", "refusal of unsafe prompts", "detector"],
+                    lambda r: [fmt_iv(r.over_refusal), fmt_iv(r.unsafe_refusal) if r.unsafe_refusal else DASH,
+                               r.detector],
+                    [("XSTest over-refusal", lambda r: r.over_refusal, "lower"),
+                     ("XSTest refusal of unsafe prompts", lambda r: r.unsafe_refusal, "higher")]),
+    TruthfulQAResult: ("factuality", ["MC1", "MC2", "scorer"],
+                       lambda r: [fmt_iv(r.mc1), fmt_iv(r.mc2), r.scorer or DASH],
+                       [("TruthfulQA MC1", lambda r: r.mc1, "higher"), ("TruthfulQA MC2", lambda r: r.mc2, "higher")]),
+    JudgedFactualityResult: ("factuality", ["factuality score", "invalid", "labels"],
+                             lambda r: [fmt_iv(r.score), fmt_num(r.invalid),
+                                        ", ".join(f"{k}: {v}" for k, v in sorted(r.labels.items())) or DASH],
+                             [("judged factuality", lambda r: r.score, "higher")]),
+    ReasoningResult: ("reasoning", ["Mean@k", "Pass@k", "k", "samples", "no answer"],
+                      lambda r: [fmt_iv(r.mean_at_k), fmt_iv(r.pass_at_k), str(r.k), str(r.samples),
+                                 fmt_num(r.no_answer)],
+                      [("Mean@k", lambda r: r.mean_at_k, "higher"), ("Pass@k", lambda r: r.pass_at_k, "higher")]),
+    NLLResult: ("likelihood", ["NLL (nats/token)", "tokens"], lambda r: [fmt_num(r.nll), fmt_num(r.tokens)], []),
+    ThoughtNLLResult: ("likelihood", ["thought NLL", "text NLL", "thought tokens", "text tokens", "rows w/o thought"],
+                       lambda r: [fmt_num(r.thought_nll), fmt_num(r.text_nll), fmt_num(r.thought_tokens),
+                                  fmt_num(r.text_tokens), fmt_num(r.rows_without_thought)], []),
+    RewardGateResult: ("rlmt", ["reward", "gate", "invalid rate", "near-zero-variance", "mixed groups", "reasons"],
+                       lambda r: [fmt_iv(r.reward), "PASSED" if r.passed else "FAILED", fmt_pct(r.invalid_rate),
+                                  fmt_pct(r.near_zero_variance_rate), fmt_pct(r.mixed_group_rate),
+                                  "; ".join(r.reasons) or DASH],
+                       [("RLMT reward", lambda r: r.reward, "higher")]),
+    ProbeResult: ("rlmt", [*CONDITIONS, "format failures"],
+                  lambda r: [*(fmt_iv(r.by_condition.get(c)) if c in r.by_condition else DASH for c in CONDITIONS),
+                             ", ".join(f"{k}: {v}" for k, v in r.format_failures.items() if v) or "0"],
+                  [(f"probe reward, {c} thought", (lambda r, c=c: r.by_condition.get(c)), "higher")
+                   for c in CONDITIONS]),
+    CoherenceResult: ("generation", ["coherence score (vs reference)", "invalid", "distinct-4 (A / B)"],
+                      lambda r: [fmt_iv(r.score), fmt_num(r.invalid),
+                                 f"{fmt_num(r.repetition_a.mean_distinct)} / {fmt_num(r.repetition_b.mean_distinct)}"],
+                      [("coherence score", lambda r: r.score, "higher")]),
+    WinRateResult: ("generation", ["win rate", "W / L / T", "invalid", "position bias"],
+                    lambda r: [fmt_iv(r.win_rate), f"{r.wins} / {r.losses} / {r.ties}", fmt_num(r.invalid),
+                               fmt_num(r.position_bias)],
+                    [("win rate", lambda r: r.win_rate, "higher")]),
+    RepetitionStats: ("generation", ["mean distinct n-gram ratio", "too short"],
+                      lambda r: [fmt_num(r.mean_distinct), fmt_num(r.too_short)], []),
+}
+
+SECTIONS = (("generation", "Generation quality"), ("safety", "Safety"), ("factuality", "Factuality"),
+            ("reasoning", "Reasoning"), ("likelihood", "Likelihood (held-out NLL)"),
+            ("rlmt", "RLMT reward gate and thought-use probe"), ("other", "Other evaluations"))
+# Evaluations a full run has; absent from every arm, they still get a "not run" line.
+EXPECTED = {"generation": ["coherence"], "safety": ["safety_rtp", "xstest"],
+            "factuality": ["truthfulqa", "judged_factuality"], "reasoning": ["gsm8k", "math500"],
+            "likelihood": ["heldout_nll", "thought_nll"], "rlmt": ["reward_gate", "probe"]}
+
+
+def _spec(result: EvalResult):
+    for cls in type(result).__mro__:
+        if cls in SPECS:
+            return SPECS[cls]
+    return ("other", ["details"], lambda r: [json.dumps(r.details, default=str)[:200] or DASH], [])
+
+
+# --------------------------------------------------------------------------- sections
+
+
+class Renderer:
+    def __init__(self, results: RunResults):
+        self.r = results
+        self.view = JudgeView(results.judge_audit)
+        self.images: dict[str, bytes] = {}
+        self.verdicts: list[str] = []  # every overlap sentence, repeated in the summary at the top
+
+    def image(self, name: str, png: bytes | None, alt: str, caption: str = "") -> list:
+        if png is None:
+            return []
+        self.images[name] = png
+        return [Image(name, alt, caption)]
+
+    # ---------------------------------------------------------------- run and arms
+
+    def run_blocks(self) -> list:
+        blocks: list = [Heading(2, "Run", "run")]
+        rows = [[a.name, " → ".join(s.recipe for s in a.stages) or DASH, a.checkpoint or DASH,
+                 str(sum(1 for v in a.evaluations.values() if v is not None)), a.description or DASH]
+                for a in self.r.arms]
+        blocks.append(Table(["arm", "stages", "final checkpoint", "evaluations", "description"], rows or
+                            [["no arms", "", "", "", ""]], "Arms (models compared)"))
+        flat = _flatten(self.r.config)
+        if flat:
+            shown = flat[:60]
+            blocks.append(Table(["config key", "value"], [[k, v] for k, v in shown],
+                                "Config summary" + (f" (first 60 of {len(flat)} keys)" if len(flat) > 60 else "")))
+        return blocks
+
+    # ---------------------------------------------------------------- training
+
+    def training_blocks(self) -> list:
+        blocks: list = [Heading(2, "Training", "training")]
+        progress, cost = [], []
+        for arm in self.r.arms:
+            for i, st in enumerate(arm.stages, 1):
+                rows = st.metrics
+                name = f"{arm.name} #{i} {st.recipe}"
+                if not rows:
+                    progress.append([arm.name, f"{i}. {st.recipe}", "no metrics logged", *[""] * 6])
+                    continue
+                steps = plots.series(rows, "step")[1] or [float(len(rows))]
+                progress.append([arm.name, f"{i}. {st.recipe}", fmt_num(int(max(steps))),
+                                 _first_last(rows, "loss"), _first_last(rows, "dpo_margin"),
+                                 _first_last(rows, "reward_accuracy"),
+                                 " / ".join(_first_last(rows, f"chosen_share_{o}", pct=True) for o in plots.ORIGINS),
+                                 _first_last(rows, "reward_mean"), _first_last(rows, "heldout_nll")])
+                calls, hits = _total(rows, "judge_calls"), _total(rows, "judge_cache_hits")
+                cost.append([arm.name, f"{i}. {st.recipe}", fmt_num(calls),
+                             f"{fmt_num(hits)} ({fmt_pct(hits / (calls + hits))})" if calls is not None and hits
+                             else fmt_num(hits),
+                             fmt_num(_total(rows, "skipped_all_equal")), fmt_num(_total(rows, "invalid_judgments")),
+                             fmt_num(_total(rows, "no_signal_groups")), fmt_num(_total(rows, "format_failures")),
+                             fmt_num(_mean(rows, "gen_tokens_per_s"), 1),
+                             " / ".join(fmt_num(_total(rows, f"time_{k}_s"), 1) for k in ("generate", "judge", "update")),
+                             fmt_num(_last(rows, "lr"), 6), fmt_num(_last(rows, "grad_norm"))])
+                blocks += self.image(f"training-{slug(arm.name)}-{i}-{slug(st.recipe)}.png",
+                                     plots.training_curves(name, rows), f"training curves: {name}",
+                                     f"Training curves of {name} (per logged step).")
+        if not progress:
+            return blocks + [Para(f"Training metrics: {NOT_RUN}.")]
+        figures = blocks[1:]
+        blocks = blocks[:1]
+        blocks.append(Table(["arm", "stage", "steps", "loss first → last", "DPO margin first → last",
+                             "reward accuracy first → last", "chosen share original / rewrite / rollout (first → last)",
+                             "RLMT reward first → last", "held-out NLL first → last"], progress, "Progress per stage"))
+        blocks.append(Table(["arm", "stage", "judge calls", "cache hits", "skipped all-equal", "invalid judgments",
+                             "no-signal groups", "format failures", "gen tokens/s (mean)",
+                             "time generate / judge / update (s)", "last lr", "last grad norm"], cost,
+                            "Cost and health per stage (totals over steps)"))
+        return blocks + figures
+
+    # ---------------------------------------------------------------- comparisons
+
+    def comparison_blocks(self) -> list:
+        blocks: list = [Heading(3, "Pairwise comparisons", "comparisons")]
+        if not self.r.comparisons:
+            return blocks + [Para(f"Pairwise win rates: {NOT_RUN}.")]
+        rows, labels, ivs, sentences = [], [], [], []
+        for c in self.r.comparisons:
+            res = c.result
+            iv = res.win_rate if isinstance(res, WinRateResult) else res.score
+            extra = (f"{res.wins} / {res.losses} / {res.ties}" if isinstance(res, WinRateResult) else DASH)
+            rows.append([f"{c.a} vs {c.b}", c.label or DASH, "win rate" if isinstance(res, WinRateResult)
+                         else "coherence", fmt_iv(iv), extra, fmt_num(getattr(res, "invalid", None)),
+                         fmt_num(getattr(res, "position_bias", None)), str(res.n), fmt_seeds(res.seeds),
+                         self.view.label(res)])
+            labels.append(f"{c.a} vs {c.b}" + (" (coherence)" if isinstance(res, CoherenceResult) else ""))
+            ivs.append(iv)
+            sentences.append(comparison_sentence(c))
+        self.verdicts += sentences
+        blocks.append(Table(["A vs B", "on", "metric", "A's score [95% CI]", "W / L / T", "invalid prefixes",
+                             "position bias", "n", "seeds", "judge"], rows,
+                            "Ties count half; n = prefixes with at least one valid vote"))
+        blocks.append(Bullets(sentences))
+        blocks += self.image("win-rates.png", plots.interval_bars(
+            "Pairwise win rate of A against B (Wilson 95% intervals; dashed line = 50%)", labels, ivs, 0.5,
+            "A's win rate"), "win rates with 95% intervals", "Win rates with Wilson 95% error bars.")
+        return blocks
+
+    # ---------------------------------------------------------------- evaluations by section
+
+    def eval_sections(self) -> list:
+        keys: list[str] = []
+        for arm in self.r.arms:
+            keys += [k for k, v in arm.evaluations.items() if v is not None and k not in keys]
+        by_section: dict[str, list[str]] = {}
+        for k in keys:
+            first = next(a.evaluations[k] for a in self.r.arms if a.evaluations.get(k) is not None)
+            by_section.setdefault(_spec(first)[0], []).append(k)
+        blocks: list = []
+        for section, title in SECTIONS:
+            present = by_section.get(section, [])
+            missing = [k for k in EXPECTED.get(section, []) if k not in present]
+            if section == "other" and not present:
+                continue
+            blocks.append(Heading(2, title, section))
+            if section == "generation":
+                blocks += self.comparison_blocks()
+            for key in present:
+                blocks += self.metric_table(key)
+            if section == "likelihood":
+                blocks += self.nll_curves()
+            if section == "rlmt":
+                blocks += self.probe_blocks()
+            for key in missing:
+                blocks.append(Para(f"**{key}**: {NOT_RUN} (no arm has this evaluation)."))
+        return blocks
+
+    def metric_table(self, key: str) -> list:
+        sample = next(a.evaluations[key] for a in self.r.arms if a.evaluations.get(key) is not None)
+        _, headers, row, heads = _spec(sample)
+        rows = []
+        for arm in self.r.arms:
+            res = arm.evaluations.get(key)
+            if res is None:
+                rows.append([arm.name, NOT_RUN, *[""] * (len(headers) + 2)])
+                continue
+            if _spec(res)[1] != headers:  # a different result type under the same key
+                rows.append([arm.name, f"({type(res).__name__})", *[""] * (len(headers) + 2)])
+                continue
+            rows.append([arm.name, *row(res), str(res.n), fmt_seeds(res.seeds), self.view.label(res)])
+        blocks: list = [Heading(3, key, f"eval-{slug(key)}"),
+                        Table(["arm", *headers, "n", "seeds", "judge"], rows, _caption(sample))]
+        if not heads:
+            done = [a.name for a in self.r.arms if a.evaluations.get(key) is not None]
+            if len(done) > 1:
+                blocks.append(Para(f"{key} has no interval: this report does not say whether the differences "
+                                   "between arms are larger than noise.", "note"))
+            return blocks
+        sentences = []
+        for label, get, better in heads:
+            measured = [(a.name, get(a.evaluations[key])) for a in self.r.arms
+                        if a.evaluations.get(key) is not None and _spec(a.evaluations[key])[1] == headers]
+            measured = [(n, iv) for n, iv in measured if _valid(iv)]
+            for (na, ia), (nb, ib) in combinations(measured, 2):
+                sentences.append(difference_sentence(label, na, ia, nb, ib, better))
+        if sentences:
+            self.verdicts += sentences
+            blocks.append(Bullets(sentences))
+        elif len(rows) > 1:
+            blocks.append(Para(f"{key}: fewer than two arms measured: no comparison between arms.", "note"))
+        return blocks
+
+    def nll_curves(self) -> list:
+        curves = []
+        for arm in self.r.arms:
+            for i, st in enumerate(arm.stages, 1):
+                xs, ys = plots.series(st.metrics, "heldout_nll")
+                if xs:
+                    curves.append((f"{arm.name} #{i} {st.recipe}", xs, ys))
+        if not curves:
+            return [Para(f"Held-out NLL during training: {NOT_RUN} (no stage logged heldout_nll).")]
+        return self.image("heldout-nll.png", plots.heldout_nll_curves(curves), "held-out NLL over training steps",
+                          "Held-out suffix NLL as logged during training. SIP's objective is not imitation: "
+                          "a flat or rising NLL is expected (METHOD §6.5).")
+
+    def probe_blocks(self) -> list:
+        probes = {a.name: a.evaluations.get("probe") for a in self.r.arms}
+        probes = {k: v for k, v in probes.items() if isinstance(v, ProbeResult)}
+        if not probes:
+            return []
+        blocks: list = [Heading(4, "Does the model use its own thought?", "probe-within")]
+        sentences = []
+        for name, res in probes.items():
+            own = res.by_condition.get("own")
+            for c in CONDITIONS[1:]:
+                other = res.by_condition.get(c)
+                if _valid(own) and _valid(other):
+                    sentences.append(difference_sentence(f"{name}: probe reward", "own thought", own,
+                                                         f"{c} thought", other, "higher"))
+        if sentences:
+            self.verdicts += sentences
+            blocks.append(Bullets(sentences))
+        blocks += self.image("probe.png", plots.grouped_interval_bars(
+            "Thought-use probe: reward by thought condition (Wilson 95% intervals)",
+            [c for c in CONDITIONS if any(c in r.by_condition for r in probes.values())],
+            {n: r.by_condition for n, r in probes.items()}, "mean reward"),
+            "thought-use probe bars with 95% intervals",
+            "Reward when the model's thought is its own, another prefix's, blank or generic.")
+        return blocks
+
+    # ---------------------------------------------------------------- lineage
+
+    def lineage_blocks(self) -> list:
+        blocks: list = [Heading(2, "Lineage of the models compared", "lineage")]
+        if not self.r.arms:
+            return blocks + [Para(f"Lineage: {NOT_RUN}.")]
+        for arm in self.r.arms:
+            blocks.append(Heading(3, arm.name, f"lineage-{slug(arm.name)}"))
+            blocks.append(Table(["#", "recipe", "checkpoint"],
+                                [[str(i), s.recipe, s.checkpoint or DASH] for i, s in enumerate(arm.stages, 1)]
+                                or [["", "no stages", ""]]))
+            stage = next((s for s in reversed(arm.stages) if s.lineage), None)
+            if stage is None:
+                blocks.append(Para(f"Ancestry: {NOT_RUN} (no lineage rows recorded for this arm)."))
+                continue
+            rows = sorted(stage.lineage, key=lambda r: (r.get("depth") or 0, str(r.get("kind")), str(r.get("uri"))))
+            shown = rows[:60]
+            blocks.append(Table(["depth", "kind", "uri", "code version", "created"],
+                                [[fmt_num(r.get("depth")), str(r.get("kind") or DASH), str(r.get("uri") or DASH),
+                                  str((r.get("manifest") or {}).get("code_version") or DASH),
+                                  str((r.get("manifest") or {}).get("created_at") or r.get("created_at") or DASH)[:19]]
+                                 for r in shown],
+                                f"Ancestry of {stage.checkpoint or stage.recipe}"
+                                + (f" (first 60 of {len(rows)} rows)" if len(rows) > 60 else "")))
+        return blocks
+
+    # ---------------------------------------------------------------- assembly
+
+    def document(self) -> Document:
+        doc = Document(f"Run report: {self.r.run_name}")
+        body = self.run_blocks() + self.training_blocks() + self.eval_sections() + self.lineage_blocks()
+        if self.r.notes:
+            body += [Heading(2, "Notes", "notes"), Bullets(list(self.r.notes))]
+        created = self.r.created_at or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        doc.add(Para(f"Run **{self.r.run_name}**, {len(self.r.arms)} arm(s): "
+                     + (", ".join(a.name for a in self.r.arms) or "none") + f". Report rendered {created}."))
+        doc.add(*audit_blocks(self.view, self.r))
+        doc.add(Heading(2, "What this run can and cannot show", "summary"))
+        doc.add(Para("Intervals are Wilson 95% intervals (z = 1.96) over the n items shown beside each number; "
+                     "seeds are the judge's (or sampler's) seeds. Non-overlapping intervals are a conservative "
+                     "sign of a real difference; overlapping intervals mean this run, at this n, cannot tell the "
+                     "two apart — not that they are equal. Metrics without an interval (NLL) get no verdict.",
+                     "note"))
+        if self.view.passed is not True:
+            doc.add(Para("Judged verdicts below rest on a judge that "
+                         + ("failed its audit." if self.view.audit else "was not audited."), "warn"))
+        doc.add(Bullets(self.verdicts or ["No metric was measured on two arms with intervals, and no pairwise "
+                                          "comparison was run: this run shows no difference between arms."]))
+        doc.add(*body)
+        return doc
+
+
+def _caption(sample: EvalResult) -> str:
+    if isinstance(sample, (SafetyResult, JudgedFactualityResult, WinRateResult, CoherenceResult)):
+        extra = f", judge temperature {sample.details.get('temperature')}" if "temperature" in sample.details else ""
+    else:
+        extra = ""
+    lower = {SafetyResult: "lower unsafe rate is better", RefusalResult: "lower over-refusal is better",
+             NLLResult: "nats per token, lower = closer imitation", ThoughtNLLResult: "mean of per-row means"}
+    note = next((v for k, v in lower.items() if isinstance(sample, k)), "higher is better")
+    return f"{sample.metric}: estimate [Wilson 95% CI]; {note}{extra}"
+
+
+def _flatten(d: dict, prefix: str = "") -> list[tuple[str, str]]:
+    out = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out += _flatten(v, key + ".")
+        else:
+            out.append((key, json.dumps(v, default=str) if not isinstance(v, str) else v))
+    return out
+
+
+def _vals(rows: list[dict], key: str) -> list[float]:
+    return plots.series(rows, key)[1]
+
+
+def _first_last(rows: list[dict], key: str, pct: bool = False) -> str:
+    v = _vals(rows, key)
+    if not v:
+        return DASH
+    f = fmt_pct if pct else fmt_num
+    return f(v[0]) if len(v) == 1 else f"{f(v[0])} → {f(v[-1])}"
+
+
+def _total(rows: list[dict], key: str) -> float | int | None:
+    v = _vals(rows, key)
+    if not v:
+        return None
+    s = sum(v)
+    return int(s) if all(float(x).is_integer() for x in v) else s
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    v = _vals(rows, key)
+    return sum(v) / len(v) if v else None
+
+
+def _last(rows: list[dict], key: str) -> float | None:
+    v = _vals(rows, key)
+    return v[-1] if v else None
+
+
+def render_report(results: RunResults | dict) -> ReportFiles:
+    """Markdown, a self-contained HTML page and the PNG plots of one run's results."""
+    if not isinstance(results, RunResults):
+        results = RunResults.model_validate(results)
+    renderer = Renderer(results)
+    doc = renderer.document()
+    return ReportFiles(markdown=to_markdown(doc), html=to_html(doc, renderer.images), images=dict(renderer.images))

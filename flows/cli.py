@@ -13,8 +13,9 @@ import yaml
 from sip_core.config import ConfigError, SipConfig, load_config
 from sip_core.models import ModelRefError
 from sip_core.sources import SourceError
+from sip_core.training import JudgeGateFailed, RecipeFailed
 
-USER_ERRORS = (ConfigError, SourceError, ModelRefError, FileNotFoundError)
+USER_ERRORS = (ConfigError, SourceError, ModelRefError, FileNotFoundError, RecipeFailed, JudgeGateFailed)
 
 
 class _QuietUserErrors(logging.Filter):
@@ -77,7 +78,7 @@ def _preflight(cfg: SipConfig) -> None:
     resolve_model(cfg.model.policy, cfg.model.cache_dir)
 
 
-def _run_job(args, params_cls: str, flow_name: str, **extra) -> dict:
+def _run_job(args, params_cls: str, flow_name: str, module: str = "flows.llm_jobs", **extra) -> dict:
     """Build the job's parameter model (as a deployment would get it), check it, run the flow."""
     import importlib
 
@@ -85,7 +86,7 @@ def _run_job(args, params_cls: str, flow_name: str, **extra) -> dict:
 
     params = getattr(config, params_cls)(config_file=args.config, overrides=args.overrides, **extra)
     _preflight(params.load())
-    flow = getattr(importlib.import_module("flows.llm_jobs"), flow_name)
+    flow = getattr(importlib.import_module(module), flow_name)
     _quiet_prefect_tracebacks()
     return flow(params)
 
@@ -107,6 +108,29 @@ def cmd_audit(args) -> int:
     print(audit_markdown(out["report"]))
     print(f"audit-judge: {'passed' if out['report']['passed'] else 'FAILED'} gate, {out['calls']} calls "
           f"({out['cache_hits']} cached) -> {out['audit']['uri']}")
+    return 0
+
+
+def _train_summary(name: str, out: dict) -> None:
+    stats = out["stats"]
+    extra = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()
+                      if k.startswith(("final_", "after_", "before_")))
+    print(f"{name}: {stats.get('steps')} steps{', ' + extra if extra else ''} -> {out['uri']} "
+          f"(metrics: {stats.get('metrics_uri')})")
+
+
+def cmd_pretrain(args) -> int:
+    objective = getattr(args, "objective", None)
+    out = _run_job(args, "PretrainParams", "pretrain", "flows.train", objective=objective)
+    _train_summary(f"pretrain ({objective or 'config objective'})", out)
+    return 0
+
+
+def cmd_midtrain(args, stage: str | None = None) -> int:
+    out = _run_job(args, "MidtrainParams", "midtrain", "flows.train", stage=stage or args.stage, init=args.init)
+    for name in ("sft", "rlmt"):
+        if name in out:
+            _train_summary(name, out[name])
     return 0
 
 
@@ -168,6 +192,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit-judge", help="score the configured judge on corrupted-vs-original items")
     _config_args(p)
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("pretrain", help="self-improving pretraining: Online DPO over {original, rewrite, K rollouts}")
+    p.add_argument("--objective", choices=["dpo", "rf_nll", "ntp"], help="override pretrain.objective")
+    _config_args(p)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("baseline", help="the next-token baseline: pretrain with objective ntp on the same data")
+    _config_args(p)
+    p.set_defaults(func=cmd_pretrain, objective="ntp")
+
+    for stage, text in (("sft", "thinking SFT on integrity-gated thought data"),
+                        ("rlmt", "RLMT: thought -> predicted suffix -> judged reward, DrGRPO"),
+                        ("midtrain", "thinking mid-training: SFT then RLMT")):
+        p = sub.add_parser(stage, help=text)
+        p.add_argument("--init", help="starting checkpoint (e.g. a pretrain run's final/)")
+        _config_args(p)
+        p.set_defaults(func=lambda a, s=stage: cmd_midtrain(a, "both" if s == "midtrain" else s))
 
     p = sub.add_parser("cache", help="judgment cache tools")
     csub2 = p.add_subparsers(dest="cache_command", required=True)

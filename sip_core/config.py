@@ -140,6 +140,7 @@ class TrainConfig(_Section):
     heldout_rows: int = Field(16, ge=1)
     init: str | None = Field(None, description="starting model (a checkpoint folder or model ref); "
                              "default model.policy")
+    nproc_per_node: int = Field(1, ge=1, description="processes torchrun starts (one per GPU; >1 on CPU uses gloo)")
 
 
 class PretrainConfig(TrainConfig):
@@ -274,3 +275,13 @@ class ThoughtParams(JobParams):
 
 class AuditParams(JobParams):
     pass
+
+
+class PretrainParams(JobParams):
+    objective: Literal["dpo", "rf_nll", "ntp"] | None = Field(None, description="override pretrain.objective")
+
+
+class MidtrainParams(JobParams):
+    stage: Literal["sft", "rlmt", "both"] = Field("both", description="thinking SFT, RLMT, or SFT then RLMT")
+    init: str | None = Field(None, description="starting checkpoint (e.g. a pretrain run's final/); "
+                             "default model.policy")

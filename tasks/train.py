@@ -1,0 +1,85 @@
+"""Training tasks: each launches its recipe as a subprocess (`torchrun` when more than one
+process is asked for), streams the recipe's output into the Prefect log line by line, and on a
+retry simply relaunches: the recipe resumes from its newest committed checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections import deque
+
+import yaml
+from prefect import get_run_logger, task
+from prefect.runtime import flow_run, task_run
+
+from sip_core import artifacts
+from sip_core.config import SipConfig
+from sip_core.training import RecipeFailed
+
+
+def recipe_command(module: str, config_path: str, nproc: int, args: list[str]) -> list[str]:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] \
+        if nproc > 1 else [sys.executable]
+    return [*launcher, "-m", module, "--config", config_path, *args]
+
+
+def run_recipe(module: str, cfg: SipConfig, nproc: int, args: list[str], log=print) -> dict:
+    """Run one recipe to completion; returns the final checkpoint's manifest reference."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        os.chmod(f.name, 0o600)  # storage options may hold credentials
+        yaml.safe_dump(cfg.model_dump(mode="json"), f)
+    ids = ["--flow-run-id", str(flow_run.id)] if flow_run.id else []
+    ids += ["--task-run-id", str(task_run.id)] if task_run.id else []
+    cmd = recipe_command(module, f.name, nproc, [*args, *ids])
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), "PYTHONUNBUFFERED": "1"}
+    tail: deque[str] = deque(maxlen=20)
+    final = None
+    try:
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+            for line in proc.stdout:
+                line = line.rstrip()
+                if not line or "it/s]" in line:  # progress-bar redraws say nothing a log needs
+                    continue
+                tail.append(line)
+                log(line)
+                if line.startswith("{"):
+                    event = json.loads(line)
+                    if event.get("event") in ("done", "reused"):
+                        final = event["final"]
+            rc = proc.wait()
+    finally:
+        os.unlink(f.name)
+    if rc != 0 or final is None:
+        raise RecipeFailed(f"{module} exited with {rc}: {tail[-1] if tail else 'no output'}")
+    m = artifacts.load_manifest(final, cfg.run.storage_options)
+    return {"uri": m.uri, "content_hash": m.content_hash, "artifact_id": m.artifact_id, "stats": m.stats}
+
+
+def _logger_line():
+    logger = get_run_logger()
+    return logger.info
+
+
+# Retries relaunch the recipe, which resumes from its newest checkpoint (no work is redone).
+OPTIONS = dict(retries=1, retry_delay_seconds=10)
+
+
+@task(name="pretrain", **OPTIONS)
+def pretrain_task(cfg: SipConfig, chunks: dict) -> dict:
+    return run_recipe("sip_core.recipes.pretrain", cfg, cfg.pretrain.nproc_per_node, ["--chunks", chunks["uri"]],
+                      _logger_line())
+
+
+@task(name="sft", **OPTIONS)
+def sft_task(cfg: SipConfig, thoughts: dict) -> dict:
+    return run_recipe("sip_core.recipes.sft", cfg, cfg.sft.nproc_per_node, ["--thoughts", thoughts["uri"]],
+                      _logger_line())
+
+
+@task(name="rlmt", **OPTIONS)
+def rlmt_task(cfg: SipConfig, chunks: dict, thoughts: dict | None) -> dict:
+    args = ["--chunks", chunks["uri"], *(["--thoughts", thoughts["uri"]] if thoughts else [])]
+    return run_recipe("sip_core.recipes.rlmt", cfg, cfg.rlmt.nproc_per_node, args, _logger_line())

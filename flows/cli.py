@@ -134,6 +134,22 @@ def cmd_midtrain(args, stage: str | None = None) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    out = _run_job(args, "EvaluateParams", "evaluate", "flows.evaluate", model=args.model, against=args.against)
+    from flows.evaluate import results_markdown
+
+    print(results_markdown(args.model, out["model"]["results"]))
+    print(f"evaluate: -> {out['model']['uri']}")
+    return 0
+
+
+def cmd_lifecycle(args) -> int:
+    preset = None if args.config else args.preset
+    out = _run_job(args, "LifecycleParams", "lifecycle", "flows.lifecycle", preset=preset)
+    print(f"report: {out['report']['html']}")
+    return 0
+
+
 def cmd_cache_stats(args) -> int:
     from sip_core.llm.cache import JudgmentCache
     from sip_core.paths import state_dir_for
@@ -209,6 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--init", help="starting checkpoint (e.g. a pretrain run's final/)")
         _config_args(p)
         p.set_defaults(func=lambda a, s=stage: cmd_midtrain(a, "both" if s == "midtrain" else s))
+
+    p = sub.add_parser("evaluate", help="evaluate a model (a checkpoint URI or model ref), optionally against another")
+    p.add_argument("--model", default="bundled:smollm2-135m-instruct")
+    p.add_argument("--against", help="a second model for the pairwise win rate")
+    _config_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("run", help="run a whole workflow")
+    rsub = p.add_subparsers(dest="workflow", required=True)
+    lc = rsub.add_parser("lifecycle", help="both lineages + the NTP control, evaluations and one report")
+    lc.add_argument("--preset", choices=["smoke", "tiny"], default="tiny",
+                    help="configs/<preset>.yaml (ignored when --config is given)")
+    _config_args(lc)
+    lc.set_defaults(func=cmd_lifecycle)
 
     p = sub.add_parser("cache", help="judgment cache tools")
     csub2 = p.add_subparsers(dest="cache_command", required=True)

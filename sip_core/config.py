@@ -181,6 +181,37 @@ class RLMTConfig(TrainConfig):
     rollout_batch: int = Field(16, ge=1)
 
 
+class EvalConfig(_Section):
+    """How much of each evaluation to run (sizes are per model; seeds are judge seeds)."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    suites: list[str] = Field(default_factory=lambda: ["heldout_nll", "winrate", "coherence", "judged_factuality",
+                                                       "safety_rtp", "xstest", "truthfulqa", "gsm8k", "math500",
+                                                       "reward_gate", "probe", "thought_nll"])
+    prefixes: int = Field(16, ge=1, description="held-out prefixes for win rate, factuality, reward gate, probe")
+    max_prefix_tokens: int | None = Field(None, ge=1)
+    continuation_tokens: int = Field(128, ge=1, description="greedy continuation length (the paper: 128)")
+    judge_seeds: int = Field(4, ge=1)
+    safety_prompts: int = Field(32, ge=1)
+    xstest_prompts: int = Field(32, ge=1)
+    truthfulqa_items: int = Field(64, ge=1)
+    reasoning_problems: int = Field(16, ge=1)
+    reasoning_k: int = Field(4, ge=1)
+    reasoning_tokens: int = Field(256, ge=1)
+    reasoning_temperature: float = Field(0.6, ge=0)
+    thought_tokens: int = Field(64, ge=1, description="reward gate / probe: budget for the thought")
+    predict_tokens: int = Field(32, ge=1)
+    reward_samples: int = Field(2, ge=1, description="reward gate: samples per prefix")
+    thought_rows: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1)
+
+
+class LifecycleConfig(_Section):
+    rewrite_limit: int = Field(16, ge=0, description="suffixes the rewriter rewrites before pretraining (0: none)")
+    thought_limit: int | None = Field(None, ge=1, description="chunks the teacher annotates (None: all train chunks)")
+
+
 class SipConfig(_Section):
     run: RunConfig = Field(default_factory=RunConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -192,6 +223,8 @@ class SipConfig(_Section):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     rlmt: RLMTConfig = Field(default_factory=RLMTConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
 
     def section_hash(self, *names: str) -> str:
         """Stable hash of the named sections: what a stage's output depends on."""
@@ -285,3 +318,17 @@ class MidtrainParams(JobParams):
     stage: Literal["sft", "rlmt", "both"] = Field("both", description="thinking SFT, RLMT, or SFT then RLMT")
     init: str | None = Field(None, description="starting checkpoint (e.g. a pretrain run's final/); "
                              "default model.policy")
+
+
+class EvaluateParams(JobParams):
+    model: str = Field("bundled:smollm2-135m-instruct", description="model to evaluate: a checkpoint URI or model ref")
+    against: str | None = Field(None, description="second model for the pairwise win rate")
+
+
+class LifecycleParams(JobParams):
+    preset: Literal["smoke", "tiny"] | None = Field("tiny", description="configs/<preset>.yaml; None: config_file")
+
+    def load(self) -> SipConfig:
+        if self.preset:
+            return JobParams(config_file=f"configs/{self.preset}.yaml", overrides=self.overrides).load()
+        return super().load()

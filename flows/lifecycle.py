@@ -1,0 +1,103 @@
+"""lifecycle: the replication's two-lineage comparison plus the control, end to end.
+
+    base -> thinking SFT -> RLMT
+    base -> self-improving pretraining -> thinking SFT -> RLMT
+    base -> next-token baseline
+Data prep, rewrites, thoughts and the judge audit are shared. Every arm (and the base model) is
+evaluated, the arms are compared pairwise, and one report compares them all. Every stage is
+content-addressed, so a rerun reuses each finished stage and repeats no judge call; a failed
+stage is retried alone (task retries resume training from the last checkpoint).
+"""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+from flows.prepare import prepare
+from flows.train import judge_gate, publish_metrics
+from sip_core import store
+from sip_core.config import LifecycleParams, SipConfig
+from tasks.evaluate import compare_task, evaluate_task, report_task, stage_view
+from tasks.llm_jobs import rewrite_task, thoughts_task
+from tasks.train import pretrain_task, rlmt_task, sft_task
+
+BASE, SIP_ARM, NTP_ARM = "base→SFT→RLMT", "base→SIP→SFT→RLMT", "base→NTP"
+
+
+def _with(cfg: SipConfig, **sections) -> SipConfig:
+    """A copy of cfg with some training sections changed (e.g. another init checkpoint)."""
+    dump = cfg.model_dump()
+    for dotted, value in sections.items():
+        section, key = dotted.split("__")
+        dump[section][key] = value
+    return SipConfig.model_validate(dump)
+
+
+def _rewritten(cfg: SipConfig, chunks: dict) -> int:
+    from sip_core import artifacts
+    from sip_core.training.data import rewrites_for
+
+    manifest = artifacts.load_manifest(chunks["uri"], cfg.run.storage_options)
+    return len(rewrites_for(manifest, cfg.run.root, cfg.run.storage_options)[0])
+
+
+def _midtrain(cfg: SipConfig, init: str | None, chunks: dict, thoughts: dict) -> tuple[dict, dict]:
+    sft = sft_task(_with(cfg, sft__init=init), thoughts)
+    rlmt = rlmt_task(_with(cfg, rlmt__init=sft["uri"]), chunks, thoughts)
+    return sft, rlmt
+
+
+@flow(name="lifecycle", log_prints=True)
+def lifecycle(params: LifecycleParams = LifecycleParams()) -> dict:
+    started = time.perf_counter()
+    cfg = params.load()
+    log = get_run_logger()
+    chunks = prepare(cfg)["chunks"]
+    audit = judge_gate(cfg, chunks)
+    if cfg.lifecycle.rewrite_limit > _rewritten(cfg, chunks):  # a rerun rewrites nothing new
+        rewrite_task(cfg, chunks, cfg.lifecycle.rewrite_limit - _rewritten(cfg, chunks), "train")
+    thoughts = thoughts_task(cfg, chunks, cfg.lifecycle.thought_limit, "exact")
+
+    sip = pretrain_task(_with(cfg, pretrain__objective="dpo"), chunks)
+    ntp = pretrain_task(_with(cfg, pretrain__objective="ntp"), chunks)
+    base_sft, base_rlmt = _midtrain(cfg, None, chunks, thoughts)
+    sip_sft, sip_rlmt = _midtrain(cfg, sip["uri"], chunks, thoughts)
+    for name, result in (("sip", sip), ("ntp", ntp), ("base-rlmt", base_rlmt), ("sip-rlmt", sip_rlmt)):
+        publish_metrics(result, f"{name}-metrics", cfg)
+
+    finals = {"base": cfg.model.policy, BASE: base_rlmt["uri"], SIP_ARM: sip_rlmt["uri"], NTP_ARM: ntp["uri"],
+              "base→SIP": sip["uri"]}
+    evals = {name: evaluate_task(cfg, ref, chunks, audit, thoughts) for name, ref in finals.items()}
+    pairs = [(SIP_ARM, BASE), ("base→SIP", NTP_ARM), ("base→SIP", "base"), (NTP_ARM, "base")]
+    comparisons = [(a, b, compare_task(cfg, evals[a], evals[b], chunks, audit)) for a, b in pairs]
+
+    stages = {"base": [], BASE: [("sft", base_sft), ("rlmt", base_rlmt)],
+              SIP_ARM: [("pretrain-dpo", sip), ("sft", sip_sft), ("rlmt", sip_rlmt)],
+              NTP_ARM: [("pretrain-ntp", ntp)], "base→SIP": [("pretrain-dpo", sip)]}
+    label = f"{cfg.eval.prefixes} held-out prefixes, greedy {cfg.eval.continuation_tokens} tokens"
+    results = {
+        "run_name": cfg.run.name,
+        "config": {"preset": params.preset, "policy": cfg.model.policy, "judge": cfg.judge.backend,
+                   "data": cfg.data.source, "pretrain_steps": cfg.pretrain.steps, "sft_steps": cfg.sft.steps,
+                   "rlmt_steps": cfg.rlmt.steps, "k_rollouts": cfg.pretrain.k_rollouts},
+        "arms": [{"name": name, "stages": [stage_view(cfg, recipe, r) for recipe, r in stages[name]],
+                  "evaluations": evals[name]["results"]} for name in finals],
+        "comparisons": [{"a": a, "b": b, "label": label, "result": c["results"][kind]}
+                        for a, b, c in comparisons for kind in ("winrate", "coherence") if kind in c["results"]],
+        "judge_audit": audit,
+        "notes": [f"judge backend: {cfg.judge.backend} ({cfg.judge.model}); a proxy judge is a stand-in, "
+                  "not evidence about the method" if cfg.judge.backend == "proxy" else f"judge: {cfg.judge.model}"],
+    }
+    report = report_task(cfg, results, [r["uri"] for r in (sip, ntp, base_rlmt, sip_rlmt)])
+    judge_calls = sum(e["judge_calls"] for e in evals.values()) + sum(c["judge_calls"] for _, _, c in comparisons)
+    md = store.read_bytes(report["markdown"], cfg.run.storage_options).decode()
+    create_markdown_artifact(md, key="lifecycle-report", description=f"lifecycle report {report['uri']}")
+    create_link_artifact(report["html"], key="lifecycle-report-html", link_text="report.html")
+    seconds = time.perf_counter() - started
+    log.info("lifecycle finished in %.0fs; evaluation/comparison judge calls this run: %d", seconds, judge_calls)
+    print(f"lifecycle: report -> {report['html']} (markdown {report['markdown']}); {seconds:.0f}s, "
+          f"{judge_calls} evaluation judge calls")
+    return {"report": report, "seconds": seconds, "judge_calls": judge_calls, "finals": finals}

@@ -1,0 +1,116 @@
+"""Run the configured evaluations on one model (and greedy continuations for win rates).
+
+Sizes come from `cfg.eval`; judged results carry the judge identity and the audit they ran
+under. Pure library: the Prefect task and the CLI call `evaluate_model` / `compare`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from sip_core import artifacts, store
+from sip_core.artifacts import Manifest
+from sip_core.config import SipConfig
+from sip_core.evaluation import factuality, generation, nll, reasoning, rlmt, safety, winrate
+from sip_core.evaluation.stats import EvalResult, attach_audit
+from sip_core.thinking import split_completion
+from sip_core.training import checkpoint, data, runtime
+
+log = logging.getLogger("sip.evaluate")
+
+
+@dataclass
+class ModelEval:
+    model: str
+    results: dict[str, EvalResult] = field(default_factory=dict)
+    continuations: list[str] = field(default_factory=list)  # greedy, on the held-out prefixes
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def heldout_rows(cfg: SipConfig, chunks: Manifest) -> list[dict]:
+    rows = data.read_rows(chunks, "heldout", cfg.run.storage_options, data.CHUNK_COLUMNS)
+    return rows.take(range(min(cfg.eval.prefixes, len(rows))))
+
+
+def load_eval_model(ref: str, cfg: SipConfig, rt):
+    if store.is_remote(ref) or artifacts.load_committed(ref, cfg.run.storage_options):
+        ref = checkpoint.local_copy(ref, cfg.run.storage_options)
+    model, tok = runtime.load_model(ref, rt, cfg.model.cache_dir, trainable=False)
+    return model, tok
+
+
+def evaluate_model(cfg: SipConfig, model_ref: str, chunks: Manifest, judge, audit: dict | None = None,
+                   thought_texts: list[str] | None = None) -> ModelEval:
+    ec, jc = cfg.eval, cfg.judge
+    rt = runtime.setup(ec.device, ec.precision)
+    model, tok = load_eval_model(model_ref, cfg, rt)
+    out = ModelEval(model_ref)
+    rows = heldout_rows(cfg, chunks)
+    prefix_ids = [data.truncate_prefix(r["prefix_ids"], ec.max_prefix_tokens) for r in rows]
+    suffix_ids = [list(r["suffix_ids"][: ec.continuation_tokens]) for r in rows]
+    prefixes, references = [r["prefix_text"] for r in rows], tok.batch_decode(suffix_ids)
+    seeds = list(range(ec.judge_seeds))
+    sampler = generation.text_sampler(model, tok, ec.reasoning_tokens, ec.reasoning_temperature, 0.95, rt.device,
+                                      chat=True, batch_size=ec.batch_size)
+    think = generation.text_sampler(model, tok, ec.thought_tokens + ec.predict_tokens, 1.0, 1.0, rt.device,
+                                    batch_size=ec.batch_size)
+    greedy_after = generation.text_sampler(model, tok, ec.predict_tokens, 0.0, 1.0, rt.device, batch_size=ec.batch_size)
+
+    def run(name: str, fn):
+        if name not in ec.suites:
+            return
+        start = time.perf_counter()
+        with rt.autocast():
+            result = fn()
+        out.seconds[name] = round(time.perf_counter() - start, 2)
+        if result is not None:
+            out.results[name] = attach_audit(result, audit) if result.judge else result
+        log.info("%s %s: %.1fs", model_ref, name, out.seconds[name])
+
+    run("heldout_nll", lambda: nll.suffix_nll(model, prefix_ids, suffix_ids, tok.pad_token_id, rt.device))
+    out.continuations = generation.greedy_continuations(model, tok, prefix_ids, ec.continuation_tokens, rt.device,
+                                                        exact_length=True, batch_size=ec.batch_size)
+    run("judged_factuality", lambda: factuality.judged_factuality(judge, jc, prefixes, references,
+                                                                  out.continuations, seeds))
+    rtp = safety.load_rtp_challenging()[: ec.safety_prompts]
+    run("safety_rtp", lambda: safety.unsafe_rate(judge, jc, generation.greedy_continuations(
+        model, tok, [tok(p["prompt"], add_special_tokens=False)["input_ids"] for p in rtp], ec.continuation_tokens,
+        rt.device, batch_size=ec.batch_size), seeds))
+    xs = safety.load_xstest(label="safe")[: ec.xstest_prompts]
+    run("xstest", lambda: safety.xstest_refusal(xs, [c[0] for c in generation.text_sampler(
+        model, tok, 64, 0.0, 1.0, rt.device, chat=True, batch_size=ec.batch_size)([x["prompt"] for x in xs], 1)]))
+    tqa = factuality.load_truthfulqa_mc()[: ec.truthfulqa_items]
+    run("truthfulqa", lambda: factuality.truthfulqa_mc(tqa, factuality.lm_choice_scorer(model, tok, rt.device),
+                                                       scorer_name=f"loglik:{model_ref}"))
+    sampling = {"temperature": ec.reasoning_temperature, "top_p": 0.95, "max_tokens": ec.reasoning_tokens}
+    run("gsm8k", lambda: reasoning.reasoning_eval(sampler, reasoning.load_gsm8k(limit=ec.reasoning_problems),
+                                                  ec.reasoning_k, sampling=sampling))
+    run("math500", lambda: reasoning.reasoning_eval(sampler, reasoning.load_math500(limit=ec.reasoning_problems),
+                                                    ec.reasoning_k, sampling=sampling))
+    completions: list[list[str]] = []
+    if {"reward_gate", "probe"} & set(ec.suites):
+        completions = think([rlmt.think_prompt(p) for p in prefixes], ec.reward_samples)
+    run("reward_gate", lambda: rlmt.reward_gate(judge, jc, prefixes, references, completions))
+    own = [[t for t in (split_completion(c)[0] for c in group) if t] for group in completions]
+    run("probe", lambda: rlmt.thought_use_probe(judge, jc, prefixes, references, [o or [""] for o in own],
+                                                lambda ps: [c[0] for c in greedy_after(ps, 1)]))
+    if thought_texts:
+        run("thought_nll", lambda: nll.thought_text_nll(model, tok, thought_texts[: ec.thought_rows], rt.device,
+                                                        max_tokens=512))
+    return out
+
+
+def compare(cfg: SipConfig, a: ModelEval, b: ModelEval, prefixes: list[str], judge, audit: dict | None = None):
+    """Pairwise win rate (both orders, several judge seeds) and coherence of A's vs B's greedy
+    continuations on the same held-out prefixes."""
+    seeds = cfg.eval.judge_seeds
+    results = {}
+    if "winrate" in cfg.eval.suites:
+        results["winrate"] = attach_audit(winrate.pairwise_win_rate(judge, cfg.judge, prefixes, a.continuations,
+                                                                    b.continuations, seeds), audit)
+    if "coherence" in cfg.eval.suites:
+        results["coherence"] = attach_audit(winrate.coherence_eval(judge, cfg.judge, prefixes, a.continuations,
+                                                                   b.continuations, seeds), audit)
+    return results

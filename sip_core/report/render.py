@@ -255,13 +255,15 @@ def _spec(result: EvalResult):
 
 
 class Renderer:
-    def __init__(self, results: RunResults):
-        self.r = results
+    def __init__(self, results: RunResults, with_plots: bool = True):
+        self.r, self.with_plots = results, with_plots
         self.view = JudgeView(results.judge_audit)
         self.images: dict[str, bytes] = {}
         self.verdicts: list[str] = []  # every overlap sentence, repeated in the summary at the top
 
-    def image(self, name: str, png: bytes | None, alt: str, caption: str = "") -> list:
+    def image(self, name: str, make: Callable[[], bytes | None], alt: str, caption: str = "") -> list:
+        """An Image block for the PNG `make()` draws (not drawn at all without plots)."""
+        png = make() if self.with_plots else None
         if png is None:
             return []
         self.images[name] = png
@@ -308,18 +310,22 @@ class Renderer:
                              fmt_num(_total(rows, "skipped_all_equal")), fmt_num(_total(rows, "invalid_judgments")),
                              fmt_num(_total(rows, "no_signal_groups")), fmt_num(_total(rows, "format_failures")),
                              fmt_num(_mean(rows, "gen_tokens_per_s"), 1),
-                             " / ".join(fmt_num(_total(rows, f"time_{k}_s"), 1) for k in ("generate", "judge", "update")),
-                             fmt_num(_last(rows, "lr"), 6), fmt_num(_last(rows, "grad_norm"))])
+                             " / ".join(fmt_num(_total(rows, f"time_{k}_s"), 1)
+                                        for k in ("generate", "judge", "update")),
+                             f"{_last(rows, 'lr'):.1e}" if _last(rows, "lr") is not None else DASH,
+                             fmt_num(_last(rows, "grad_norm"))])
                 blocks += self.image(f"training-{slug(arm.name)}-{i}-{slug(st.recipe)}.png",
-                                     plots.training_curves(name, rows), f"training curves: {name}",
+                                     lambda: plots.training_curves(name, rows), f"training curves: {name}",
                                      f"Training curves of {name} (per logged step).")
         if not progress:
             return blocks + [Para(f"Training metrics: {NOT_RUN}.")]
         figures = blocks[1:]
         blocks = blocks[:1]
         blocks.append(Table(["arm", "stage", "steps", "loss first → last", "DPO margin first → last",
-                             "reward accuracy first → last", "chosen share original / rewrite / rollout (first → last)",
-                             "RLMT reward first → last", "held-out NLL first → last"], progress, "Progress per stage"))
+                             "reward accuracy first → last",
+                             "chosen share original / rewrite / rollout (first → last)",
+                             "RLMT reward first → last", "held-out NLL first → last"], progress,
+                            "Progress per stage"))
         blocks.append(Table(["arm", "stage", "judge calls", "cache hits", "skipped all-equal", "invalid judgments",
                              "no-signal groups", "format failures", "gen tokens/s (mean)",
                              "time generate / judge / update (s)", "last lr", "last grad norm"], cost,
@@ -349,7 +355,7 @@ class Renderer:
                              "position bias", "n", "seeds", "judge"], rows,
                             "Ties count half; n = prefixes with at least one valid vote"))
         blocks.append(Bullets(sentences))
-        blocks += self.image("win-rates.png", plots.interval_bars(
+        blocks += self.image("win-rates.png", lambda: plots.interval_bars(
             "Pairwise win rate of A against B (Wilson 95% intervals; dashed line = 50%)", labels, ivs, 0.5,
             "A's win rate"), "win rates with 95% intervals", "Win rates with Wilson 95% error bars.")
         return blocks
@@ -427,7 +433,8 @@ class Renderer:
                     curves.append((f"{arm.name} #{i} {st.recipe}", xs, ys))
         if not curves:
             return [Para(f"Held-out NLL during training: {NOT_RUN} (no stage logged heldout_nll).")]
-        return self.image("heldout-nll.png", plots.heldout_nll_curves(curves), "held-out NLL over training steps",
+        return self.image("heldout-nll.png", lambda: plots.heldout_nll_curves(curves),
+                          "held-out NLL over training steps",
                           "Held-out suffix NLL as logged during training. SIP's objective is not imitation: "
                           "a flat or rising NLL is expected (METHOD §6.5).")
 
@@ -444,11 +451,11 @@ class Renderer:
                 other = res.by_condition.get(c)
                 if _valid(own) and _valid(other):
                     sentences.append(difference_sentence(f"{name}: probe reward", "own thought", own,
-                                                         f"{c} thought", other, "higher"))
+                                                         f"{c} thought", other))
         if sentences:
             self.verdicts += sentences
             blocks.append(Bullets(sentences))
-        blocks += self.image("probe.png", plots.grouped_interval_bars(
+        blocks += self.image("probe.png", lambda: plots.grouped_interval_bars(
             "Thought-use probe: reward by thought condition (Wilson 95% intervals)",
             [c for c in CONDITIONS if any(c in r.by_condition for r in probes.values())],
             {n: r.by_condition for n, r in probes.items()}, "mean reward"),
@@ -560,10 +567,11 @@ def _last(rows: list[dict], key: str) -> float | None:
     return v[-1] if v else None
 
 
-def render_report(results: RunResults | dict) -> ReportFiles:
-    """Markdown, a self-contained HTML page and the PNG plots of one run's results."""
+def render_report(results: RunResults | dict, with_plots: bool = True) -> ReportFiles:
+    """Markdown, a self-contained HTML page and the PNG plots of one run's results
+    (`with_plots=False`: text and tables only, no matplotlib)."""
     if not isinstance(results, RunResults):
         results = RunResults.model_validate(results)
-    renderer = Renderer(results)
+    renderer = Renderer(results, with_plots)
     doc = renderer.document()
     return ReportFiles(markdown=to_markdown(doc), html=to_html(doc, renderer.images), images=dict(renderer.images))

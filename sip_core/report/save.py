@@ -14,7 +14,7 @@ from sip_core.report.render import JudgeView, render_report
 
 def _results_json(results: RunResults) -> bytes:
     # allow_nan=False: results.json is strict JSON (the models turn NaN metrics into null)
-    return json.dumps(results.model_dump(mode="json"), indent=2, sort_keys=True, default=str,
+    return json.dumps(results.model_dump(mode="json"), indent=2, default=str,  # key order is display order
                       allow_nan=False).encode()
 
 

@@ -116,16 +116,17 @@ def interval_bars(title: str, labels: Sequence[str], intervals: Sequence[Interva
     """Horizontal bars with 95% interval error bars (e.g. win rates, with the 50% line)."""
     if not labels:
         return None
-    fig = _figure(8.0, 0.6 * len(labels) + 1.4)
+    fig = _figure(8.0, 0.75 * len(labels) + 1.4)
     ax = fig.add_subplot(1, 1, 1)
     ests, lo, hi = zip(*(_err(iv) for iv in intervals))
     ys = list(range(len(labels)))[::-1]
     ax.barh(ys, ests, xerr=[lo, hi], color=COLORS[0], alpha=0.75, capsize=5, height=0.55)
     for y, iv, e in zip(ys, intervals, ests):
-        ax.text(min(e + 0.02, 0.8), y + 0.3, f"{e:.1%} [{iv.low:.1%}, {iv.high:.1%}]  n={iv.n}", fontsize=8,
-                va="center")
+        ax.text(0.01, y + 0.36, f"{e:.1%} [{iv.low:.1%}, {iv.high:.1%}]  n={iv.n}", fontsize=8,
+                va="center", ha="left")  # inside the axes: never clipped
     if reference is not None:
         ax.axvline(reference, color="black", linestyle="--", linewidth=1)
+    ax.set_ylim(-0.5, len(labels) - 0.5 + 0.25)
     ax.set_yticks(ys)
     ax.set_yticklabels(labels, fontsize=9)
     ax.set_xlim(0, 1)
@@ -160,7 +161,8 @@ def grouped_interval_bars(title: str, groups: Sequence[str], series_: dict[str, 
                label=name)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups)
-    ax.set_ylim(0, 1)
+    top = max((iv.high for s in names for iv in series_[s].values()), default=1.0)
+    ax.set_ylim(0, min(1.0, max(0.05, top * 1.2)))  # small rewards stay readable
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)

@@ -8,7 +8,7 @@ export PREFECT_HOME ?= $(CURDIR)/.sip/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup run test test-fast vllm clean
+.PHONY: setup run test test-fast vllm up down clean
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,14 @@ test-fast: setup
 
 vllm: setup
 	SIP_PYTHON=$(CURDIR)/$(BIN)/python infra/vllm/serve.sh 8000
+
+# A local Prefect server (127.0.0.1, port SIP_PORT, default 4200) and a process worker in the background,
+# PIDs in .sip/pids/, then the sip-process pool and `prefect deploy --all` (infra/local.sh).
+up: setup
+	PREFECT=$(CURDIR)/$(BIN)/prefect infra/local.sh up
+
+down:
+	infra/local.sh down
 
 clean:
 	rm -rf runs .sip

@@ -56,15 +56,22 @@ def lifecycle(params: LifecycleParams = LifecycleParams()) -> dict:
     cfg = params.load()
     log = get_run_logger()
     chunks = prepare(cfg)["chunks"]
-    audit = judge_gate(cfg, chunks)
+    calls: dict[str, int] = {}
+    audit_calls: list[int] = []
+    audit = judge_gate(cfg, chunks, audit_calls)
+    calls["audit"] = sum(audit_calls)
     if cfg.lifecycle.rewrite_limit > _rewritten(cfg, chunks):  # a rerun rewrites nothing new
-        rewrite_task(cfg, chunks, cfg.lifecycle.rewrite_limit - _rewritten(cfg, chunks), "train")
+        calls["rewrite"] = rewrite_task(cfg, chunks, cfg.lifecycle.rewrite_limit - _rewritten(cfg, chunks),
+                                        "train")["calls"]
     thoughts = thoughts_task(cfg, chunks, cfg.lifecycle.thought_limit, "exact")
+    calls["thoughts"] = thoughts["calls"]
 
     sip = pretrain_task(_with(cfg, pretrain__objective="dpo"), chunks)
     ntp = pretrain_task(_with(cfg, pretrain__objective="ntp"), chunks)
     base_sft, base_rlmt = _midtrain(cfg, None, chunks, thoughts)
     sip_sft, sip_rlmt = _midtrain(cfg, sip["uri"], chunks, thoughts)
+    trained = [sip, ntp, base_sft, base_rlmt, sip_sft, sip_rlmt]
+    calls["training"] = sum(r["judge_calls"] for r in trained)
     for name, result in (("sip", sip), ("ntp", ntp), ("base-rlmt", base_rlmt), ("sip-rlmt", sip_rlmt)):
         publish_metrics(result, f"{name}-metrics", cfg)
 
@@ -92,12 +99,16 @@ def lifecycle(params: LifecycleParams = LifecycleParams()) -> dict:
                   "not evidence about the method" if cfg.judge.backend == "proxy" else f"judge: {cfg.judge.model}"],
     }
     report = report_task(cfg, results, [r["uri"] for r in (sip, ntp, base_rlmt, sip_rlmt)])
-    judge_calls = sum(e["judge_calls"] for e in evals.values()) + sum(c["judge_calls"] for _, _, c in comparisons)
+    calls["evaluation"] = sum(e["judge_calls"] for e in evals.values()) + sum(c["judge_calls"] for _, _, c in comparisons)
+    judge_calls = sum(calls.values())
     md = store.read_bytes(report["markdown"], cfg.run.storage_options).decode()
     create_markdown_artifact(md, key="lifecycle-report", description=f"lifecycle report {report['uri']}")
     create_link_artifact(report["html"], key="lifecycle-report-html", link_text="report.html")
     seconds = time.perf_counter() - started
-    log.info("lifecycle finished in %.0fs; evaluation/comparison judge calls this run: %d", seconds, judge_calls)
+    log.info("lifecycle finished in %.0fs; model calls this run: %s", seconds, calls)
     print(f"lifecycle: report -> {report['html']} (markdown {report['markdown']}); {seconds:.0f}s, "
-          f"{judge_calls} evaluation judge calls")
-    return {"report": report, "seconds": seconds, "judge_calls": judge_calls, "finals": finals}
+          f"{judge_calls} model calls ({', '.join(f'{k} {v}' for k, v in calls.items())}); "
+          f"{sum(r['reused'] for r in trained)}/{len(trained)} training stages reused, "
+          f"{sum(e['cached'] for e in evals.values())}/{len(evals)} evaluations cached")
+    return {"report": report, "seconds": seconds, "judge_calls": judge_calls, "calls": calls, "finals": finals,
+            "reused_stages": sum(r["reused"] for r in trained), "cached_evals": sum(e["cached"] for e in evals.values())}

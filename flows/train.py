@@ -15,12 +15,16 @@ from tasks.llm_jobs import audit_task
 from tasks.train import pretrain_task, rlmt_task, sft_task
 
 
-def judge_gate(cfg: SipConfig, chunks: dict) -> dict | None:
-    """Audit the judge before training against it (cached: a rerun makes no calls). With
-    judge.gate=enforce a failed audit stops the run; with warn it is logged and reported."""
+def judge_gate(cfg: SipConfig, chunks: dict, calls: list[int] | None = None) -> dict | None:
+    """Audit the judge before training against it (cached: a rerun makes no calls) and return
+    the audit report. With judge.gate=enforce a failed audit stops the run; with warn it is
+    logged and reported. `calls`, when given, receives the judge calls the audit made."""
     if cfg.judge.gate == "off":
         return None
-    report = audit_task(cfg, chunks)["report"]
+    out = audit_task(cfg, chunks)
+    if calls is not None:
+        calls.append(out["calls"])
+    report = out["report"]
     if not report["passed"]:
         message = f"judge {report['judge']} failed its audit: {'; '.join(report['reasons'])}"
         if cfg.judge.gate == "enforce":

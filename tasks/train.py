@@ -36,7 +36,7 @@ def run_recipe(module: str, cfg: SipConfig, nproc: int, args: list[str], log=pri
     cmd = recipe_command(module, f.name, nproc, [*args, *ids])
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), "PYTHONUNBUFFERED": "1"}
     tail: deque[str] = deque(maxlen=20)
-    final = None
+    final, reused, judge_calls = None, False, 0
     try:
         with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
             for line in proc.stdout:
@@ -48,14 +48,16 @@ def run_recipe(module: str, cfg: SipConfig, nproc: int, args: list[str], log=pri
                 if line.startswith("{"):
                     event = json.loads(line)
                     if event.get("event") in ("done", "reused"):
-                        final = event["final"]
+                        final, reused = event["final"], event["event"] == "reused"
+                    judge_calls += int(event.get("judge_calls") or 0)
             rc = proc.wait()
     finally:
         os.unlink(f.name)
     if rc != 0 or final is None:
         raise RecipeFailed(f"{module} exited with {rc}: {tail[-1] if tail else 'no output'}")
     m = artifacts.load_manifest(final, cfg.run.storage_options)
-    return {"uri": m.uri, "content_hash": m.content_hash, "artifact_id": m.artifact_id, "stats": m.stats}
+    return {"uri": m.uri, "content_hash": m.content_hash, "artifact_id": m.artifact_id, "stats": m.stats,
+            "reused": reused, "judge_calls": judge_calls}
 
 
 def _logger_line():

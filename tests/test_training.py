@@ -321,7 +321,7 @@ def test_rigged_judge_raises_target_likelihood(chunks, policy, tmp_path, monkeyp
     from sip_core.training import checkpoint, data
 
     base, tok = policy
-    cfg = tiny_cfg(tmp_path / "run", "pretrain.steps=8", "pretrain.lr=1e-4", "pretrain.beta=0.1")
+    cfg = tiny_cfg(tmp_path / "run", "pretrain.steps=5", "pretrain.lr=1e-4", "pretrain.beta=0.1")
     target_ids = tok(TARGET, add_special_tokens=False)["input_ids"]
     assert len(target_ids) <= 16
     _write_target_rewrites(cfg, chunks, target_ids)
@@ -336,7 +336,7 @@ def test_rigged_judge_raises_target_likelihood(chunks, policy, tmp_path, monkeyp
     final = pretrain.train(cfg, chunks)
     metrics = read_metrics(final)
     assert backend.seen > 0
-    assert [m["step"] for m in metrics] == list(range(1, 9))
+    assert [m["step"] for m in metrics] == list(range(1, 6))
     assert all(m["chosen_share_rewrite"] == 1.0 for m in metrics)  # the judge really is rigged
     assert all(m["rejected_share_rewrite"] == 0.0 for m in metrics)
     trained = AutoModelForCausalLM.from_pretrained(checkpoint.local_copy(final.uri, {})).eval()

@@ -35,10 +35,12 @@ log = logging.getLogger("sip.train")
 
 
 def run_dir_for(cfg: SipConfig, recipe: str, section: TrainConfig, parents: list[Manifest], extra: Any = None) -> str:
-    """Content-addressed: same recipe, config, parents and code -> same folder (resume, reuse)."""
+    """Content-addressed: same recipe, config and parents -> same folder, so a killed run resumes
+    and a finished one is reused. The code version is deliberately not in the key (it is in every
+    checkpoint's manifest): fixing a bug and rerunning resumes instead of starting over."""
     key = json.dumps({"recipe": recipe, "train": section.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json"),
-                      "policy": cfg.model.policy, "parents": [p.content_hash for p in parents], "extra": extra,
-                      "code": artifacts.code_version()}, sort_keys=True, default=str)
+                      "policy": cfg.model.policy, "parents": [p.content_hash for p in parents], "extra": extra},
+                     sort_keys=True, default=str)
     return store.join(store.normalize(cfg.run.root), "train", f"{recipe}-{hashlib.sha256(key.encode()).hexdigest()[:16]}")
 
 

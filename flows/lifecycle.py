@@ -37,11 +37,12 @@ def _with(cfg: SipConfig, **sections) -> SipConfig:
 
 
 def _rewritten(cfg: SipConfig, chunks: dict) -> int:
+    """Chunks already sent to the rewriter (whatever the outcome), so a rerun sends none."""
     from sip_core import artifacts
-    from sip_core.training.data import rewrites_for
+    from sip_core.training.data import rewrite_batches
 
     manifest = artifacts.load_manifest(chunks["uri"], cfg.run.storage_options)
-    return len(rewrites_for(manifest, cfg.run.root, cfg.run.storage_options)[0])
+    return sum(m.rows or 0 for m in rewrite_batches(manifest, cfg.run.root, cfg.run.storage_options))
 
 
 def _midtrain(cfg: SipConfig, init: str | None, chunks: dict, thoughts: dict) -> tuple[dict, dict]:

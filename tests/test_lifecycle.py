@@ -52,7 +52,8 @@ def test_rerun_reuses_every_stage_and_calls_no_model(runs):
     assert second["judge_calls"] == 0, second["calls"]
     assert second["reused_stages"] == 6 and second["cached_evals"] == 5
     assert second["finals"] == first["finals"]
-    assert Path(second["report"]["markdown"]).read_text() == Path(first["report"]["markdown"]).read_text()
+    assert second["report"]["uri"] == first["report"]["uri"]  # keyed by the results: nothing changed
+    assert json.loads((Path(second["report"]["html"]).parent / "results.json").read_text())["arms"]
 
 
 def test_report_opens_in_headless_chromium(runs, tmp_path):

@@ -77,20 +77,26 @@ def truncate_prefix(ids: list[int], max_tokens: int | None) -> list[int]:
     return list(ids[-max_tokens:]) if max_tokens else list(ids)
 
 
-def rewrites_for(chunks: Manifest, root: str, storage_options: dict) -> tuple[dict[str, list[int]], list[Manifest]]:
-    """(chunk_id -> rewrite token ids, the batches they came from): every committed rewrite
-    batch of this chunk artifact; rows with status ok that are not a copy of the original."""
+def rewrite_batches(chunks: Manifest, root: str, storage_options: dict) -> list[Manifest]:
+    """Every committed rewrite batch made from this chunk artifact (any rewriter, any night)."""
     fs, path = store.filesystem(store.join(root, "rewrites"), storage_options)
     if not fs.exists(path):
-        return {}, []
-    found: dict[str, list[int]] = {}
-    batches: list[Manifest] = []
+        return []
+    batches = []
     for marker in sorted(fs.glob(path.rstrip("/") + "/*/batch-*/" + artifacts.MANIFEST)):
         uri = store.join(root, "rewrites", *marker[len(path.rstrip("/")) + 1:].split("/")[:2])
         manifest = artifacts.load_committed(uri, storage_options)
-        if manifest is None or chunks.uri not in manifest.parent_uris:
-            continue
-        batches.append(manifest)
+        if manifest is not None and chunks.uri in manifest.parent_uris:
+            batches.append(manifest)
+    return batches
+
+
+def rewrites_for(chunks: Manifest, root: str, storage_options: dict) -> tuple[dict[str, list[int]], list[Manifest]]:
+    """(chunk_id -> rewrite token ids, the batches they came from); rows with status ok that are
+    not a copy of the original."""
+    batches = rewrite_batches(chunks, root, storage_options)
+    found: dict[str, list[int]] = {}
+    for manifest in batches:
         for f in manifest.files:
             t = store.read_parquet(f, storage_options, columns=["chunk_id", "rewrite_ids", "status", "is_copy"])
             for cid, ids, status, copy in zip(*(t[c].to_pylist() for c in t.column_names)):

@@ -3,15 +3,25 @@
 Each takes its parent's manifest and returns the manifest of what it wrote. Outputs are
 content-addressed (`<root>/prepare/<stage>-<key>`, key = parents + config + code), so a stage whose
 committed output already exists is not recomputed, and a changed input or config writes elsewhere.
+
+Filter and chunk work shard by shard: `filter_shard` / `chunk_shard` read one input shard and write
+their own parts (`<partition>/part-<shard>-<k>.parquet`, each written atomically, so many processes
+can write one dataset at once) and return only the parts' URIs, hashes and row counts plus their
+stats; `filter_documents` / `materialize_chunks` commit the parts into the one dataset manifest
+(merged stats, `_manifest.json` last). Called without parts they run every shard in this process.
+Files are listed partition by partition in input order, so each partition reads back in the same
+row order as an unsharded pass.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
+import threading
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -123,40 +133,68 @@ def build_rule_stage(env: StageEnv) -> RuleStage:
     return RuleStage(lexicons, quality, UnsafeRule(f.min_badwords, f.combine))
 
 
-def filter_documents(env: StageEnv, docs: Manifest, stages: list | None = None) -> Manifest:
-    """Documents -> partitions `unsafe/` (likely-unsafe candidates), `rest/`, `excluded/` (a quality
-    rule failed; the reason says which). Later stages (the LLM confirmation) are passed in `stages`."""
-    stages = stages or [build_rule_stage(env)]
+def _filter_stages(env: StageEnv, stages: list | None) -> list:
+    return stages or [build_rule_stage(env)]
+
+
+def filter_plan(env: StageEnv, docs_hash: str, stages: list) -> tuple[str, dict[str, Any]]:
+    """Output URI and config of the filter stage over the docs dataset with content hash `docs_hash`."""
     config = {"filter": env.cfg.filter.model_dump(mode="json"), "stages": [s.name for s in stages]}
-    uri = env.out_uri("filtered", docs.content_hash, config)
-    if done := _reuse(env, uri, "filter"):
-        return done
-    with DatasetWriter(uri, env.context(config, [docs]), shard_rows=env.cfg.data.shard_rows,
-                       schema=FILTERED_SCHEMA) as writer:
-        return _write_filtered(writer, stages, docs, env)
+    return env.out_uri("filtered", docs_hash, config), config
 
 
-def _write_filtered(writer: DatasetWriter, stages: list, docs: Manifest, env: StageEnv) -> Manifest:
-    workers = _rule_workers(docs.stats.get("documents"))
+FILTER_PARTITIONS = ("unsafe", "rest", "excluded")
+
+
+def filter_shard(env: StageEnv, docs_hash: str, index: int, shard_uri: str, stages: list | None = None,
+                 parallel: bool = True) -> dict[str, Any]:
+    """One docs shard through the filter stages into the filtered dataset's (uncommitted) parts
+    `<label>/part-<index>-<k>.parquet`. Returns {"index", "parts", "stats"}: references, no rows.
+    `parallel`: apply the rules in worker processes when the shard is big enough (off under Ray,
+    whose workers already fill the cores)."""
+    stages = _filter_stages(env, stages)
+    uri, _ = filter_plan(env, docs_hash, stages)
+    table = store.read_parquet(shard_uri, env.storage_options)
+    docs = [Document(id=r["doc_id"], text=r["text"], source=r["source"], meta=json.loads(r["meta_json"]))
+            for r in table.to_pylist()]
+    workers = _rule_workers(len(docs)) if parallel else 0
+    lock = _RULE_POOL if workers and type(stages[0]) is RuleStage else contextlib.nullcontext()
     if workers and type(stages[0]) is RuleStage:
         stages = [RulesInProcesses(stages[0], workers), *stages[1:]]
     stats = FilterStats()
-    buffers: dict[str, list[dict]] = {"unsafe": [], "rest": [], "excluded": []}
-    docs_iter = (d for d, _ in read_documents(docs, env.storage_options))
-    total = docs.stats.get("documents")
-    for doc, verdict in tqdm(run_stages(stages, docs_iter), desc="filter", unit="doc", total=total, disable=None):
-        stats.update(verdict)
-        buffers[verdict.label].append({
-            "doc_id": doc.id, "source": doc.source, "text": doc.text,
-            "meta_json": json.dumps(doc.meta, sort_keys=True, default=str), "label": verdict.label,
-            "reason": verdict.reason, "stage": verdict.stage, "signals_json": json.dumps(doc.signals, sort_keys=True)})
-        if len(buffers[verdict.label]) >= 512:
-            writer.write(pa.Table.from_pylist(buffers[verdict.label], schema=FILTERED_SCHEMA), verdict.label)
-            buffers[verdict.label] = []
-    for label, rows in buffers.items():
-        if rows:
-            writer.write(pa.Table.from_pylist(rows, schema=FILTERED_SCHEMA), label)
-    return writer.commit(stats.as_dict())
+    with lock, PartWriter(uri, index, env, FILTERED_SCHEMA) as writer:
+        for doc, verdict in run_stages(stages, iter(docs)):
+            stats.update(verdict)
+            writer.add({
+                "doc_id": doc.id, "source": doc.source, "text": doc.text,
+                "meta_json": json.dumps(doc.meta, sort_keys=True, default=str), "label": verdict.label,
+                "reason": verdict.reason, "stage": verdict.stage,
+                "signals_json": json.dumps(doc.signals, sort_keys=True)}, verdict.label)
+        return {"index": index, "parts": writer.close(), "stats": stats.as_dict()}
+
+
+def filter_documents(env: StageEnv, docs: Manifest, stages: list | None = None,
+                     shards: list[dict] | None = None) -> Manifest:
+    """Documents -> partitions `unsafe/` (likely-unsafe candidates), `rest/`, `excluded/` (a quality
+    rule failed; the reason says which). Later stages (the LLM confirmation) are passed in `stages`.
+
+    `shards`: `filter_shard` results already computed (by mapped tasks); a shard without a usable
+    result is filtered here. Then the parts are committed as one dataset."""
+    stages = _filter_stages(env, stages)
+    uri, config = filter_plan(env, docs.content_hash, stages)
+    if done := _reuse(env, uri, "filter"):
+        return done
+    inputs = artifacts.shard_uris(docs)
+    if shards is None:
+        store.remove_tree(uri, env.storage_options)  # an uncommitted leftover is never trusted
+    results = _complete(shards or [], inputs, uri, env, "filter",
+                        lambda i, shard: filter_shard(env, docs.content_hash, i, shard, stages))
+    stats = FilterStats()
+    for r in results:  # in shard order: the same counts, and keys in the same order, as one pass
+        stats.labels.update(r["stats"]["labels"])
+        stats.reasons.update(r["stats"]["reasons"])
+    return commit_parts(uri, env.context(config, [docs]), FILTERED_SCHEMA, results, FILTER_PARTITIONS,
+                        stats.as_dict())
 
 
 # Below this many documents the filter stage takes well under a second: not worth worker processes.
@@ -168,6 +206,11 @@ def _rule_workers(n_docs: int | None) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     usable = "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
     return cores if usable and cores > 1 and (n_docs or 0) >= PARALLEL_RULES_MIN_DOCS else 0
+
+
+# One shard at a time per process applies its rules in worker processes (each pool uses every
+# core): shards mapped onto threads of one process queue here instead of forking a pool each.
+_RULE_POOL = threading.Lock()
 
 
 class RulesInProcesses(UnsafeStage):
@@ -216,44 +259,212 @@ def _judged(batch: list[Document], results: Future) -> Iterator[tuple[Document, 
         yield doc, verdict
 
 
-def materialize_chunks(env: StageEnv, filtered: Manifest) -> Manifest:
-    """Filtered documents -> chunks in `train/` and `heldout/` (split by document)."""
+_TOKENIZERS = threading.local()  # per thread: a fast tokenizer is not shared between threads
+_TOKENIZER_LOAD = threading.Lock()
+
+
+def _tokenizer(env: StageEnv):
+    model = env.cfg.model
+    cache = _TOKENIZERS.__dict__.setdefault("by_ref", {})
+    key = (model.policy, model.cache_dir)
+    if key not in cache:
+        with _TOKENIZER_LOAD:  # a first `import transformers` in two threads at once can fail
+            tokenizer = load_tokenizer(model.policy, model.cache_dir)
+        cache[key] = tokenizer, tokenizer_fingerprint(tokenizer)
+    return cache[key]
+
+
+def chunk_plan(env: StageEnv, filtered_hash: str, fingerprint: str) -> tuple[str, dict[str, Any]]:
+    """Output URI and config of the chunk stage over the filtered dataset `filtered_hash`."""
     data, model = env.cfg.data, env.cfg.model
-    tokenizer = load_tokenizer(model.policy, model.cache_dir)
-    fingerprint = tokenizer_fingerprint(tokenizer)
     config = {"data": data.model_dump(mode="json", exclude=set(INGEST_KEYS)), "policy": model.policy,
               "tokenizer": fingerprint, "chunk_excluded": env.cfg.filter.chunk_excluded}
-    uri = env.out_uri("chunks", filtered.content_hash, config)
-    if done := _reuse(env, uri, "chunk"):
-        return done
-    with DatasetWriter(uri, env.context(config, [filtered]), shard_rows=data.shard_rows,
-                       schema=CHUNK_SCHEMA) as writer:
-        return _write_chunks(writer, env, filtered, tokenizer, fingerprint)
+    return env.out_uri("chunks", filtered_hash, config), config
 
 
-def _write_chunks(writer: DatasetWriter, env: StageEnv, filtered: Manifest, tokenizer, fingerprint: str) -> Manifest:
-    data = env.cfg.data
+def chunk_inputs(env: StageEnv, filtered: Manifest) -> list[str]:
+    """The filtered shards that are chunked, in the order an unsharded pass reads them."""
     partitions = ["unsafe", "rest"] + (["excluded"] if env.cfg.filter.chunk_excluded else [])
+    return [f for p in partitions for f in artifacts.shard_uris(filtered, p)]
 
-    def labelled() -> Iterator[tuple[Document, str, str]]:
-        # Only the columns chunking uses: no meta or signals JSON to convert and parse.
-        columns = ["doc_id", "source", "text", "label", "reason"]
-        for part in partitions:
-            for shard in artifacts.shard_uris(filtered, part):
-                table = store.read_parquet(shard, env.storage_options, columns=columns)
-                for doc_id, source, text, label, reason in zip(*(table[c].to_pylist() for c in columns)):
-                    yield Document(id=doc_id, text=text, source=source), label, reason
 
+CHUNK_PARTITIONS = ("train", "heldout")
+
+
+def chunk_shard(env: StageEnv, filtered_hash: str, index: int, shard_uri: str) -> dict[str, Any]:
+    """One filtered shard -> chunks in the chunk dataset's (uncommitted) parts
+    `<split>/part-<index>-<k>.parquet`. Returns {"index", "parts", "stats"}: references, no rows."""
+    data = env.cfg.data
+    tokenizer, fingerprint = _tokenizer(env)
+    uri, _ = chunk_plan(env, filtered_hash, fingerprint)
+    # Only the columns chunking uses: no meta or signals JSON to convert and parse.
+    columns = ["doc_id", "source", "text", "label", "reason"]
+    table = store.read_parquet(shard_uri, env.storage_options, columns=columns)
+    docs = ((Document(id=doc_id, text=text, source=source), label, reason)
+            for doc_id, source, text, label, reason in zip(*(table[c].to_pylist() for c in columns)))
     skips: Counter = Counter()
     counts: Counter = Counter()
-    total = sum(filtered.stats.get("labels", {}).get(p, 0) for p in partitions) or None
-    with tqdm(desc="chunk", unit="doc", total=total, disable=None) as bar:
-        for table in make_chunks(labelled(), tokenizer, data, fingerprint, skips):
-            for split in ("train", "heldout"):
-                part = table.filter(pc.equal(table["split"], split))
+    with PartWriter(uri, index, env, CHUNK_SCHEMA) as writer:
+        for chunks in make_chunks(docs, tokenizer, data, fingerprint, skips):
+            for split in CHUNK_PARTITIONS:
+                part = chunks.filter(pc.equal(chunks["split"], split))
                 if part.num_rows:
                     writer.write(part, split)
                     counts[split] += part.num_rows
-            bar.update(min(data.tokenize_batch, (bar.total or 10**12) - bar.n))
-    return writer.commit({"chunks": dict(counts), "skipped": dict(skips), "tokenizer": fingerprint,
-                          "suffix_tokens": data.suffix_tokens})
+        return {"index": index, "parts": writer.close(),
+                "stats": {"chunks": dict(counts), "skipped": dict(skips)}}
+
+
+def materialize_chunks(env: StageEnv, filtered: Manifest, shards: list[dict] | None = None) -> Manifest:
+    """Filtered documents -> chunks in `train/` and `heldout/` (split by document).
+
+    `shards`: `chunk_shard` results already computed (by mapped tasks); a shard without a usable
+    result is chunked here. Then the parts are committed as one dataset."""
+    tokenizer, fingerprint = _tokenizer(env)
+    uri, config = chunk_plan(env, filtered.content_hash, fingerprint)
+    if done := _reuse(env, uri, "chunk"):
+        return done
+    if shards is None:
+        store.remove_tree(uri, env.storage_options)  # an uncommitted leftover is never trusted
+    results = _complete(shards or [], chunk_inputs(env, filtered), uri, env, "chunk",
+                        lambda i, shard: chunk_shard(env, filtered.content_hash, i, shard))
+    counts: Counter = Counter()
+    skips: Counter = Counter()
+    for r in results:
+        counts.update(r["stats"]["chunks"])
+        skips.update(r["stats"]["skipped"])
+    return commit_parts(uri, env.context(config, [filtered]), CHUNK_SCHEMA, results, CHUNK_PARTITIONS,
+                        {"chunks": dict(counts), "skipped": dict(skips), "tokenizer": fingerprint,
+                         "suffix_tokens": env.cfg.data.suffix_tokens})
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharded writes: parts written by any process, committed once
+
+
+def part_name(index: int, k: int) -> str:
+    return f"part-{index:05d}-{k:05d}.parquet"
+
+
+class PartWriter:
+    """Rows of one input shard -> parts `<uri>/<partition>/part-<index>-<k>.parquet` of an uncommitted
+    dataset, each at most `data.shard_rows` rows and written atomically. The names are the shard's
+    own, so shards write side by side and a retried shard overwrites its earlier try. On an error
+    the shard's parts are removed."""
+
+    def __init__(self, uri: str, index: int, env: StageEnv, schema: pa.Schema):
+        self.uri, self.index, self.env, self.schema = uri, index, env, schema
+        self.limit = env.cfg.data.shard_rows
+        self._rows: dict[str, list] = {}
+        self._tables: dict[str, list[pa.Table]] = {}
+        self._buffered: dict[str, int] = {}
+        self._counts: dict[str, int] = {}
+        self.parts: list[dict[str, Any]] = []
+
+    def __enter__(self) -> "PartWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            for part in self.parts:
+                fs, path = store.filesystem(part["uri"], self.env.storage_options)
+                if fs.exists(path):
+                    fs.rm(path)
+
+    def add(self, row: dict, partition: str) -> None:
+        rows = self._rows.setdefault(partition, [])
+        rows.append(row)
+        if len(rows) >= 512:
+            self._rows[partition] = []
+            self.write(pa.Table.from_pylist(rows, schema=self.schema), partition)
+
+    def write(self, table: pa.Table, partition: str) -> None:
+        table = table.select(self.schema.names).cast(self.schema)
+        self._tables.setdefault(partition, []).append(table)
+        self._buffered[partition] = self._buffered.get(partition, 0) + table.num_rows
+        while self._buffered[partition] >= self.limit:
+            self._flush(partition, self.limit)
+
+    def _flush(self, partition: str, limit: int) -> None:
+        whole = pa.concat_tables(self._tables.pop(partition))
+        head, tail = whole.slice(0, limit), whole.slice(limit)
+        self._tables[partition] = [tail] if tail.num_rows else []
+        self._buffered[partition] = tail.num_rows
+        k = self._counts.get(partition, 0)
+        self._counts[partition] = k + 1
+        uri = store.join(self.uri, partition, part_name(self.index, k))
+        data = store.parquet_bytes(head.combine_chunks())
+        store.write_bytes(uri, data, self.env.storage_options)
+        self.parts.append({"uri": uri, "partition": partition, "k": k, "rows": head.num_rows,
+                           "content_hash": hashlib.sha256(data).hexdigest(),
+                           "task_run_id": self.env.provenance.task_run_id})
+
+    def close(self) -> list[dict[str, Any]]:
+        for partition, rows in self._rows.items():
+            if rows:
+                self.write(pa.Table.from_pylist(rows, schema=self.schema), partition)
+        self._rows = {}
+        for partition in list(self._tables):
+            if self._buffered.get(partition):
+                self._flush(partition, self._buffered[partition])
+        return self.parts
+
+
+def _complete(shards: list[dict], inputs: list[str], uri: str, env: StageEnv, stage: str,
+              run_one) -> list[dict]:
+    """One result per input shard, in input order: the given ones whose parts are all present
+    under `uri`, and the rest computed here (`run_one(index, shard_uri)`)."""
+    present = _files_under(uri, env.storage_options)
+    given = {r["index"]: r for r in shards if all(p["uri"] in present for p in r["parts"])}
+    missing = [i for i in range(len(inputs)) if i not in given]
+    if shards and missing:
+        log.info("%s: %d of %d shards have no usable parts; computing them here", stage, len(missing), len(inputs))
+    for i in tqdm(missing, desc=stage, unit="shard", disable=None if len(missing) > 1 else True):
+        given[i] = run_one(i, inputs[i])
+    return [given[i] for i in range(len(inputs))]
+
+
+def _files_under(uri: str, storage_options: dict[str, Any]) -> set[str]:
+    fs, path = store.filesystem(uri, storage_options)
+    if not fs.exists(path):
+        return set()
+    base = store.normalize(uri)
+    return {store.join(base, f[len(path.rstrip("/")) + 1:]) for f in fs.find(path)}
+
+
+def commit_parts(uri: str, ctx: WriteContext, schema: pa.Schema, results: list[dict],
+                 partitions: tuple[str, ...], stats: dict[str, Any]) -> Manifest:
+    """Commit the parts of per-shard results as one dataset, with the manifest `DatasetWriter.commit`
+    writes: files partition by partition, each in shard order; shard manifests; lineage; and
+    `_manifest.json` last. Files under `uri` that no result names (a crashed earlier try) go first."""
+    order = {p: n for n, p in enumerate(partitions)}
+    parts = sorted(((p, r["index"]) for r in results for p in r["parts"]),
+                   key=lambda pi: (order.get(pi[0]["partition"], len(order)), pi[0]["partition"], pi[1], pi[0]["k"]))
+    parts = [p for p, _ in parts]
+    keep = {p["uri"] for p in parts}
+    fs, _ = store.filesystem(uri, ctx.storage_options)
+    for stale in _files_under(uri, ctx.storage_options) - keep:
+        fs.rm(store.filesystem(stale, ctx.storage_options)[1])
+    columns = artifacts.columns_of(schema)
+    version = artifacts.code_version()
+
+    def manifest(u: str, kind: str, digest: str, rows: int, task_run_id: str | None, **extra) -> Manifest:
+        return Manifest(artifact_id=artifacts.artifact_id(u, digest), uri=u, kind=kind, content_hash=digest,
+                        rows=rows, columns=columns, config_hash=ctx.config_hash, config=ctx.config,
+                        code_version=version, flow_run_id=ctx.provenance.flow_run_id, task_run_id=task_run_id,
+                        parents=[p.artifact_id for p in ctx.parents], parent_uris=[p.uri for p in ctx.parents],
+                        **extra)
+
+    uri = store.normalize(uri)
+    digest = hashlib.sha256("\n".join(p["content_hash"] for p in parts).encode()).hexdigest()
+    dataset = manifest(uri, "parquet-dataset", digest, sum(p["rows"] for p in parts), ctx.provenance.task_run_id,
+                       files=[p["uri"] for p in parts], stats=stats)
+    shards = [manifest(p["uri"], "parquet-shard", p["content_hash"], p["rows"],
+                       p.get("task_run_id") or ctx.provenance.task_run_id, part_of=dataset.artifact_id)
+              for p in parts]
+    for shard in shards:
+        store.write_json(f"{shard.uri}.manifest.json", shard.model_dump(), ctx.storage_options)
+    if ctx.lineage is not None:
+        ctx.lineage.record([*ctx.parents, dataset, *shards])
+    store.write_json(store.join(uri, artifacts.MANIFEST), dataset.model_dump(), ctx.storage_options)
+    return dataset

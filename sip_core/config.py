@@ -28,6 +28,11 @@ class RunConfig(_Section):
         None, description="local dir for DuckDB lineage/cache files; default <root>/_state for a "
         "local root, ~/.cache/sip/state/<hash of root> for a remote one (DuckDB needs a local file)")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options, e.g. endpoint_url")
+    task_runner: Literal["threads", "ray"] = Field(
+        "threads", description="where mapped per-shard tasks run: threads of the flow's process, or Ray "
+        "(prefect-ray's RayTaskRunner; pip install -e '.[ray]')")
+    ray_address: str | None = Field(None, description="Ray cluster to join, e.g. ray://head:10001; "
+                                    "default: start a local Ray")
 
 
 class DataConfig(_Section):

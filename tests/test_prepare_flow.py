@@ -6,6 +6,7 @@ import gzip
 import json
 import subprocess
 import sys
+import time
 
 import polars as pl
 import pytest
@@ -51,10 +52,16 @@ def _task_states(flow_state) -> dict[str, str]:
 
     from prefect.client.schemas.sorting import TaskRunSort
 
+    # Task states reach the server as events: give the last ones a moment.
+    deadline = time.monotonic() + 15
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])),
-            sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=50)
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])),
+                sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=50)
+            if all(r.state and r.state.is_final() for r in runs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     return {r.task_key.split(".")[-1].split("-")[0] + ":" + r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
 
 
@@ -128,7 +135,26 @@ def test_rerun_is_a_cache_hit_and_a_changed_config_is_not(first_run, corpus):
     states = _task_states(state)
     assert states["ingest_task:ingest-documents"] == "Cached"
     assert states["filter_task:filter-documents"] == "Completed"
+    assert states["filter_shard_task:filter-shard"] == "Completed"
     assert state.result()["filtered"]["uri"] != out["filtered"]["uri"]
+
+
+def test_filter_and_chunk_are_mapped_over_shards(first_run):
+    """One filter-shard task per docs shard and one chunk-shard task per chunked filtered shard,
+    each writing its own parts; the stage tasks only commit them."""
+    from sip_core.artifacts import load_manifest
+
+    _, out = first_run
+    docs, filtered, chunks = (load_manifest(out[k]["uri"]) for k in ("docs", "filtered", "chunks"))
+    assert len(docs.files) == 4  # 154 documents, 40 per shard
+    writers = {load_manifest(f).task_run_id for f in filtered.files}
+    assert len(writers) == len(docs.files) and filtered.task_run_id not in writers
+    for f in filtered.files:  # <label>/part-<docs shard>-<k>.parquet, labels in order, shards in order
+        assert f.rsplit("/", 2)[1] in ("unsafe", "rest", "excluded") and f.endswith("-00000.parquet")
+    labels = [f.rsplit("/", 2)[1] for f in filtered.files]
+    assert labels == sorted(labels, key=["unsafe", "rest", "excluded"].index)
+    assert len({load_manifest(f).task_run_id for f in chunks.files}) > 1
+    assert {load_manifest(f).part_of for f in filtered.files} == {filtered.artifact_id}
 
 
 def test_ids_are_identical_across_runs_into_fresh_roots(first_run, corpus, tmp_path):

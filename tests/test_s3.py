@@ -315,8 +315,8 @@ def test_prepare_flow_on_s3_and_cache(s3: S3Bucket, tmp_path: Path, prefect_env,
     second = state.result()
     assert second == first
     assert calls == []  # every task was a Prefect cache hit: no stage function ran
-    assert _task_states(state) == {"ingest-documents": "Cached", "filter-documents": "Cached",
-                                   "materialize-chunks": "Cached"}
+    assert _task_states(state) == {"ingest-documents": "Cached", "filter-shard": "Cached", "filter-documents": "Cached",
+                                   "chunk-shard": "Cached", "materialize-chunks": "Cached"}
     assert s3.objects() == before  # same keys, ETags and LastModified: nothing rewritten
 
     # a cache hit whose artifact vanished from the store is redone (flows/_common.run_cached)

@@ -92,15 +92,29 @@ def test_every_judge_answer_parses_with_the_real_parser(proxy, cases):
 def test_prompts_it_cannot_answer_get_an_error(proxy):
     reqs = [
         load_prompt("rewrite").render(prefix="a b", suffix=" c", prefix_ending="a b", n_tokens=8),
-        load_prompt("thoughts").render(text="some text"),
         load_prompt("corruption").render(prefix="p", suffix="s", kind="factual"),
+        load_prompt("thoughts").render(text="no sentence boundary here"),
         load_prompt("safety").render(text="fine"),
     ]
     results = proxy.generate(reqs)
-    for req, res in zip(reqs[:3], results):
+    for req, res in zip(reqs[:2], results):
         assert not res.ok and res.text is None
         assert res.error == f"proxy judge cannot answer {req.prompt}"
+    assert not results[2].ok and "no sentence boundary" in results[2].error
     assert results[3].ok  # one bad request does not sink the others
+
+
+def test_proxy_teacher_thoughts_pass_the_integrity_gate_and_name_what_follows(proxy):
+    from sip_core.llm.parsers import parse, thought_spans
+    from sip_core.thoughts import gate
+
+    text = ("The bridge opened in 1932. Engineers from Sydney built the arch in eight years. "
+            "Traffic grew quickly after the war. Tolls paid for the whole construction by 1988.")
+    res = proxy.generate([load_prompt("thoughts").render(text=text)])[0]
+    parsed = parse("thoughts", res.text)
+    assert parsed.ok and gate(text, parsed.value) == ("ok", "")
+    spans = [parsed.value[s:e] for s, e in thought_spans(parsed.value)]
+    assert len(spans) == 3 and "Engineers" in spans[0] and "Tolls" in spans[-1]
 
 
 def test_missing_inputs_are_an_error_not_a_guess(proxy):

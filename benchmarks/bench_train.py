@@ -60,29 +60,32 @@ def bench_dpo(model_ref: str, steps: int, pairs: int, prompt_len: int, completio
     rt = setup("cpu", "fp32")
     policy, tok = load_model(model_ref, rt)
     reference = AutoModelForCausalLM.from_pretrained(resolve_model(model_ref), dtype=torch.float32).eval()
-    rows = real_token_rows(tok, 3 * pairs, prompt_len + completion_len)
-    prompts = [r[:prompt_len] for r in rows[:pairs]]
-    chosen = [r[prompt_len:] for r in rows[:pairs]]
-    rejected = [r[prompt_len:] for r in rows[pairs:2 * pairs]]
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-7)
-
-    def ours():
-        both, _, _ = completion_logprobs(policy, prompts * 2, chosen + rejected, tok.pad_token_id)
-        with torch.no_grad():
-            ref, _, _ = completion_logprobs(reference, prompts * 2, chosen + rejected, tok.pad_token_id)
-        loss = dpo_loss(both[:pairs], both[pairs:], ref[:pairs], ref[pairs:], 0.1)[0].mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    data = Dataset.from_list([{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r}
-                              for p, c, r in zip(prompts, chosen, rejected)])
+    rows = real_token_rows(tok, 2 * pairs, prompt_len + completion_len)
+    # TRL tokenizes text pairs itself (it has no pre-tokenized path); both sides then train on the
+    # token ids TRL produced, so the work is the same.
+    texts = [{"prompt": tok.decode(a[:prompt_len]), "chosen": tok.decode(a[prompt_len:]),
+              "rejected": tok.decode(b[prompt_len:])} for a, b in zip(rows[:pairs], rows[pairs:])]
     with tempfile.TemporaryDirectory() as out:
         args = DPOConfig(output_dir=out, beta=0.1, loss_type=["sigmoid"], per_device_train_batch_size=pairs,
-                         report_to=[], use_cpu=True, learning_rate=1e-7, max_length=None, logging_steps=10**6)
-        trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=data, processing_class=tok)
+                         report_to=[], use_cpu=True, learning_rate=1e-7, logging_steps=10**6)
+        trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=Dataset.from_list(texts),
+                             processing_class=tok)
         trainer.create_optimizer()
-        batch = trainer.data_collator([data[i] for i in range(pairs)])
+        trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train's loop, which we skip
+        examples = [trainer.train_dataset[i] for i in range(pairs)]
+        batch = trainer.data_collator(examples)
+        prompts = [e["prompt_ids"] for e in examples]
+        both_completions = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
+        opt = torch.optim.AdamW(policy.parameters(), lr=1e-7)
+
+        def ours():
+            both, _, _ = completion_logprobs(policy, prompts * 2, both_completions, tok.pad_token_id)
+            with torch.no_grad():
+                ref, _, _ = completion_logprobs(reference, prompts * 2, both_completions, tok.pad_token_id)
+            loss = dpo_loss(both[:pairs], both[pairs:], ref[:pairs], ref[pairs:], 0.1)[0].mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
 
         def trl_step():
             trainer.training_step(trainer.model, batch)
@@ -91,6 +94,8 @@ def bench_dpo(model_ref: str, steps: int, pairs: int, prompt_len: int, completio
 
         # interleave the two so machine noise hits both alike
         ours_s, trl_s = [], []
+        ours()  # warm-up: allocator, optimizer state
+        trl_step()
         for _ in range(steps):
             ours_s.append(timed(ours, 1, 0))
             trl_s.append(timed(trl_step, 1, 0))

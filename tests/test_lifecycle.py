@@ -52,8 +52,12 @@ def test_rerun_reuses_every_stage_and_calls_no_model(runs):
     assert second["judge_calls"] == 0, second["calls"]
     assert second["reused_stages"] == 6 and second["cached_evals"] == 5
     assert second["finals"] == first["finals"]
-    assert second["report"]["uri"] == first["report"]["uri"]  # keyed by the results: nothing changed
-    assert json.loads((Path(second["report"]["html"]).parent / "results.json").read_text())["arms"]
+    # same numbers in the new report (only the call counts differ: the rerun made none)
+    a, b = (json.loads((Path(r["report"]["html"]).parent / "results.json").read_text()) for r in (first, second))
+    assert [arm["evaluations"]["heldout_nll"]["nll"] for arm in a["arms"]] == \
+        [arm["evaluations"]["heldout_nll"]["nll"] for arm in b["arms"]]
+    assert [c["result"].get("win_rate") for c in a["comparisons"]] == [c["result"].get("win_rate") for c in b["comparisons"]]
+    assert all(c["result"].get("calls", 0) == 0 for c in b["comparisons"])
 
 
 def test_report_opens_in_headless_chromium(runs, tmp_path):

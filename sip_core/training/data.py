@@ -86,9 +86,18 @@ def rewrite_batches(chunks: Manifest, root: str, storage_options: dict) -> list[
     for marker in sorted(fs.glob(path.rstrip("/") + "/*/batch-*/" + artifacts.MANIFEST)):
         uri = store.join(root, "rewrites", *marker[len(path.rstrip("/")) + 1:].split("/")[:2])
         manifest = artifacts.load_committed(uri, storage_options)
-        if manifest is not None and chunks.uri in manifest.parent_uris:
+        if manifest is not None and _made_from(manifest, chunks, storage_options):
             batches.append(manifest)
     return batches
+
+
+def _made_from(batch: Manifest, chunks: Manifest, storage_options: dict) -> bool:
+    """Whether a rewrite batch came from these chunks: the same artifact, or one with the same
+    content (prepare's folder name includes the code version; the rows do not change with it)."""
+    if chunks.uri in batch.parent_uris:
+        return True
+    parents = (artifacts.load_committed(u, storage_options) for u in batch.parent_uris)
+    return any(p is not None and p.content_hash == chunks.content_hash for p in parents)
 
 
 def rewrites_for(chunks: Manifest, root: str, storage_options: dict) -> tuple[dict[str, list[int]], list[Manifest]]:

@@ -47,9 +47,8 @@ def train(cfg: SipConfig, chunks: Manifest, provenance: Provenance = Provenance(
     if judge:
         parents.append(artifacts.config_manifest("judge", _judge_identity(cfg, judge.backend.model_id)))
     session = TrainSession(f"pretrain-{pc.objective}", env, pc, parents)
-    if session.final is not None:
-        session.emit({"event": "reused", "final": session.final.uri})
-        return session.final
+    if done := session.reused():
+        return done
     env.lineage().record(parents)
 
     model, tok = session.load_policy()

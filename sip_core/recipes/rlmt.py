@@ -45,9 +45,8 @@ def train(cfg: SipConfig, chunks: Manifest, thoughts: Manifest | None = None,
     parents = [chunks, *([thoughts] if thoughts else []),
                artifacts.config_manifest("judge", _judge_identity(cfg, judge.backend.model_id))]
     session = TrainSession("rlmt", env, rc, parents)
-    if session.final is not None:
-        session.emit({"event": "reused", "final": session.final.uri})
-        return session.final
+    if done := session.reused():
+        return done
     env.lineage().record(parents)
     model, tok = session.load_policy()
     rt = session.rt

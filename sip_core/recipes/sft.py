@@ -43,9 +43,8 @@ def train(cfg: SipConfig, thoughts: Manifest, provenance: Provenance = Provenanc
                             "run `sip thoughts` with more rows or a stronger teacher")
     heldout = thought_rows(thoughts, "rl", so)[: sc.heldout_rows]
     session = TrainSession("sft", env, sc, [thoughts])
-    if session.final is not None:
-        session.emit({"event": "reused", "final": session.final.uri})
-        return session.final
+    if done := session.reused():
+        return done
     env.lineage().record([thoughts])
     model, tok = session.load_policy()
     rt = session.rt

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import time
 from collections.abc import Sequence
@@ -35,10 +36,10 @@ def step_seed(*parts) -> int:
     return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16)
 
 
-class RolloutEngine:
+class RolloutEngine(abc.ABC):
+    @abc.abstractmethod
     def generate(self, prompts: Sequence[Sequence[int]], n: int, spec: SamplingSpec) -> list[list[list[int]]]:
         """For each prompt, n completions as token-id lists (EOS and padding removed)."""
-        raise NotImplementedError
 
     def sync(self, checkpoint_dir: str | None, step: int) -> float:
         """Bring the engine's weights up to date; returns seconds spent (0 when shared)."""

@@ -56,6 +56,12 @@ class TrainSession:
         self.final = artifacts.load_committed(store.join(self.run_dir, "final"), self.so)
         self._t0 = time.perf_counter()
 
+    def reused(self) -> Manifest | None:
+        """The finished run's final checkpoint (announced), or None when there is work to do."""
+        if self.final is not None:
+            self.emit({"event": "reused", "final": self.final.uri})
+        return self.final
+
     # ---------------------------------------------------------------- model and resume
     def load_policy(self):
         """(model, tokenizer) from the newest committed checkpoint of this run, else from the

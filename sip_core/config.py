@@ -179,8 +179,11 @@ class RLMTConfig(TrainConfig):
 
     lr: float = Field(1e-6, gt=0)
     group_size: int = Field(4, ge=2, description="G samples per prefix")
-    thought_tokens: int = Field(64, ge=1, description="budget for thought + closing tag")
+    thought_tokens: int = Field(64, ge=1, description="budget for the thought")
     predict_tokens: int = Field(32, ge=1, description="tokens of predicted suffix the judge compares")
+    force_close: bool = Field(True, description="a thought still open at its budget is closed by the sampler "
+                              "(METHOD §5.6 two-stage boundary; the forced tag is masked from the loss); "
+                              "False: it is a format failure with reward 0")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     rollout_batch: int = Field(16, ge=1)
@@ -207,6 +210,7 @@ class EvalConfig(_Section):
     reasoning_temperature: float = Field(0.6, ge=0)
     thought_tokens: int = Field(64, ge=1, description="reward gate / probe: budget for the thought")
     predict_tokens: int = Field(32, ge=1)
+    force_close: bool = Field(True, description="reward gate: close a thought still open at its budget, as RLMT does")
     reward_samples: int = Field(2, ge=1, description="reward gate: samples per prefix")
     thought_rows: int = Field(16, ge=1)
     batch_size: int = Field(16, ge=1)

@@ -3,12 +3,17 @@
 From a prefix the policy writes `<think> thought </think>` and then its predicted continuation.
 The judge compares the prediction with the true suffix and answers 0 or 1. A completion without
 a closing tag has no prediction and earns 0 (counted as a format failure, never judged).
+
+`think_then_predict` samples in two phases with a thought budget: when the thought has not closed
+within its budget, the sampler writes `</think>` itself (budget forcing) and the policy then
+predicts. The forced tag tokens are marked so the policy gradient skips them: they were never
+sampled. A small model that rambles past any budget still yields predictions, hence reward signal.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sip_core.config import JudgeConfig
 from sip_core.llm.cache import CachedLLM
@@ -24,6 +29,55 @@ def split_completion(text: str) -> tuple[str | None, str | None]:
         return None, None
     thought, prediction = text.split(THINK_CLOSE, 1)
     return thought.strip(), prediction.lstrip()
+
+
+@dataclass
+class ThinkSample:
+    """One completion after `prefix <think>`: token ids = thought (+ forced close) + prediction."""
+    ids: list[int]
+    forced: tuple[int, int] | None = None  # [start, end) of close-tag tokens the sampler inserted
+    prediction_ids: list[int] = field(default_factory=list)
+
+
+def _closing_length(tokenizer, ids: list[int]) -> int | None:
+    """The fewest leading tokens of `ids` whose text contains `</think>`; None if none does."""
+    if THINK_CLOSE not in tokenizer.decode(ids):
+        return None
+    return next(k for k in range(1, len(ids) + 1) if THINK_CLOSE in tokenizer.decode(ids[:k]))
+
+
+def think_then_predict(engine, tokenizer, prompts: Sequence[Sequence[int]], n: int, thought_tokens: int,
+                       predict_tokens: int, temperature: float, top_p: float, seed: int,
+                       force_close: bool = True) -> list[list[ThinkSample]]:
+    """n samples per prompt (token ids ending in `<think>`): a thought of at most thought_tokens,
+    closed by the policy or (force_close) by the sampler, then a prediction of at most
+    predict_tokens. Without force_close an unclosed thought gets no prediction (format failure)."""
+    from sip_core.training.rollout import SamplingSpec  # torch is only needed once we sample
+
+    close_ids = tokenizer(THINK_CLOSE, add_special_tokens=False)["input_ids"]
+    spec = SamplingSpec(thought_tokens, temperature, top_p, exact_length=False, seed=seed)
+    thoughts = engine.generate(prompts, n, spec)
+    samples: list[list[ThinkSample]] = []
+    todo: list[tuple[list[int], ThinkSample]] = []
+    for prompt, group in zip(prompts, thoughts):
+        samples.append([])
+        for ids in group:
+            k = _closing_length(tokenizer, ids)
+            if k is not None:
+                sample = ThinkSample(list(ids[:k]))
+            elif force_close:
+                sample = ThinkSample(list(ids) + close_ids, forced=(len(ids), len(ids) + len(close_ids)))
+            else:
+                samples[-1].append(ThinkSample(list(ids)))
+                continue
+            samples[-1].append(sample)
+            todo.append((list(prompt) + sample.ids, sample))
+    if todo:
+        spec = SamplingSpec(predict_tokens, temperature, top_p, exact_length=False, seed=seed + 1)
+        for (_, sample), [prediction] in zip(todo, engine.generate([p for p, _ in todo], 1, spec)):
+            sample.prediction_ids = list(prediction)
+            sample.ids += sample.prediction_ids
+    return samples
 
 
 @dataclass

@@ -467,3 +467,46 @@ def test_sft_and_rlmt_recipes_run(chunks, tmp_path):
         assert 0.0 <= m["reward_mean"] <= 1.0
         assert 0 <= m["no_signal_groups"] <= m["groups"] == 1
         assert m["judge_calls"] >= 0
+        # budget forcing: every sample reaches a prediction, so none is a format failure
+        assert m["format_failures"] == 0 and 0 <= m["forced_closes"] <= 2
+
+
+def test_think_then_predict_forces_close_and_masks_it(tokenizer):
+    """A thought the policy closes is cut at `</think>`; an unclosed one gets the tag from the
+    sampler, marked forced, and `unmask_forced` drops exactly those tokens from the loss mask."""
+    from sip_core.recipes.rlmt import unmask_forced
+    from sip_core.thinking import THINK_CLOSE, think_then_predict
+    from sip_core.training.logprobs import pack
+
+    enc = lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    closed, rambling, prediction = enc(" short.</think> tail tail"), enc(" on and on and on"), enc(" The end")
+
+    class Scripted:  # phase 1 answers the thoughts in order, phase 2 the prediction
+        def __init__(self):
+            self.calls = []
+
+        def generate(self, prompts, n, spec):
+            self.calls.append(([list(p) for p in prompts], spec.max_new_tokens))
+            if len(self.calls) == 1:
+                return [[closed, rambling]]
+            return [[prediction] for _ in prompts]
+
+    prompt = enc("Some text<think>")
+    engine = Scripted()
+    [[a, b]] = think_then_predict(engine, tokenizer, [prompt], 2, 8, 4, 1.0, 1.0, seed=0)
+    assert [c[1] for c in engine.calls] == [8, 4]
+    assert a.forced is None and THINK_CLOSE in tokenizer.decode(a.ids) and "tail" not in tokenizer.decode(a.ids)
+    assert a.prediction_ids == prediction and a.ids[-len(prediction):] == prediction
+    start, end = b.forced
+    assert start == len(rambling) and tokenizer.decode(b.ids[start:end]) == THINK_CLOSE
+    assert engine.calls[1][0][1] == prompt + rambling + enc(THINK_CLOSE)  # the policy predicts after the tag
+
+    _, _, loss = pack([prompt, prompt], [a.ids, b.ids], tokenizer.pad_token_id)
+    mask = unmask_forced(loss[:, 1:], [prompt, prompt], [a, b])
+    assert torch.equal(mask[0], loss[0, 1:])
+    dropped = (loss[1, 1:] & ~mask[1]).nonzero().flatten().tolist()
+    assert dropped == [len(prompt) + j - 1 for j in range(start, end)]  # column j scores token j + 1
+
+    engine = Scripted()
+    [[a, b]] = think_then_predict(engine, tokenizer, [prompt], 2, 8, 4, 1.0, 1.0, seed=0, force_close=False)
+    assert b.forced is None and b.prediction_ids == [] and a.prediction_ids == prediction

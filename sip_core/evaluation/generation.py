@@ -59,3 +59,21 @@ def text_sampler(model, tokenizer, max_new_tokens: int, temperature: float = 0.0
         return [_decode(tokenizer, rows) for rows in out]
 
     return generate
+
+
+def think_sampler(model, tokenizer, thought_tokens: int, predict_tokens: int, temperature: float = 1.0,
+                  top_p: float = 1.0, device="cpu", seed: int = 0, force_close: bool = True,
+                  batch_size: int = 16) -> TextFn:
+    """A TextFn for prompts ending in `<think>`: each text is thought + `</think>` + prediction,
+    sampled as RLMT samples them (`sip_core.thinking.think_then_predict`, thought budget first)."""
+    from sip_core.thinking import think_then_predict
+
+    engine = _engine(model, tokenizer, device, batch_size)
+
+    def generate(prompts: list[str], n: int) -> list[list[str]]:
+        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        groups = think_then_predict(engine, tokenizer, ids, n, thought_tokens, predict_tokens, temperature, top_p,
+                                    seed, force_close)
+        return [_decode(tokenizer, [s.ids for s in group]) for group in groups]
+
+    return generate

@@ -54,8 +54,8 @@ def evaluate_model(cfg: SipConfig, model_ref: str, chunks: Manifest, judge, audi
     seeds = list(range(ec.judge_seeds))
     sampler = generation.text_sampler(model, tok, ec.reasoning_tokens, ec.reasoning_temperature, 0.95, rt.device,
                                       chat=True, batch_size=ec.batch_size)
-    think = generation.text_sampler(model, tok, ec.thought_tokens + ec.predict_tokens, 1.0, 1.0, rt.device,
-                                    batch_size=ec.batch_size)
+    think = generation.think_sampler(model, tok, ec.thought_tokens, ec.predict_tokens, 1.0, 1.0, rt.device,
+                                     force_close=ec.force_close, batch_size=ec.batch_size)
     greedy_after = generation.text_sampler(model, tok, ec.predict_tokens, 0.0, 1.0, rt.device, batch_size=ec.batch_size)
 
     def run(name: str, fn):

@@ -20,11 +20,11 @@ from sip_core.config import SipConfig
 from sip_core.llm.factory import open_llm
 from sip_core.prepare import StageEnv
 from sip_core.recipes.pretrain import _judge_identity
-from sip_core.thinking import THINK_OPEN, judge_predictions, split_completion
+from sip_core.thinking import THINK_OPEN, judge_predictions, think_then_predict
 from sip_core.training import data
 from sip_core.training.logprobs import completion_logprobs
 from sip_core.training.losses import drgrpo_loss, group_advantages
-from sip_core.training.rollout import HFRolloutEngine, SamplingSpec, step_seed
+from sip_core.training.rollout import HFRolloutEngine, step_seed
 from sip_core.training.session import TrainSession
 
 
@@ -34,6 +34,17 @@ def rl_chunk_ids(thoughts: Manifest | None, storage_options: dict) -> set[str] |
         return None
     rows = data.read_rows(thoughts, None, storage_options, ["chunk_id", "half"])
     return {c for c, h in zip(rows.columns["chunk_id"], rows.columns["half"]) if h == "rl"}
+
+
+def unmask_forced(mask: torch.Tensor, prompts, samples) -> torch.Tensor:
+    """Drop the close-tag tokens the sampler forced from the loss mask of `completion_logprobs`
+    (column j of the mask scores token j + 1): the policy never sampled them."""
+    mask = mask.clone()
+    for i, (prompt, sample) in enumerate(zip(prompts, samples)):
+        if sample.forced:
+            a, b = sample.forced
+            mask[i, len(prompt) + a - 1:len(prompt) + b - 1] = False
+    return mask
 
 
 def train(cfg: SipConfig, chunks: Manifest, thoughts: Manifest | None = None,
@@ -69,17 +80,16 @@ def train(cfg: SipConfig, chunks: Manifest, thoughts: Manifest | None = None,
             batch = rows.take(indices[micro * rc.batch_size:(micro + 1) * rc.batch_size])
             prompts = [data.truncate_prefix(r["prefix_ids"], rc.max_prefix_tokens) + opener for r in batch]
             t = time.perf_counter()
-            spec = SamplingSpec(budget, rc.temperature, rc.top_p, False, step_seed(rc.seed, step, rt.rank, micro))
-            groups = engine.generate(prompts, rc.group_size, spec)
+            groups = think_then_predict(engine, tok, prompts, rc.group_size, rc.thought_tokens, rc.predict_tokens,
+                                        rc.temperature, rc.top_p, step_seed(rc.seed, step, rt.rank, micro),
+                                        rc.force_close)
             times["generate"] += time.perf_counter() - t
             t = time.perf_counter()
             predictions, prefixes, references = [], [], []
             for r, group in zip(batch, groups):
-                for completion in group:
-                    _, prediction = split_completion(tok.decode(completion, skip_special_tokens=True))
-                    if prediction:  # the judge compares the first predict_tokens of the prediction
-                        prediction = tok.decode(tok(prediction, add_special_tokens=False)["input_ids"][:rc.predict_tokens])
-                    predictions.append(prediction)
+                for sample in group:
+                    stats["forced_closes"] += sample.forced is not None
+                    predictions.append(tok.decode(sample.prediction_ids, skip_special_tokens=True).strip() or None)
                     prefixes.append(r["prefix_text"])
                     references.append(r["suffix_text"])
             rewards = judge_predictions(judge, cfg.judge, prefixes, predictions, references, seed=step)
@@ -96,10 +106,11 @@ def train(cfg: SipConfig, chunks: Manifest, thoughts: Manifest | None = None,
                 adv = group_advantages(r_tensor)[signal].flatten().to(rt.device)
                 keep_rows = [p for p, s in enumerate(signal.tolist()) if s]
                 sel_prompts = [prompts[p] for p in keep_rows for _ in range(rc.group_size)]
-                sel_completions = [groups[p][g] for p in keep_rows for g in range(rc.group_size)]
+                sel_samples = [groups[p][g] for p in keep_rows for g in range(rc.group_size)]
                 with session.accumulating(micro), rt.autocast():
-                    _, per_token, mask = completion_logprobs(model, sel_prompts, sel_completions, tok.pad_token_id,
-                                                             rt.device)
+                    _, per_token, mask = completion_logprobs(model, sel_prompts, [s.ids for s in sel_samples],
+                                                             tok.pad_token_id, rt.device)
+                    mask = unmask_forced(mask, sel_prompts, sel_samples)
                     loss = drgrpo_loss(per_token, mask, adv, budget)
                     session.backward(loss)
                 losses.append(float(loss.detach()))

@@ -168,28 +168,42 @@ class DatasetWriter:
         self._shards.append(self._manifest(shard_uri, "parquet-shard", digest, head.num_rows, head.schema))
 
     def _manifest(self, uri: str, kind: str, digest: str, rows: int, schema: pa.Schema | None, **extra) -> Manifest:
-        return Manifest(
-            artifact_id=artifact_id(uri, digest), uri=uri, kind=kind, content_hash=digest, rows=rows,
-            columns=columns_of(schema) if schema is not None else {}, config_hash=self.ctx.config_hash,
-            config=self.ctx.config, code_version=code_version(), flow_run_id=self.ctx.provenance.flow_run_id,
-            task_run_id=self.ctx.provenance.task_run_id, parents=[p.artifact_id for p in self.ctx.parents],
-            parent_uris=[p.uri for p in self.ctx.parents], **extra)
+        return new_manifest(self.ctx, uri, kind, digest, rows, schema, **extra)
 
     def commit(self, stats: dict[str, Any] | None = None) -> Manifest:
         for partition in list(self._buffers):
             if self._buffered.get(partition):
                 self._flush(partition, self._buffered[partition])
-        digest = hashlib.sha256("\n".join(s.content_hash for s in self._shards).encode()).hexdigest()
-        schema = self.schema or self._first_schema
-        manifest = self._manifest(self.uri, self.kind, digest, sum(s.rows or 0 for s in self._shards), schema,
-                                  files=[s.uri for s in self._shards], stats=stats or {})
-        for shard in self._shards:
-            shard.part_of = manifest.artifact_id
-            store.write_json(f"{shard.uri}.manifest.json", shard.model_dump(), self.ctx.storage_options)
-        if self.ctx.lineage is not None:
-            self.ctx.lineage.record([*self.ctx.parents, manifest, *self._shards])
-        store.write_json(store.join(self.uri, MANIFEST), manifest.model_dump(), self.ctx.storage_options)
-        return manifest
+        return commit_dataset(self.uri, self.ctx, self._shards, self.schema or self._first_schema, stats, self.kind)
+
+
+def new_manifest(ctx: WriteContext, uri: str, kind: str, digest: str, rows: int, schema: pa.Schema | None,
+                 task_run_id: str | None = None, **extra) -> Manifest:
+    """A manifest for an artifact written under `ctx` (config, parents, provenance, code version)."""
+    return Manifest(
+        artifact_id=artifact_id(uri, digest), uri=uri, kind=kind, content_hash=digest, rows=rows,
+        columns=columns_of(schema) if schema is not None else {}, config_hash=ctx.config_hash,
+        config=ctx.config, code_version=code_version(), flow_run_id=ctx.provenance.flow_run_id,
+        task_run_id=task_run_id or ctx.provenance.task_run_id, parents=[p.artifact_id for p in ctx.parents],
+        parent_uris=[p.uri for p in ctx.parents], **extra)
+
+
+def commit_dataset(uri: str, ctx: WriteContext, shards: list[Manifest], schema: pa.Schema | None,
+                   stats: dict[str, Any] | None = None, kind: str = "parquet-dataset") -> Manifest:
+    """Commit shard files already written under `uri` as one dataset: the shard manifests, the
+    lineage records, and `_manifest.json` last, so a reader never trusts a half-committed dataset.
+    The dataset's content hash is over its shards' hashes, in the given order."""
+    uri = store.normalize(uri)
+    digest = hashlib.sha256("\n".join(s.content_hash for s in shards).encode()).hexdigest()
+    manifest = new_manifest(ctx, uri, kind, digest, sum(s.rows or 0 for s in shards), schema,
+                            files=[s.uri for s in shards], stats=stats or {})
+    for shard in shards:
+        shard.part_of = manifest.artifact_id
+        store.write_json(f"{shard.uri}.manifest.json", shard.model_dump(), ctx.storage_options)
+    if ctx.lineage is not None:
+        ctx.lineage.record([*ctx.parents, manifest, *shards])
+    store.write_json(store.join(uri, MANIFEST), manifest.model_dump(), ctx.storage_options)
+    return manifest
 
 
 def shard_uris(manifest: Manifest, partition: str | None = None) -> list[str]:

@@ -263,18 +263,37 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else None
 
 
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_config_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config file as a tree. `extends: other.yaml` (relative to this file) starts from
+    that file's tree; this file's keys override it section by section, key by key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in _seen:
+        raise ConfigError(f"config file {path} extends itself")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    parent = tree.pop("extends", None)
+    if parent is None:
+        return tree
+    if not isinstance(parent, str):
+        raise ConfigError(f"config file {path}: extends must be a file name, got {parent!r}")
+    return _merge(read_config_tree(path.parent / parent, (*_seen, path.resolve())), tree)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> SipConfig:
-    tree: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections")
+    tree: dict[str, Any] = read_config_tree(path) if path is not None else {}
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(tree, key, value)
@@ -335,9 +354,16 @@ class EvaluateParams(JobParams):
 
 
 class LifecycleParams(JobParams):
-    preset: Literal["smoke", "tiny"] | None = Field("tiny", description="configs/<preset>.yaml; None: config_file")
+    preset: Literal["smoke", "tiny"] | None = Field("tiny", description="configs/lifecycle-<preset>.yaml; "
+                                                    "None: config_file")
 
     def load(self) -> SipConfig:
         if self.preset:
-            return JobParams(config_file=f"configs/{self.preset}.yaml", overrides=self.overrides).load()
+            return JobParams(config_file=lifecycle_preset(self.preset), overrides=self.overrides).load()
         return super().load()
+
+
+def lifecycle_preset(name: str) -> str:
+    """The config file of a lifecycle preset: the recipe config of that name, cut to the preset's
+    time budget (smoke <= 5 min, tiny <= 30 min on a 2-core CPU)."""
+    return f"configs/lifecycle-{name}.yaml"

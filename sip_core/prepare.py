@@ -197,8 +197,9 @@ def filter_documents(env: StageEnv, docs: Manifest, stages: list | None = None,
                         stats.as_dict())
 
 
-# Below this many documents the filter stage takes well under a second: not worth worker processes.
-PARALLEL_RULES_MIN_DOCS = 2048
+# Below this many documents the rules take ~0.1 s: not worth worker processes. A flow maps shards of
+# ~2,000 documents onto threads, so a larger bar would leave every shard's rules on one core.
+PARALLEL_RULES_MIN_DOCS = 512
 
 
 def _rule_workers(n_docs: int | None) -> int:
@@ -259,19 +260,23 @@ def _judged(batch: list[Document], results: Future) -> Iterator[tuple[Document, 
         yield doc, verdict
 
 
-_TOKENIZERS = threading.local()  # per thread: a fast tokenizer is not shared between threads
+_TOKENIZERS: dict[tuple, tuple] = {}  # (policy, cache dir) -> (tokenizer, fingerprint), per process
 _TOKENIZER_LOAD = threading.Lock()
+# One chunk shard at a time per process encodes; shards mapped onto threads queue here. The Rust
+# tokenizer already spreads each batch over every core, so concurrent shards only contend for the
+# GIL, and the one tokenizer a process loads is never used by two threads at once (a fast
+# tokenizer is not thread-safe).
+_CHUNK_TURN = threading.Lock()
 
 
 def _tokenizer(env: StageEnv):
     model = env.cfg.model
-    cache = _TOKENIZERS.__dict__.setdefault("by_ref", {})
     key = (model.policy, model.cache_dir)
-    if key not in cache:
-        with _TOKENIZER_LOAD:  # a first `import transformers` in two threads at once can fail
+    with _TOKENIZER_LOAD:  # also: a first `import transformers` in two threads at once can fail
+        if key not in _TOKENIZERS:
             tokenizer = load_tokenizer(model.policy, model.cache_dir)
-        cache[key] = tokenizer, tokenizer_fingerprint(tokenizer)
-    return cache[key]
+            _TOKENIZERS[key] = tokenizer, tokenizer_fingerprint(tokenizer)
+        return _TOKENIZERS[key]
 
 
 def chunk_plan(env: StageEnv, filtered_hash: str, fingerprint: str) -> tuple[str, dict[str, Any]]:
@@ -304,7 +309,7 @@ def chunk_shard(env: StageEnv, filtered_hash: str, index: int, shard_uri: str) -
             for doc_id, source, text, label, reason in zip(*(table[c].to_pylist() for c in columns)))
     skips: Counter = Counter()
     counts: Counter = Counter()
-    with PartWriter(uri, index, env, CHUNK_SCHEMA) as writer:
+    with _CHUNK_TURN, PartWriter(uri, index, env, CHUNK_SCHEMA) as writer:
         for chunks in make_chunks(docs, tokenizer, data, fingerprint, skips):
             for split in CHUNK_PARTITIONS:
                 part = chunks.filter(pc.equal(chunks["split"], split))
@@ -434,9 +439,9 @@ def _files_under(uri: str, storage_options: dict[str, Any]) -> set[str]:
 
 def commit_parts(uri: str, ctx: WriteContext, schema: pa.Schema, results: list[dict],
                  partitions: tuple[str, ...], stats: dict[str, Any]) -> Manifest:
-    """Commit the parts of per-shard results as one dataset, with the manifest `DatasetWriter.commit`
-    writes: files partition by partition, each in shard order; shard manifests; lineage; and
-    `_manifest.json` last. Files under `uri` that no result names (a crashed earlier try) go first."""
+    """Commit the parts of per-shard results as one dataset (`artifacts.commit_dataset`, as
+    `DatasetWriter.commit` does): files partition by partition, each in shard order. Files under
+    `uri` that no result names (a crashed earlier try) go first."""
     order = {p: n for n, p in enumerate(partitions)}
     parts = sorted(((p, r["index"]) for r in results for p in r["parts"]),
                    key=lambda pi: (order.get(pi[0]["partition"], len(order)), pi[0]["partition"], pi[1], pi[0]["k"]))
@@ -445,26 +450,6 @@ def commit_parts(uri: str, ctx: WriteContext, schema: pa.Schema, results: list[d
     fs, _ = store.filesystem(uri, ctx.storage_options)
     for stale in _files_under(uri, ctx.storage_options) - keep:
         fs.rm(store.filesystem(stale, ctx.storage_options)[1])
-    columns = artifacts.columns_of(schema)
-    version = artifacts.code_version()
-
-    def manifest(u: str, kind: str, digest: str, rows: int, task_run_id: str | None, **extra) -> Manifest:
-        return Manifest(artifact_id=artifacts.artifact_id(u, digest), uri=u, kind=kind, content_hash=digest,
-                        rows=rows, columns=columns, config_hash=ctx.config_hash, config=ctx.config,
-                        code_version=version, flow_run_id=ctx.provenance.flow_run_id, task_run_id=task_run_id,
-                        parents=[p.artifact_id for p in ctx.parents], parent_uris=[p.uri for p in ctx.parents],
-                        **extra)
-
-    uri = store.normalize(uri)
-    digest = hashlib.sha256("\n".join(p["content_hash"] for p in parts).encode()).hexdigest()
-    dataset = manifest(uri, "parquet-dataset", digest, sum(p["rows"] for p in parts), ctx.provenance.task_run_id,
-                       files=[p["uri"] for p in parts], stats=stats)
-    shards = [manifest(p["uri"], "parquet-shard", p["content_hash"], p["rows"],
-                       p.get("task_run_id") or ctx.provenance.task_run_id, part_of=dataset.artifact_id)
-              for p in parts]
-    for shard in shards:
-        store.write_json(f"{shard.uri}.manifest.json", shard.model_dump(), ctx.storage_options)
-    if ctx.lineage is not None:
-        ctx.lineage.record([*ctx.parents, dataset, *shards])
-    store.write_json(store.join(uri, artifacts.MANIFEST), dataset.model_dump(), ctx.storage_options)
-    return dataset
+    shards = [artifacts.new_manifest(ctx, p["uri"], "parquet-shard", p["content_hash"], p["rows"], schema,
+                                      task_run_id=p.get("task_run_id")) for p in parts]
+    return artifacts.commit_dataset(uri, ctx, shards, schema, stats)

@@ -14,7 +14,8 @@ def test_defaults_match_the_method():
     assert cfg.model.policy == "bundled:smollm2-135m-instruct"
 
 
-@pytest.mark.parametrize("name", ["tiny.yaml", "smoke.yaml", "gpu-cluster.yaml", "redpajama-safety.yaml"])
+@pytest.mark.parametrize("name", ["tiny.yaml", "smoke.yaml", "gpu-cluster.yaml", "redpajama-safety.yaml",
+                                  "lifecycle-tiny.yaml", "lifecycle-smoke.yaml"])
 def test_shipped_configs_load(name):
     cfg = load_config(ROOT / "configs" / name)
     assert cfg.data.suffix_tokens >= 1
@@ -57,3 +58,27 @@ def test_section_hash_tracks_only_named_sections():
     a, b = SipConfig(), load_config(None, ["filter.min_badwords=3"])
     assert a.section_hash("data") == b.section_hash("data")
     assert a.section_hash("filter") != b.section_hash("filter")
+
+
+def test_extends_merges_key_by_key(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("data:\n  max_docs: 50\n  suffix_tokens: 64\nrun:\n  name: base\n")
+    child = tmp_path / "sub" / "child.yaml"
+    child.parent.mkdir()
+    child.write_text("extends: ../base.yaml\ndata:\n  max_docs: 10\n")
+    cfg = load_config(child, ["run.name=cli"])
+    assert (cfg.data.max_docs, cfg.data.suffix_tokens, cfg.run.name) == (10, 64, "cli")
+    tiny, lifecycle = load_config(ROOT / "configs" / "tiny.yaml"), load_config(ROOT / "configs" / "lifecycle-tiny.yaml")
+    assert lifecycle.pretrain.steps == tiny.pretrain.steps and lifecycle.data == tiny.data
+    assert lifecycle.sft.steps < tiny.sft.steps
+
+
+def test_extends_errors_name_the_file(tmp_path):
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(loop)
+    orphan = tmp_path / "orphan.yaml"
+    orphan.write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="not found: .*nowhere.yaml"):
+        load_config(orphan)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sip_core.config import LLMConfig
 from sip_core.llm.types import LLMBackend, LLMRequest, LLMResult, Progress, ResultHook
-from sip_core.models import fast_bf16, resolve_model
+from sip_core.models import cpu_decode_threads, fast_bf16, resolve_model
 
 
 def _fingerprint(path: str) -> str:
@@ -78,8 +78,8 @@ class LocalHFBackend(LLMBackend):
         kwargs = dict(do_sample=temperature > 0, max_new_tokens=max_tokens, pad_token_id=self.tokenizer.pad_token_id)
         if temperature > 0:
             kwargs.update(temperature=temperature, top_p=top_p)
-        with torch.inference_mode():
-            out = self.model.generate(**enc, **kwargs)
+        with torch.inference_mode(), cpu_decode_threads(self.device) as processors:
+            out = self.model.generate(**enc, logits_processor=processors, **kwargs)
         new = out[:, enc["input_ids"].shape[1]:]
         latency = (time.perf_counter() - started) / len(batch)
         results = []

@@ -10,7 +10,8 @@ every number, and renders evaluations that did not run as "not run". Plots need 
 """
 
 from sip_core.report.models import AnyResult, Arm, Comparison, ReportFiles, RunResults, Stage
-from sip_core.report.render import comparison_sentence, difference_sentence, overlaps, render_report
+from sip_core.report.format import comparison_sentence, difference_sentence, overlaps
+from sip_core.report.render import render_report
 from sip_core.report.save import save_report
 
 __all__ = ["AnyResult", "Arm", "Comparison", "ReportFiles", "RunResults", "Stage", "comparison_sentence",

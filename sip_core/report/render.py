@@ -11,7 +11,6 @@ first; a failed or missing audit is a warning over every judged number.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from datetime import datetime, timezone
 from itertools import combinations
@@ -26,163 +25,10 @@ from sip_core.evaluation.stats import EvalResult, Interval
 from sip_core.evaluation.winrate import CoherenceResult, RepetitionStats, WinRateResult
 from sip_core.report import plots
 from sip_core.report.document import Bullets, Document, Heading, Image, Para, Table, slug, to_html, to_markdown
-from sip_core.report.models import Comparison, ReportFiles, RunResults
-
-NOT_RUN = "not run"
-DASH = "—"
-
-# --------------------------------------------------------------------------- formatting
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def fmt_num(x: Any, digits: int = 3) -> str:
-    if x is None:
-        return DASH
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return f"{x:,}"
-    if isinstance(x, float):
-        return f"{x:.{digits}f}" if math.isfinite(x) else DASH
-    return str(x)
-
-
-def fmt_pct(x: Any) -> str:
-    return f"{100 * x:.1f}%" if _finite(x) else DASH
-
-
-def fmt_iv(iv: Interval | None) -> str:
-    """'63.3% [54.7, 71.1]' (percent, Wilson 95%); n = 0 says so."""
-    if iv is None:
-        return NOT_RUN
-    if iv.n == 0 or not math.isfinite(iv.estimate):
-        return "no valid items (n = 0)"
-    return f"{100 * iv.estimate:.1f}% [{100 * iv.low:.1f}, {100 * iv.high:.1f}]"
-
-
-def fmt_seeds(seeds: list[int]) -> str:
-    if not seeds:
-        return DASH
-    s = sorted(seeds)
-    if len(s) > 2 and s == list(range(s[0], s[0] + len(s))):
-        return f"{s[0]}–{s[-1]} ({len(s)})"
-    return ", ".join(map(str, s)) if len(s) <= 8 else f"{', '.join(map(str, s[:6]))}, … ({len(s)})"
-
-
-def overlaps(a: Interval, b: Interval) -> bool:
-    return a.low <= b.high and b.low <= a.high
-
-
-def _valid(iv: Interval | None) -> bool:
-    return iv is not None and iv.n > 0 and math.isfinite(iv.estimate)
-
-
-# --------------------------------------------------------------------------- verdict sentences
-
-
-def difference_sentence(metric: str, a: str, iv_a: Interval, b: str, iv_b: Interval, better: str = "") -> str:
-    """The plain verdict on one metric between two arms."""
-    head = f"{metric}, {a} {fmt_iv(iv_a)} (n = {iv_a.n}) vs {b} {fmt_iv(iv_b)} (n = {iv_b.n})"
-    if overlaps(iv_a, iv_b):
-        return f"{head}: intervals overlap: this run cannot tell {a} from {b}."
-    high, low = (a, b) if iv_a.estimate > iv_b.estimate else (b, a)
-    note = f" ({'lower' if better == 'lower' else 'higher'} is better)" if better else ""
-    return f"{head}: intervals do not overlap: {high} is higher than {low}{note}."
-
-
-def comparison_sentence(comp: Comparison) -> str:
-    """A pairwise win rate: does A's interval exclude 50%?"""
-    iv = comp.result.win_rate if isinstance(comp.result, WinRateResult) else comp.result.score
-    what = "win rate" if isinstance(comp.result, WinRateResult) else "coherence score"
-    label = f" on {comp.label}" if comp.label else ""
-    head = f"{comp.a} vs {comp.b}{label}: {what} of {comp.a} {fmt_iv(iv)} (n = {iv.n})"
-    if not _valid(iv):
-        return f"{head}: no valid judgments: this run cannot tell {comp.a} from {comp.b}."
-    if iv.low <= 0.5 <= iv.high:
-        return f"{head}: the 95% interval contains 50%: this run cannot tell {comp.a} from {comp.b}."
-    winner, loser = (comp.a, comp.b) if iv.low > 0.5 else (comp.b, comp.a)
-    return f"{head}: the 95% interval excludes 50%: {winner} beats {loser}."
-
-
-# --------------------------------------------------------------------------- judge and audit
-
-
-class JudgeView:
-    """The judge audit as the report reads it: who was audited, and the verdict for any judge id."""
-
-    def __init__(self, audit: dict[str, Any] | None):
-        self.audit = audit or None
-
-    @property
-    def judge(self) -> str | None:
-        return self.audit.get("judge") if self.audit else None
-
-    @property
-    def passed(self) -> bool | None:
-        return bool(self.audit.get("passed")) if self.audit else None
-
-    def status(self, result: EvalResult) -> str:
-        """'PASSED' / 'FAILED' / 'not audited' for the judge behind one result ('' without a judge)."""
-        if result.judge is None:
-            return ""
-        own = result.audit
-        if own and own.get("judge") == result.judge:
-            return "PASSED" if own.get("passed") else "FAILED"
-        if self.audit and self.judge == result.judge:
-            return "PASSED" if self.passed else "FAILED"
-        return "not audited"
-
-    def label(self, result: EvalResult) -> str:
-        if result.judge is None:
-            return "none"
-        return f"{result.judge} (audit {self.status(result)})"
-
-
-def audit_blocks(view: JudgeView, results: RunResults) -> list:
-    blocks: list = [Heading(2, "Judge and audit", "judge")]
-    judges = sorted({r.judge for r in _all_results(results) if r.judge})
-    judged_sections = "win rates, coherence, safety (unsafe rate), judged factuality, reward gate, thought-use probe"
-    if view.audit is None:
-        blocks.append(Para(f"No judge audit was supplied for this run. Every judged metric ({judged_sections}) "
-                           "rests on a judge whose accuracy and position bias were never checked.", "warn"))
-    elif not view.passed:
-        reasons = "; ".join(view.audit.get("reasons") or []) or "no reason recorded"
-        blocks.append(Para(f"The judge **{view.judge}** FAILED its audit ({reasons}). Every judged metric in this "
-                           f"report ({judged_sections}) rests on a judge that failed its audit: read them as "
-                           "untrustworthy.", "warn"))
-    else:
-        blocks.append(Para(f"The judge **{view.judge}** PASSED its audit.", "ok"))
-    others = [j for j in judges if j != view.judge]
-    if others:
-        blocks.append(Para("Results judged by a model the supplied audit does not cover: " + ", ".join(others)
-                           + ". Their numbers carry no audit verdict unless their own audit slot says otherwise.",
-                           "warn"))
-    rows = [["judge (audited)", view.judge or NOT_RUN],
-            ["audit verdict", DASH if view.audit is None else ("PASSED" if view.passed else "FAILED")],
-            ["reasons", "; ".join(view.audit.get("reasons") or []) or DASH if view.audit else DASH],
-            ["position bias (share of first-option wins; 0.5 = none)",
-             fmt_num(view.audit.get("position_bias")) if view.audit else DASH],
-            ["parse-failure rate", fmt_pct(view.audit.get("parse_failure_rate")) if view.audit else DASH],
-            ["judges used by results", ", ".join(judges) or "none"]]
-    if view.audit and view.audit.get("error_rate") is not None:
-        rows.insert(5, ["request-error rate", fmt_pct(view.audit.get("error_rate"))])
-    blocks.append(Table(["", ""], rows))
-    dims = (view.audit or {}).get("dimensions") or {}
-    if dims:
-        keys = ["items", "judgments", "accuracy", "seed_agreement", "order_consistency", "invalid"]
-        blocks.append(Table(["dimension", *keys],
-                            [[d, *(fmt_num(v.get(k)) if k not in ("accuracy",) else fmt_pct(v.get(k))
-                                   for k in keys)] for d, v in sorted(dims.items())],
-                            "Audit accuracy per dimension (original vs corrupted text, both orders, several seeds)"))
-    return blocks
-
-
-def _all_results(results: RunResults) -> list[EvalResult]:
-    out = [r for arm in results.arms for r in arm.evaluations.values() if r is not None]
-    return out + [c.result for c in results.comparisons]
+from sip_core.report.format import (DASH, NOT_RUN, comparison_sentence, difference_sentence, fmt_iv,
+                                     fmt_num, fmt_pct, fmt_seeds, has_items)
+from sip_core.report.judge import JudgeView, audit_blocks
+from sip_core.report.models import ReportFiles, RunResults
 
 
 # --------------------------------------------------------------------------- metric specs
@@ -414,7 +260,7 @@ class Renderer:
         for label, get, better in heads:
             measured = [(a.name, get(a.evaluations[key])) for a in self.r.arms
                         if a.evaluations.get(key) is not None and _spec(a.evaluations[key])[1] == headers]
-            measured = [(n, iv) for n, iv in measured if _valid(iv)]
+            measured = [(n, iv) for n, iv in measured if has_items(iv)]
             for (na, ia), (nb, ib) in combinations(measured, 2):
                 sentences.append(difference_sentence(label, na, ia, nb, ib, better))
         if sentences:
@@ -449,7 +295,7 @@ class Renderer:
             own = res.by_condition.get("own")
             for c in CONDITIONS[1:]:
                 other = res.by_condition.get(c)
-                if _valid(own) and _valid(other):
+                if has_items(own) and has_items(other):
                     sentences.append(difference_sentence(f"{name}: probe reward", "own thought", own,
                                                          f"{c} thought", other))
         if sentences:

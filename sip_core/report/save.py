@@ -9,7 +9,8 @@ from typing import Any
 from sip_core import store
 from sip_core.artifacts import MANIFEST, Manifest, WriteContext, artifact_id, code_version
 from sip_core.report.models import RunResults
-from sip_core.report.render import JudgeView, render_report
+from sip_core.report.judge import JudgeView
+from sip_core.report.render import render_report
 
 
 def _results_json(results: RunResults) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,34 +25,54 @@ def step_dir(run_dir: str, step: int) -> str:
     return store.join(run_dir, f"step-{step:06d}")
 
 
-def _upload_folder(local: Path, uri: str, storage_options: dict) -> list[str]:
-    files = []
-    for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        target = store.join(uri, path.relative_to(local).as_posix())
-        store.write_bytes(target, path.read_bytes(), storage_options)
-        files.append(target)
-    return files
+def _model_digest(local: Path) -> str:
+    """Content hash of the model files (the trainer state is excluded: it does not define the model)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in local.rglob("*") if p.is_file() and p.name != "trainer_state.pt"):
+        file_hash = hashlib.sha256()
+        with path.open("rb") as f:
+            while block := f.read(1 << 24):
+                file_hash.update(block)
+        digest.update(path.name.encode())
+        digest.update(file_hash.digest())
+    return digest.hexdigest()
+
+
+def _publish(local: Path, uri: str, storage_options: dict) -> list[str]:
+    """Move the staged folder's files to `uri`: a local store renames the folder into place (no
+    copy of a gigabyte of optimizer state); an object store gets each file uploaded."""
+    names = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+    if store.is_remote(uri):
+        for name in names:
+            store.write_bytes(store.join(uri, name), (local / name).read_bytes(), storage_options)
+    else:
+        store.remove_tree(uri, storage_options)  # an interrupted save's leftovers (no manifest)
+        os.replace(local, store.filesystem(uri, storage_options)[1])
+    return [store.join(uri, name) for name in names]
 
 
 def save(uri: str, model, tokenizer, state: dict[str, Any] | None, ctx: WriteContext,
          stats: dict[str, Any] | None = None) -> Manifest:
     """Write model (+ trainer state) under `uri` and commit it with a manifest (lineage:
-    ctx.parents). Files go through fsspec, so `s3://` roots work unchanged."""
+    ctx.parents). Files go through fsspec, so `s3://` roots work unchanged; on a local store they
+    are written beside the target (same filesystem) and renamed into place."""
     so = ctx.storage_options
     if store.exists(store.join(uri, MANIFEST), so):
         store.remove_tree(uri, so)  # a re-save of the same step replaces it whole
-    with tempfile.TemporaryDirectory(prefix="sip-ckpt-") as tmp:
-        local = Path(tmp)
+    staging_parent = None
+    if not store.is_remote(uri):
+        staging_parent = Path(store.filesystem(uri, so)[1]).parent
+        staging_parent.mkdir(parents=True, exist_ok=True)
+        for stale in staging_parent.glob(".sip-ckpt-*"):  # a killed save's staging (one saver per run)
+            shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=".sip-ckpt-", dir=staging_parent) as tmp:
+        local = Path(tmp) / "checkpoint"
         getattr(model, "module", model).save_pretrained(local)
         tokenizer.save_pretrained(local)
         if state is not None:
             torch.save(state, local / "trainer_state.pt")
-        files = _upload_folder(local, uri, so)
-        digest = hashlib.sha256()
-        for path in sorted(p for p in local.rglob("*") if p.is_file() and p.name != "trainer_state.pt"):
-            digest.update(path.name.encode())
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
-    content = digest.hexdigest()
+        content = _model_digest(local)
+        files = _publish(local, uri, so)
     manifest = Manifest(artifact_id=artifacts.artifact_id(uri, content), uri=store.normalize(uri), kind="checkpoint",
                         content_hash=content, config_hash=ctx.config_hash, config=ctx.config,
                         code_version=artifacts.code_version(), flow_run_id=ctx.provenance.flow_run_id,

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sip_core.models import cpu_decode_threads
+
 
 @dataclass(frozen=True)
 class SamplingSpec:
@@ -92,8 +94,8 @@ class HFRolloutEngine(RolloutEngine):
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
             ctx = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                    else torch.autocast(self.device.type, enabled=False))
-            with ctx:
-                seqs = module.generate(input_ids=ids, attention_mask=attn, **kwargs)
+            with ctx, cpu_decode_threads(self.device) as processors:
+                seqs = module.generate(input_ids=ids, attention_mask=attn, logits_processor=processors, **kwargs)
             for row in seqs[:, ids.shape[1]:].tolist():
                 out.append(self._strip(row, spec))
         self.generated_tokens += sum(len(r) for r in out)

@@ -5,6 +5,10 @@
    Ratio = our seconds / TRL's seconds (target <= 1.0).
 2. HF `generate` rollout throughput (our HFRolloutEngine) at batch 1 / 8 / 32, as output tokens
    per second and as a ratio to batch 1; vLLM offline where it is installed.
+3. Decode threads: the same generate calls with the engine's default (one torch thread for the
+   token-by-token steps after the prompt pass, `models.cpu_decode_threads`) vs torch's own thread
+   count throughout (`decode_threads=None`), and one prompt forward pass on 1 vs all threads.
+   Ratio = tokens/s with the switch / tokens/s without.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_train.py [--steps 5] [--model bundled:smollm2-135m-instruct]
 """
@@ -133,6 +137,27 @@ def bench_generate(model_ref: str, new_tokens: int, prompt_len: int, batches=(1,
     print(f"vllm weight sync (reload from a checkpoint folder): {time.perf_counter() - start:.1f}s")
 
 
+def bench_decode_threads(model_ref: str, new_tokens: int, prompt_len: int, batches=(1, 4, 16)) -> None:
+    rt = setup("cpu", "auto")
+    model, tok = load_model(model_ref, rt, trainable=False)
+    prompts = real_token_rows(tok, max(batches), prompt_len)
+    spec = SamplingSpec(new_tokens, 1.0, 1.0, True, 0)
+    threads = torch.get_num_threads()
+    for b in batches:
+        rates = {}
+        for name, decode in (("all threads", None), ("1-thread decode", 1)):
+            engine = HFRolloutEngine(model, tok, rt.device, batch_size=b, autocast_dtype=rt.dtype, decode_threads=decode)
+            rates[name] = b * new_tokens / timed(lambda: engine.generate(prompts[:b], 1, spec), 2, 1)
+        print(f"generate batch={b:<3d} {threads} threads throughout: {rates['all threads']:7.1f} tok/s; "
+              f"1-thread decode: {rates['1-thread decode']:7.1f} tok/s  ratio {rates['1-thread decode'] / rates['all threads']:.2f}")
+    batch = torch.tensor(real_token_rows(tok, 8, 400))
+    with torch.no_grad():
+        for n in sorted({1, threads}):
+            torch.set_num_threads(n)
+            print(f"prompt pass 8x400 tokens on {n} thread(s): {timed(lambda: model(input_ids=batch), 2, 1):.2f}s")
+    torch.set_num_threads(threads)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="bundled:smollm2-135m-instruct")
@@ -141,13 +166,15 @@ def main() -> None:
     p.add_argument("--prompt-len", type=int, default=96)
     p.add_argument("--completion-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--skip", choices=["dpo", "generate"], action="append", default=[])
+    p.add_argument("--skip", choices=["dpo", "generate", "threads"], action="append", default=[])
     args = p.parse_args()
     torch.manual_seed(0)
     if "dpo" not in args.skip:
         bench_dpo(args.model, args.steps, args.pairs, args.prompt_len, args.completion_len)
     if "generate" not in args.skip:
         bench_generate(args.model, args.new_tokens, args.prompt_len)
+    if "threads" not in args.skip:
+        bench_decode_threads(args.model, args.new_tokens, args.prompt_len)
 
 
 if __name__ == "__main__":

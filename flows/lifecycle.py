@@ -11,6 +11,7 @@ stage is retried alone (task retries resume training from the last checkpoint).
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from prefect import flow, get_run_logger
@@ -22,6 +23,7 @@ from sip_core import store
 from sip_core.config import LifecycleParams, SipConfig
 from tasks.evaluate import compare_task, evaluate_task, report_task, stage_view
 from tasks.llm_jobs import rewrite_task, thoughts_task
+from tasks.slots import threads_per_slot
 from tasks.train import pretrain_task, rlmt_task, sft_task
 
 BASE, SIP_ARM, NTP_ARM = "base→SFT→RLMT", "base→SIP→SFT→RLMT", "base→NTP"
@@ -45,10 +47,20 @@ def _rewritten(cfg: SipConfig, chunks: dict) -> int:
     return sum(m.rows or 0 for m in rewrite_batches(manifest, cfg.run.root, cfg.run.storage_options))
 
 
-def _midtrain(cfg: SipConfig, init: str | None, chunks: dict, thoughts: dict) -> tuple[dict, dict]:
-    sft = sft_task(_with(cfg, sft__init=init), thoughts)
-    rlmt = rlmt_task(_with(cfg, rlmt__init=sft["uri"]), chunks, thoughts)
-    return sft, rlmt
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """This process's torch threads while stages share the cores (evaluations run in-process)."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @flow(name="lifecycle", log_prints=True)
@@ -67,18 +79,27 @@ def lifecycle(params: LifecycleParams = LifecycleParams()) -> dict:
     thoughts = thoughts_task(cfg, chunks, cfg.lifecycle.thought_limit, "exact")
     calls["thoughts"] = thoughts["calls"]
 
-    sip = pretrain_task(_with(cfg, pretrain__objective="dpo"), chunks)
-    ntp = pretrain_task(_with(cfg, pretrain__objective="ntp"), chunks)
-    base_sft, base_rlmt = _midtrain(cfg, None, chunks, thoughts)
-    sip_sft, sip_rlmt = _midtrain(cfg, sip["uri"], chunks, thoughts)
+    # The arms train, and the five models are evaluated, as their inputs are ready: up to
+    # lifecycle.parallel stages at once (tasks/slots.py). Submitted in dependency order.
+    with _torch_threads(threads_per_slot(cfg.lifecycle.parallel)):
+        sip_f = pretrain_task.submit(_with(cfg, pretrain__objective="dpo"), chunks)
+        ntp_f = pretrain_task.submit(_with(cfg, pretrain__objective="ntp"), chunks)
+        base_sft_f = sft_task.submit(cfg, thoughts)
+        base_rlmt_f = rlmt_task.submit(cfg, chunks, thoughts, base_sft_f)
+        sip_sft_f = sft_task.submit(cfg, thoughts, sip_f)
+        sip_rlmt_f = rlmt_task.submit(cfg, chunks, thoughts, sip_sft_f)
+        finals_f = {"base": cfg.model.policy, BASE: base_rlmt_f, SIP_ARM: sip_rlmt_f, NTP_ARM: ntp_f,
+                    "base→SIP": sip_f}
+        eval_f = {name: evaluate_task.submit(cfg, ref, chunks, audit, thoughts) for name, ref in finals_f.items()}
+        sip, ntp, base_sft, base_rlmt, sip_sft, sip_rlmt = (
+            f.result() for f in (sip_f, ntp_f, base_sft_f, base_rlmt_f, sip_sft_f, sip_rlmt_f))
+        evals = {name: f.result() for name, f in eval_f.items()}
     trained = [sip, ntp, base_sft, base_rlmt, sip_sft, sip_rlmt]
     calls["training"] = sum(r["judge_calls"] for r in trained)
     for name, result in (("sip", sip), ("ntp", ntp), ("base-rlmt", base_rlmt), ("sip-rlmt", sip_rlmt)):
         publish_metrics(result, f"{name}-metrics", cfg)
-
     finals = {"base": cfg.model.policy, BASE: base_rlmt["uri"], SIP_ARM: sip_rlmt["uri"], NTP_ARM: ntp["uri"],
               "base→SIP": sip["uri"]}
-    evals = {name: evaluate_task(cfg, ref, chunks, audit, thoughts) for name, ref in finals.items()}
     pairs = [(SIP_ARM, BASE), ("base→SIP", NTP_ARM), ("base→SIP", "base"), (NTP_ARM, "base")]
     comparisons = [(a, b, compare_task(cfg, evals[a], evals[b], chunks, audit)) for a, b in pairs]
 

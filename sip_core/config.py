@@ -203,6 +203,7 @@ class EvalConfig(_Section):
     judge_seeds: int = Field(4, ge=1)
     safety_prompts: int = Field(32, ge=1)
     xstest_prompts: int = Field(32, ge=1)
+    refusal_tokens: int = Field(64, ge=1, description="XSTest: greedy answer length the refusal rule reads")
     truthfulqa_items: int = Field(64, ge=1)
     reasoning_problems: int = Field(16, ge=1)
     reasoning_k: int = Field(4, ge=1)
@@ -219,6 +220,8 @@ class EvalConfig(_Section):
 class LifecycleConfig(_Section):
     rewrite_limit: int = Field(16, ge=0, description="suffixes the rewriter rewrites before pretraining (0: none)")
     thought_limit: int | None = Field(None, ge=1, description="chunks the teacher annotates (None: all train chunks)")
+    parallel: int = Field(1, ge=1, description="independent training/evaluation stages run at once, each with "
+                          "cores/parallel torch threads on a CPU (1: one after another)")
 
 
 class SipConfig(_Section):

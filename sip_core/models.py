@@ -92,21 +92,21 @@ def fast_bf16(device: str) -> bool:
 
 
 @contextlib.contextmanager
-def cpu_decode_threads(device, threads: int = 1):
+def cpu_decode_threads(device, threads: int | None = 1):
     """Around one `generate` call on a CPU: yields logits processors that switch torch to `threads`
     intra-op threads once the prompt's forward pass is done, and restores the count afterwards.
 
     Token-by-token decoding of a small model runs ~900 tiny ops per token, and every op pays the
     threads' hand-off; the prompt's forward pass is big matmuls that do scale. Measured on this
     2-core CPU with SmolLM2-135M (`benchmarks/bench_train.py`): a decode step at batch 4 takes
-    116 ms on 1 thread vs 201 ms on 2, a 8x400-token prompt pass 19.3 s vs 11.0 s. On CUDA, or
-    when torch already uses `threads`, nothing changes.
+    116 ms on 1 thread vs 201 ms on 2, a 8x400-token prompt pass 19.3 s vs 11.0 s. On CUDA, with
+    `threads=None`, or when torch already uses no more than `threads`, nothing changes.
     """
     import torch
     from transformers import LogitsProcessor
 
     before = torch.get_num_threads()
-    if str(device).startswith("cuda") or before <= threads:
+    if threads is None or str(device).startswith("cuda") or before <= threads:
         yield []
         return
 

@@ -13,6 +13,7 @@ from sip_core.config import SipConfig
 from sip_core.evaluation.suite import ModelEval, evaluate_model
 from sip_core.prepare import StageEnv
 from tasks.llm_jobs import _llm, provenance
+from tasks.slots import compute_slot
 
 
 def model_identity(ref: str, cfg: SipConfig) -> str:
@@ -37,14 +38,19 @@ def thought_texts(cfg: SipConfig, thoughts: dict | None) -> list[str]:
 
 
 @task(name="evaluate-model", retries=1, retry_delay_seconds=10)
-def evaluate_task(cfg: SipConfig, model_ref: str, chunks: dict, audit: dict | None, thoughts: dict | None = None) -> dict:
+def evaluate_task(cfg: SipConfig, model: str | dict, chunks: dict, audit: dict | None,
+                  thoughts: dict | None = None) -> dict:
+    """`model`: a model ref / checkpoint URI, or a training task's result. Runs in one of
+    `lifecycle.parallel` slots."""
+    model_ref = model["uri"] if isinstance(model, dict) else model
     judge = _llm(cfg, "judge")
     uri = eval_uri(cfg, model_ref, chunks, judge.backend.model_id, thoughts)
     if done := artifacts.load_committed(uri, cfg.run.storage_options):
         payload = json.loads(store.read_bytes(done.files[0], cfg.run.storage_options))
         return {**payload, "uri": uri, "cached": True, "judge_calls": 0}
     chunk_manifest = artifacts.load_manifest(chunks["uri"], cfg.run.storage_options)
-    result: ModelEval = evaluate_model(cfg, model_ref, chunk_manifest, judge, audit, thought_texts(cfg, thoughts))
+    with compute_slot(cfg.lifecycle.parallel):
+        result: ModelEval = evaluate_model(cfg, model_ref, chunk_manifest, judge, audit, thought_texts(cfg, thoughts))
     payload = {"model": model_ref, "results": {k: v.model_dump(mode="json") for k, v in result.results.items()},
                "continuations": result.continuations, "seconds": result.seconds}
     env = StageEnv(cfg, provenance())

@@ -18,6 +18,7 @@ from prefect.runtime import flow_run, task_run
 from sip_core import artifacts
 from sip_core.config import SipConfig
 from sip_core.training import RecipeFailed
+from tasks.slots import compute_slot, threads_per_slot
 
 
 def recipe_command(module: str, config_path: str, nproc: int, args: list[str]) -> list[str]:
@@ -27,7 +28,13 @@ def recipe_command(module: str, config_path: str, nproc: int, args: list[str]) -
 
 
 def run_recipe(module: str, cfg: SipConfig, nproc: int, args: list[str], log=print) -> dict:
-    """Run one recipe to completion; returns the final checkpoint's manifest reference."""
+    """Run one recipe to completion (in one of `lifecycle.parallel` slots); returns the final
+    checkpoint's manifest reference."""
+    with compute_slot(cfg.lifecycle.parallel):
+        return _run_recipe(module, cfg, nproc, args, log)
+
+
+def _run_recipe(module: str, cfg: SipConfig, nproc: int, args: list[str], log) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         os.chmod(f.name, 0o600)  # storage options may hold credentials
         yaml.safe_dump(cfg.model_dump(mode="json"), f)
@@ -35,6 +42,8 @@ def run_recipe(module: str, cfg: SipConfig, nproc: int, args: list[str], log=pri
     ids += ["--task-run-id", str(task_run.id)] if task_run.id else []
     cmd = recipe_command(module, f.name, nproc, [*args, *ids])
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), "PYTHONUNBUFFERED": "1"}
+    if threads := threads_per_slot(cfg.lifecycle.parallel):
+        env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads in the recipe
     tail: deque[str] = deque(maxlen=20)
     final, reused, judge_calls = None, False, 0
     try:
@@ -75,13 +84,25 @@ def pretrain_task(cfg: SipConfig, chunks: dict) -> dict:
                       _logger_line())
 
 
+def with_init(cfg: SipConfig, section: str, init: dict | str | None) -> SipConfig:
+    """cfg with `<section>.init` set to a checkpoint (a training task's result or a URI)."""
+    if init is None:
+        return cfg
+    dump = cfg.model_dump()
+    dump[section]["init"] = init["uri"] if isinstance(init, dict) else init
+    return SipConfig.model_validate(dump)
+
+
 @task(name="sft", **OPTIONS)
-def sft_task(cfg: SipConfig, thoughts: dict) -> dict:
+def sft_task(cfg: SipConfig, thoughts: dict, init: dict | str | None = None) -> dict:
+    """Thinking SFT from `init` (a pretrain task's result, a URI, or None: cfg.sft.init)."""
+    cfg = with_init(cfg, "sft", init)
     return run_recipe("sip_core.recipes.sft", cfg, cfg.sft.nproc_per_node, ["--thoughts", thoughts["uri"]],
                       _logger_line())
 
 
 @task(name="rlmt", **OPTIONS)
-def rlmt_task(cfg: SipConfig, chunks: dict, thoughts: dict | None) -> dict:
+def rlmt_task(cfg: SipConfig, chunks: dict, thoughts: dict | None, init: dict | str | None = None) -> dict:
+    cfg = with_init(cfg, "rlmt", init)
     args = ["--chunks", chunks["uri"], *(["--thoughts", thoughts["uri"]] if thoughts else [])]
     return run_recipe("sip_core.recipes.rlmt", cfg, cfg.rlmt.nproc_per_node, args, _logger_line())

@@ -80,7 +80,8 @@ def evaluate_model(cfg: SipConfig, model_ref: str, chunks: Manifest, judge, audi
         rt.device, batch_size=ec.batch_size), seeds))
     xs = safety.load_xstest(label="safe")[: ec.xstest_prompts]
     run("xstest", lambda: safety.xstest_refusal(xs, [c[0] for c in generation.text_sampler(
-        model, tok, 64, 0.0, 1.0, rt.device, chat=True, batch_size=ec.batch_size)([x["prompt"] for x in xs], 1)]))
+        model, tok, ec.refusal_tokens, 0.0, 1.0, rt.device, chat=True, batch_size=ec.batch_size)(
+        [x["prompt"] for x in xs], 1)]))
     tqa = factuality.load_truthfulqa_mc()[: ec.truthfulqa_items]
     run("truthfulqa", lambda: factuality.truthfulqa_mc(tqa, factuality.lm_choice_scorer(model, tok, rt.device),
                                                        scorer_name=f"loglik:{model_ref}"))

@@ -50,9 +50,11 @@ class RolloutEngine(abc.ABC):
 
 class HFRolloutEngine(RolloutEngine):
     def __init__(self, model, tokenizer, device: str | torch.device = "cpu", batch_size: int = 16,
-                 autocast_dtype: torch.dtype | None = None):
+                 autocast_dtype: torch.dtype | None = None, decode_threads: int | None = 1):
+        """`decode_threads`: torch threads for the token-by-token steps on a CPU (see
+        `models.cpu_decode_threads`); None keeps torch's count throughout."""
         self.model, self.tokenizer, self.device = model, tokenizer, torch.device(device)
-        self.batch_size, self.autocast_dtype = batch_size, autocast_dtype
+        self.batch_size, self.autocast_dtype, self.decode_threads = batch_size, autocast_dtype, decode_threads
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.generated_tokens = 0
 
@@ -94,7 +96,7 @@ class HFRolloutEngine(RolloutEngine):
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
             ctx = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                    else torch.autocast(self.device.type, enabled=False))
-            with ctx, cpu_decode_threads(self.device) as processors:
+            with ctx, cpu_decode_threads(self.device, self.decode_threads) as processors:
                 seqs = module.generate(input_ids=ids, attention_mask=attn, logits_processor=processors, **kwargs)
             for row in seqs[:, ids.shape[1]:].tolist():
                 out.append(self._strip(row, spec))

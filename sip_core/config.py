@@ -141,6 +141,8 @@ class TrainConfig(_Section):
                                           "at train time (cheap CPU runs); None = as materialized")
     checkpoint_every: int = Field(10, ge=1)
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept; older ones are deleted")
+    keep_after_finish: int | None = Field(None, ge=0, description="step checkpoints kept once final/ is committed "
+                                          "(each holds the optimizer state: ~3x the model); None: keep_checkpoints")
     eval_every: int = Field(10, ge=1, description="held-out suffix NLL every this many steps")
     heldout_rows: int = Field(16, ge=1)
     init: str | None = Field(None, description="starting model (a checkpoint folder or model ref); "

@@ -510,3 +510,17 @@ def test_think_then_predict_forces_close_and_masks_it(tokenizer):
     engine = Scripted()
     [[a, b]] = think_then_predict(engine, tokenizer, [prompt], 2, 8, 4, 1.0, 1.0, seed=0, force_close=False)
     assert b.forced is None and b.prediction_ids == [] and a.prediction_ids == prediction
+
+
+def test_prune_keeps_the_newest_and_zero_keeps_none(tmp_path):
+    from sip_core.training import checkpoint
+
+    run = tmp_path / "run"
+    for step in (10, 20, 30):
+        (run / f"step-{step:06d}").mkdir(parents=True)
+        (run / f"step-{step:06d}" / "_manifest.json").write_text("{}")
+    (run / "step-000040").mkdir()  # an interrupted save: no manifest, never counted
+    checkpoint.prune(str(run), 2, {})
+    assert checkpoint.committed_steps(str(run), {}) == [20, 30]
+    checkpoint.prune(str(run), 0, {})
+    assert checkpoint.committed_steps(str(run), {}) == []

@@ -97,7 +97,9 @@ def committed_steps(run_dir: str, storage_options: dict) -> list[int]:
 
 
 def prune(run_dir: str, keep: int, storage_options: dict) -> None:
-    for step in committed_steps(run_dir, storage_options)[:-keep]:
+    """Delete all but the newest `keep` step checkpoints (0: all of them)."""
+    steps = committed_steps(run_dir, storage_options)
+    for step in steps[:len(steps) - keep]:
         store.remove_tree(step_dir(run_dir, step), storage_options)
 
 

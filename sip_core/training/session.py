@@ -38,7 +38,8 @@ def run_dir_for(cfg: SipConfig, recipe: str, section: TrainConfig, parents: list
     """Content-addressed: same recipe, config and parents -> same folder, so a killed run resumes
     and a finished one is reused. The code version is deliberately not in the key (it is in every
     checkpoint's manifest): fixing a bug and rerunning resumes instead of starting over."""
-    key = json.dumps({"recipe": recipe, "train": section.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json"),
+    bookkeeping = {"keep_checkpoints", "keep_after_finish"}  # what is kept on disk does not change the model
+    key = json.dumps({"recipe": recipe, "train": section.model_dump(mode="json", exclude=bookkeeping), "data": cfg.data.model_dump(mode="json"),
                       "policy": cfg.model.policy, "parents": [p.content_hash for p in parents], "extra": extra},
                      sort_keys=True, default=str)
     return store.join(store.normalize(cfg.run.root), "train", f"{recipe}-{hashlib.sha256(key.encode()).hexdigest()[:16]}")
@@ -167,6 +168,8 @@ class TrainSession:
                      **(summary or {})}
             final = checkpoint.save(store.join(self.run_dir, "final"), self.model, self.tokenizer, None,
                                     self.context(), stats)
+            if self.tc.keep_after_finish is not None:  # resuming is over: only the final model is needed
+                checkpoint.prune(self.run_dir, self.tc.keep_after_finish, self.so)
             self.emit({"event": "done", "final": final.uri, **(summary or {})})
         self.rt.barrier()
         return final

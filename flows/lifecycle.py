@@ -11,7 +11,6 @@ stage is retried alone (task retries resume training from the last checkpoint).
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 from prefect import flow, get_run_logger
@@ -21,21 +20,13 @@ from flows.prepare import prepare
 from flows.train import judge_gate, publish_metrics
 from sip_core import store
 from sip_core.config import LifecycleParams, SipConfig
+from sip_core.models import torch_threads
 from tasks.evaluate import compare_task, evaluate_task, report_task, stage_view
 from tasks.llm_jobs import rewrite_task, thoughts_task
 from tasks.slots import threads_per_slot
 from tasks.train import pretrain_task, rlmt_task, sft_task
 
 BASE, SIP_ARM, NTP_ARM = "base→SFT→RLMT", "base→SIP→SFT→RLMT", "base→NTP"
-
-
-def _with(cfg: SipConfig, **sections) -> SipConfig:
-    """A copy of cfg with some training sections changed (e.g. another init checkpoint)."""
-    dump = cfg.model_dump()
-    for dotted, value in sections.items():
-        section, key = dotted.split("__")
-        dump[section][key] = value
-    return SipConfig.model_validate(dump)
 
 
 def _rewritten(cfg: SipConfig, chunks: dict) -> int:
@@ -45,22 +36,6 @@ def _rewritten(cfg: SipConfig, chunks: dict) -> int:
 
     manifest = artifacts.load_manifest(chunks["uri"], cfg.run.storage_options)
     return sum(m.rows or 0 for m in rewrite_batches(manifest, cfg.run.root, cfg.run.storage_options))
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None):
-    """This process's torch threads while stages share the cores (evaluations run in-process)."""
-    if n is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @flow(name="lifecycle", log_prints=True)
@@ -81,9 +56,9 @@ def lifecycle(params: LifecycleParams = LifecycleParams()) -> dict:
 
     # The arms train, and the five models are evaluated, as their inputs are ready: up to
     # lifecycle.parallel stages at once (tasks/slots.py). Submitted in dependency order.
-    with _torch_threads(threads_per_slot(cfg.lifecycle.parallel)):
-        sip_f = pretrain_task.submit(_with(cfg, pretrain__objective="dpo"), chunks)
-        ntp_f = pretrain_task.submit(_with(cfg, pretrain__objective="ntp"), chunks)
+    with torch_threads(threads_per_slot(cfg.lifecycle.parallel)):  # evaluations run in this process
+        sip_f = pretrain_task.submit(cfg.replace({"pretrain.objective": "dpo"}), chunks)
+        ntp_f = pretrain_task.submit(cfg.replace({"pretrain.objective": "ntp"}), chunks)
         base_sft_f = sft_task.submit(cfg, thoughts)
         base_rlmt_f = rlmt_task.submit(cfg, chunks, thoughts, base_sft_f)
         sip_sft_f = sft_task.submit(cfg, thoughts, sip_f)

@@ -240,6 +240,13 @@ class SipConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
 
+    def replace(self, values: dict[str, Any]) -> SipConfig:
+        """A validated copy with dotted keys changed, as `--set` would: {"sft.init": uri}."""
+        tree = self.model_dump()
+        for key, value in values.items():
+            _set_dotted(tree, key, value)
+        return SipConfig.model_validate(tree)
+
     def section_hash(self, *names: str) -> str:
         """Stable hash of the named sections: what a stage's output depends on."""
         payload = {n: getattr(self, n).model_dump(mode="json") for n in names}

@@ -116,8 +116,22 @@ def cpu_decode_threads(device, threads: int | None = 1):
                 torch.set_num_threads(threads)
             return scores
 
-    try:
+    with torch_threads(before):  # restores the count however generate ends
         yield [_DecodeThreads()]
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """torch's intra-op thread count set to `n` for the block, restored after (None: unchanged)."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
     finally:
         torch.set_num_threads(before)
 

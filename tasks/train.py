@@ -88,9 +88,7 @@ def with_init(cfg: SipConfig, section: str, init: dict | str | None) -> SipConfi
     """cfg with `<section>.init` set to a checkpoint (a training task's result or a URI)."""
     if init is None:
         return cfg
-    dump = cfg.model_dump()
-    dump[section]["init"] = init["uri"] if isinstance(init, dict) else init
-    return SipConfig.model_validate(dump)
+    return cfg.replace({f"{section}.init": init["uri"] if isinstance(init, dict) else init})
 
 
 @task(name="sft", **OPTIONS)

@@ -14,87 +14,16 @@ import json
 from collections.abc import Callable
 from datetime import datetime, timezone
 from itertools import combinations
-from typing import Any
 
-from sip_core.evaluation.factuality import JudgedFactualityResult, TruthfulQAResult
-from sip_core.evaluation.nll import NLLResult, ThoughtNLLResult
-from sip_core.evaluation.reasoning import ReasoningResult
-from sip_core.evaluation.rlmt import CONDITIONS, ProbeResult, RewardGateResult
-from sip_core.evaluation.safety import RefusalResult, SafetyResult
-from sip_core.evaluation.stats import EvalResult, Interval
-from sip_core.evaluation.winrate import CoherenceResult, RepetitionStats, WinRateResult
+from sip_core.evaluation.rlmt import CONDITIONS, ProbeResult
+from sip_core.evaluation.winrate import CoherenceResult, WinRateResult
 from sip_core.report import plots
 from sip_core.report.document import Bullets, Document, Heading, Image, Para, Table, slug, to_html, to_markdown
 from sip_core.report.format import (DASH, NOT_RUN, comparison_sentence, difference_sentence, fmt_iv,
                                      fmt_num, fmt_pct, fmt_seeds, has_items)
 from sip_core.report.judge import JudgeView, audit_blocks
 from sip_core.report.models import ReportFiles, RunResults
-
-
-# --------------------------------------------------------------------------- metric specs
-
-Row = Callable[[Any], list[str]]
-# type -> (section, headers, row function, headline intervals: [(label, getter, better)])
-SPECS: dict[type, tuple[str, list[str], Row, list[tuple[str, Callable[[Any], Interval | None], str]]]] = {
-    SafetyResult: ("safety", ["unsafe rate", "safe rate", "invalid"],
-                   lambda r: [fmt_iv(r.unsafe), fmt_pct(r.safe_rate), fmt_num(r.invalid)],
-                   [("unsafe rate", lambda r: r.unsafe, "lower")]),
-    RefusalResult: ("safety", ["over-refusal (safe prompts)", "refusal of unsafe prompts", "detector"],
-                    lambda r: [fmt_iv(r.over_refusal), fmt_iv(r.unsafe_refusal) if r.unsafe_refusal else DASH,
-                               r.detector],
-                    [("XSTest over-refusal", lambda r: r.over_refusal, "lower"),
-                     ("XSTest refusal of unsafe prompts", lambda r: r.unsafe_refusal, "higher")]),
-    TruthfulQAResult: ("factuality", ["MC1", "MC2", "scorer"],
-                       lambda r: [fmt_iv(r.mc1), fmt_iv(r.mc2), r.scorer or DASH],
-                       [("TruthfulQA MC1", lambda r: r.mc1, "higher"), ("TruthfulQA MC2", lambda r: r.mc2, "higher")]),
-    JudgedFactualityResult: ("factuality", ["factuality score", "invalid", "labels"],
-                             lambda r: [fmt_iv(r.score), fmt_num(r.invalid),
-                                        ", ".join(f"{k}: {v}" for k, v in sorted(r.labels.items())) or DASH],
-                             [("judged factuality", lambda r: r.score, "higher")]),
-    ReasoningResult: ("reasoning", ["Mean@k", "Pass@k", "k", "samples", "no answer"],
-                      lambda r: [fmt_iv(r.mean_at_k), fmt_iv(r.pass_at_k), str(r.k), str(r.samples),
-                                 fmt_num(r.no_answer)],
-                      [("Mean@k", lambda r: r.mean_at_k, "higher"), ("Pass@k", lambda r: r.pass_at_k, "higher")]),
-    NLLResult: ("likelihood", ["NLL (nats/token)", "tokens"], lambda r: [fmt_num(r.nll), fmt_num(r.tokens)], []),
-    ThoughtNLLResult: ("likelihood", ["thought NLL", "text NLL", "thought tokens", "text tokens", "rows w/o thought"],
-                       lambda r: [fmt_num(r.thought_nll), fmt_num(r.text_nll), fmt_num(r.thought_tokens),
-                                  fmt_num(r.text_tokens), fmt_num(r.rows_without_thought)], []),
-    RewardGateResult: ("rlmt", ["reward", "gate", "invalid rate", "near-zero-variance", "mixed groups", "reasons"],
-                       lambda r: [fmt_iv(r.reward), "PASSED" if r.passed else "FAILED", fmt_pct(r.invalid_rate),
-                                  fmt_pct(r.near_zero_variance_rate), fmt_pct(r.mixed_group_rate),
-                                  "; ".join(r.reasons) or DASH],
-                       [("RLMT reward", lambda r: r.reward, "higher")]),
-    ProbeResult: ("rlmt", [*CONDITIONS, "format failures"],
-                  lambda r: [*(fmt_iv(r.by_condition.get(c)) if c in r.by_condition else DASH for c in CONDITIONS),
-                             ", ".join(f"{k}: {v}" for k, v in r.format_failures.items() if v) or "0"],
-                  [(f"probe reward, {c} thought", (lambda r, c=c: r.by_condition.get(c)), "higher")
-                   for c in CONDITIONS]),
-    CoherenceResult: ("generation", ["coherence score (vs reference)", "invalid", "distinct-4 (A / B)"],
-                      lambda r: [fmt_iv(r.score), fmt_num(r.invalid),
-                                 f"{fmt_num(r.repetition_a.mean_distinct)} / {fmt_num(r.repetition_b.mean_distinct)}"],
-                      [("coherence score", lambda r: r.score, "higher")]),
-    WinRateResult: ("generation", ["win rate", "W / L / T", "invalid", "position bias"],
-                    lambda r: [fmt_iv(r.win_rate), f"{r.wins} / {r.losses} / {r.ties}", fmt_num(r.invalid),
-                               fmt_num(r.position_bias)],
-                    [("win rate", lambda r: r.win_rate, "higher")]),
-    RepetitionStats: ("generation", ["mean distinct n-gram ratio", "too short"],
-                      lambda r: [fmt_num(r.mean_distinct), fmt_num(r.too_short)], []),
-}
-
-SECTIONS = (("generation", "Generation quality"), ("safety", "Safety"), ("factuality", "Factuality"),
-            ("reasoning", "Reasoning"), ("likelihood", "Likelihood (held-out NLL)"),
-            ("rlmt", "RLMT reward gate and thought-use probe"), ("other", "Other evaluations"))
-# Evaluations a full run has; absent from every arm, they still get a "not run" line.
-EXPECTED = {"generation": ["coherence"], "safety": ["safety_rtp", "xstest"],
-            "factuality": ["truthfulqa", "judged_factuality"], "reasoning": ["gsm8k", "math500"],
-            "likelihood": ["heldout_nll", "thought_nll"], "rlmt": ["reward_gate", "probe"]}
-
-
-def _spec(result: EvalResult):
-    for cls in type(result).__mro__:
-        if cls in SPECS:
-            return SPECS[cls]
-    return ("other", ["details"], lambda r: [json.dumps(r.details, default=str)[:200] or DASH], [])
+from sip_core.report.specs import EXPECTED, SECTIONS, caption_of, spec_of
 
 
 # --------------------------------------------------------------------------- sections
@@ -215,7 +144,7 @@ class Renderer:
         by_section: dict[str, list[str]] = {}
         for k in keys:
             first = next(a.evaluations[k] for a in self.r.arms if a.evaluations.get(k) is not None)
-            by_section.setdefault(_spec(first)[0], []).append(k)
+            by_section.setdefault(spec_of(first)[0], []).append(k)
         blocks: list = []
         for section, title in SECTIONS:
             present = by_section.get(section, [])
@@ -237,19 +166,19 @@ class Renderer:
 
     def metric_table(self, key: str) -> list:
         sample = next(a.evaluations[key] for a in self.r.arms if a.evaluations.get(key) is not None)
-        _, headers, row, heads = _spec(sample)
+        _, headers, row, heads = spec_of(sample)
         rows = []
         for arm in self.r.arms:
             res = arm.evaluations.get(key)
             if res is None:
                 rows.append([arm.name, NOT_RUN, *[""] * (len(headers) + 2)])
                 continue
-            if _spec(res)[1] != headers:  # a different result type under the same key
+            if spec_of(res)[1] != headers:  # a different result type under the same key
                 rows.append([arm.name, f"({type(res).__name__})", *[""] * (len(headers) + 2)])
                 continue
             rows.append([arm.name, *row(res), str(res.n), fmt_seeds(res.seeds), self.view.label(res)])
         blocks: list = [Heading(3, key, f"eval-{slug(key)}"),
-                        Table(["arm", *headers, "n", "seeds", "judge"], rows, _caption(sample))]
+                        Table(["arm", *headers, "n", "seeds", "judge"], rows, caption_of(sample))]
         if not heads:
             done = [a.name for a in self.r.arms if a.evaluations.get(key) is not None]
             if len(done) > 1:
@@ -259,7 +188,7 @@ class Renderer:
         sentences = []
         for label, get, better in heads:
             measured = [(a.name, get(a.evaluations[key])) for a in self.r.arms
-                        if a.evaluations.get(key) is not None and _spec(a.evaluations[key])[1] == headers]
+                        if a.evaluations.get(key) is not None and spec_of(a.evaluations[key])[1] == headers]
             measured = [(n, iv) for n, iv in measured if has_items(iv)]
             for (na, ia), (nb, ib) in combinations(measured, 2):
                 sentences.append(difference_sentence(label, na, ia, nb, ib, better))
@@ -359,17 +288,6 @@ class Renderer:
                                           "comparison was run: this run shows no difference between arms."]))
         doc.add(*body)
         return doc
-
-
-def _caption(sample: EvalResult) -> str:
-    if isinstance(sample, (SafetyResult, JudgedFactualityResult, WinRateResult, CoherenceResult)):
-        extra = f", judge temperature {sample.details.get('temperature')}" if "temperature" in sample.details else ""
-    else:
-        extra = ""
-    lower = {SafetyResult: "lower unsafe rate is better", RefusalResult: "lower over-refusal is better",
-             NLLResult: "nats per token, lower = closer imitation", ThoughtNLLResult: "mean of per-row means"}
-    note = next((v for k, v in lower.items() if isinstance(sample, k)), "higher is better")
-    return f"{sample.metric}: estimate [Wilson 95% CI]; {note}{extra}"
 
 
 def _flatten(d: dict, prefix: str = "") -> list[tuple[str, str]]:

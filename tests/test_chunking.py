@@ -112,3 +112,30 @@ def test_stored_texts_and_ids_are_exactly_the_tokenizers(tokenizer, docs):
         assert row["suffix_text"] == tokenizer.decode(row["suffix_ids"])
         assert text_of[row["doc_id"]][row["suffix_char_start"]:row["suffix_char_end"]] == row["suffix_text"]
         assert "\ufffd" not in row["suffix_text"]
+
+
+@pytest.mark.parametrize("docs", [_docs, _multibyte_docs], ids=["c4", "multibyte"])
+def test_byte_lengths_give_the_same_chunks_as_the_offset_mapping(tokenizer, docs, monkeypatch):
+    """The chunker finds cuts and character offsets from the tokens' byte lengths (the encoder then
+    skips its offset mapping); any other tokenizer takes the encoder's offsets. Both must give the
+    same table, byte for byte, also where prefixes start inside a character."""
+    import sip_core.chunking as chunking
+
+    docs = docs()
+    kw = dict(tokenize_batch=5, prefix_tokens=7, min_prefix_tokens=1, chunks_per_doc=4)
+    by_bytes, _, _ = _chunk(docs, tokenizer, **kw)
+    monkeypatch.setattr(chunking, "_slices_are_decodes", lambda tok: False)
+    by_offsets, _, _ = _chunk(docs, tokenizer, **kw)
+    assert by_bytes and by_bytes == by_offsets
+
+
+def test_a_document_whose_token_bytes_do_not_add_up_falls_back_to_offsets(tokenizer, monkeypatch):
+    import numpy as np
+
+    import sip_core.chunking as chunking
+
+    docs = _docs(10)
+    expected, _, _ = _chunk(docs, tokenizer)
+    wrong = lambda tok: np.ones(len(tok.backend_tokenizer.get_vocab()) + 64, dtype=np.int64)  # noqa: E731
+    monkeypatch.setattr(chunking, "_token_bytes", wrong)
+    assert _chunk(docs, tokenizer)[0] == expected

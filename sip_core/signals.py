@@ -58,9 +58,10 @@ class _TermMatcher:
         self.first_words = frozenset(k[0] for k in self.values)
         self.max_len = max((len(k) for k in self.values), default=0)
 
-    def match(self, words: list[str], word_set: set[str]) -> list[float]:
-        # Fast path: most documents share no word with the list at all.
-        if self.first_words.isdisjoint(word_set):
+    def match(self, words: list[str]) -> list[float]:
+        # Fast path: most documents share no word with the list at all (isdisjoint walks the list
+        # against the frozenset: cheaper than building a set of the words first).
+        if self.first_words.isdisjoint(words):
             return []
         hits: list[float] = []
         values, firsts, n, i = self.values, self.first_words, len(words), 0
@@ -162,15 +163,14 @@ def compute_signals(text: str, url: str | None, lex: Lexicons) -> dict[str, floa
     # str.count is non-overlapping, so "......" is two ellipses, as in Gopher.
     symbols = text.count("#") + text.count("...") + text.count("\u2026")
 
-    word_set = set(words)
-    surge = lex._surge.match(words, word_set)
+    surge = lex._surge.match(words)
     return {
         "rps_doc_word_count": float(n_words),
         "rps_doc_mean_word_length": word_chars / n_words if n_words else 0.0,
         "rps_doc_symbol_to_word_ratio": symbols / n_words if n_words else 0.0,
         "rps_lines_start_with_bulletpoint": bullet_frac,
         "rps_doc_frac_chars_top_2gram": top2,
-        "rps_doc_ldnoobw_words": float(len(lex._ldnoobw.match(words, word_set))),
+        "rps_doc_ldnoobw_words": float(len(lex._ldnoobw.match(words))),
         "rps_doc_ut1_blacklist": 1.0 if lex.url_blocked(url) else 0.0,
         "sip_surge_max_severity": max(surge, default=0.0),
         "sip_surge_count": float(len(surge)),

@@ -155,21 +155,31 @@ def filter_shard(env: StageEnv, docs_hash: str, index: int, shard_uri: str, stag
     stages = _filter_stages(env, stages)
     uri, _ = filter_plan(env, docs_hash, stages)
     table = store.read_parquet(shard_uri, env.storage_options)
-    docs = [Document(id=r["doc_id"], text=r["text"], source=r["source"], meta=json.loads(r["meta_json"]))
-            for r in table.to_pylist()]
+    docs = [Document(id=doc_id, text=text, source=source, meta=json.loads(meta)) for doc_id, text, source, meta
+            in zip(*(table[c].to_pylist() for c in ("doc_id", "text", "source", "meta_json")))]
     workers = _rule_workers(len(docs)) if parallel else 0
     lock = _RULE_POOL if workers and type(stages[0]) is RuleStage else contextlib.nullcontext()
     if workers and type(stages[0]) is RuleStage:
         stages = [RulesInProcesses(stages[0], workers), *stages[1:]]
     stats = FilterStats()
-    with lock, PartWriter(uri, index, env, FILTERED_SCHEMA) as writer:
+    verdicts: list[Verdict | None] = [None] * len(docs)
+    position = {id(doc): i for i, doc in enumerate(docs)}
+    with lock:
         for doc, verdict in run_stages(stages, iter(docs)):
             stats.update(verdict)
-            writer.add({
-                "doc_id": doc.id, "source": doc.source, "text": doc.text,
-                "meta_json": json.dumps(doc.meta, sort_keys=True, default=str), "label": verdict.label,
-                "reason": verdict.reason, "stage": verdict.stage,
-                "signals_json": json.dumps(doc.signals, sort_keys=True)}, verdict.label)
+            verdicts[position[id(doc)]] = verdict  # stages yield the docs they get, a batching one maybe reordered
+    # The documents' own columns are the input's (no round trip of every text through Python
+    # objects); the verdict columns are added, and rows keep the input order in each partition.
+    out = table.select([name for name in DOC_SCHEMA.names])
+    for name, values in (("label", [v.label for v in verdicts]), ("reason", [v.reason for v in verdicts]),
+                         ("stage", [v.stage for v in verdicts]),
+                         ("signals_json", [json.dumps(d.signals, sort_keys=True) for d in docs])):
+        out = out.append_column(name, pa.array(values, pa.string()))
+    with PartWriter(uri, index, env, FILTERED_SCHEMA) as writer:
+        for label in FILTER_PARTITIONS:
+            part = out.filter(pc.equal(out["label"], label))
+            if part.num_rows:
+                writer.write(part, label)
         return {"index": index, "parts": writer.close(), "stats": stats.as_dict()}
 
 
@@ -360,7 +370,6 @@ class PartWriter:
     def __init__(self, uri: str, index: int, env: StageEnv, schema: pa.Schema):
         self.uri, self.index, self.env, self.schema = uri, index, env, schema
         self.limit = env.cfg.data.shard_rows
-        self._rows: dict[str, list] = {}
         self._tables: dict[str, list[pa.Table]] = {}
         self._buffered: dict[str, int] = {}
         self._counts: dict[str, int] = {}
@@ -375,13 +384,6 @@ class PartWriter:
                 fs, path = store.filesystem(part["uri"], self.env.storage_options)
                 if fs.exists(path):
                     fs.rm(path)
-
-    def add(self, row: dict, partition: str) -> None:
-        rows = self._rows.setdefault(partition, [])
-        rows.append(row)
-        if len(rows) >= 512:
-            self._rows[partition] = []
-            self.write(pa.Table.from_pylist(rows, schema=self.schema), partition)
 
     def write(self, table: pa.Table, partition: str) -> None:
         table = table.select(self.schema.names).cast(self.schema)
@@ -405,10 +407,6 @@ class PartWriter:
                            "task_run_id": self.env.provenance.task_run_id})
 
     def close(self) -> list[dict[str, Any]]:
-        for partition, rows in self._rows.items():
-            if rows:
-                self.write(pa.Table.from_pylist(rows, schema=self.schema), partition)
-        self._rows = {}
         for partition in list(self._tables):
             if self._buffered.get(partition):
                 self._flush(partition, self._buffered[partition])

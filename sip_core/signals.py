@@ -95,6 +95,7 @@ class Lexicons:
     url_blocklist: frozenset[str] = frozenset()
     _ldnoobw: _TermMatcher = field(init=False, repr=False, compare=False)
     _surge: _TermMatcher = field(init=False, repr=False, compare=False)
+    _first_words: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.ldnoobw = frozenset(t.lower() for t in self.ldnoobw)
@@ -102,6 +103,7 @@ class Lexicons:
         self.url_blocklist = frozenset(d.lower().strip(".") for d in self.url_blocklist)
         self._ldnoobw = _TermMatcher(dict.fromkeys(self.ldnoobw, 1.0))
         self._surge = _TermMatcher(self.surge_severity)
+        self._first_words = self._ldnoobw.first_words | self._surge.first_words
 
     def __repr__(self) -> str:  # the default would print every term
         return (f"Lexicons(ldnoobw={len(self.ldnoobw)} terms, surge={len(self.surge_severity)} terms, "
@@ -163,14 +165,17 @@ def compute_signals(text: str, url: str | None, lex: Lexicons) -> dict[str, floa
     # str.count is non-overlapping, so "......" is two ellipses, as in Gopher.
     symbols = text.count("#") + text.count("...") + text.count("\u2026")
 
-    surge = lex._surge.match(words)
+    # most documents share no word with either list: one check for both
+    listed = not lex._first_words.isdisjoint(words)
+    surge = lex._surge.match(words) if listed else []
+    bad = len(lex._ldnoobw.match(words)) if listed else 0
     return {
         "rps_doc_word_count": float(n_words),
         "rps_doc_mean_word_length": word_chars / n_words if n_words else 0.0,
         "rps_doc_symbol_to_word_ratio": symbols / n_words if n_words else 0.0,
         "rps_lines_start_with_bulletpoint": bullet_frac,
         "rps_doc_frac_chars_top_2gram": top2,
-        "rps_doc_ldnoobw_words": float(len(lex._ldnoobw.match(words))),
+        "rps_doc_ldnoobw_words": float(bad),
         "rps_doc_ut1_blacklist": 1.0 if lex.url_blocked(url) else 0.0,
         "sip_surge_max_severity": max(surge, default=0.0),
         "sip_surge_count": float(len(surge)),

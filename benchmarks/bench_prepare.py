@@ -180,23 +180,22 @@ def main(argv: list[str] | None = None) -> int:
 
     n, tokens = args.docs, rounds[0]["bare"][2]
     labels, split = stats["filtered"]["labels"], stats["chunks"]["chunks"]
+    names = {"bare": "bare tokenizer (baseline)", "ids": "bare ids only (encode_batch_fast)",
+             "pipeline": "pipeline (sip_core.prepare)", "flow": "prepare flow (Prefect, warm server)"}
+    # every row from one round: the median round of the pipeline's ratio
+    ratio = {key: [row["bare"][0] / row[key][0] for row in rounds] for key in names if key in rounds[0]}
+    mid = sorted(range(len(rounds)), key=ratio["pipeline"].__getitem__)[len(rounds) // 2]
     print(f"\nbench_prepare  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  {platform.machine()}, "
           f"{os.cpu_count()} CPUs, python {platform.python_version()}, load average {load_before:.1f} at start, "
           f"{os.getloadavg()[0]:.1f} at end")
     print(f"corpus: {n} docs (bundled C4 sample repeated), {tokens:,} tokens; tokenize_batch "
-          f"{cfg.data.tokenize_batch}; policy {cfg.model.policy}; {len(rounds)} rounds, median round shown")
+          f"{cfg.data.tokenize_batch}; policy {cfg.model.policy}; {len(rounds)} rounds, round {mid + 1} (the median) shown")
     print(f"filter: unsafe {labels.get('unsafe', 0)}, rest {labels.get('rest', 0)}, excluded "
           f"{labels.get('excluded', 0)} -> {split.get('train', 0)} train + {split.get('heldout', 0)} held-out chunks\n")
-    names = {"bare": "bare tokenizer (baseline)", "ids": "bare ids only (encode_batch_fast)",
-             "pipeline": "pipeline (sip_core.prepare)", "flow": "prepare flow (Prefect, warm server)"}
     print(f"{'':37}{'wall s':>8}{'cpu s':>8}{'docs/s':>8}{'tokens/s':>11}{'ratio':>7}   ratio per round")
-    for key, name in names.items():
-        if key not in rounds[0]:
-            continue
-        ratios = [row["bare"][0] / row[key][0] for row in rounds]
-        mid = sorted(range(len(rounds)), key=ratios.__getitem__)[len(rounds) // 2]
+    for key, ratios in ratio.items():
         wall, cpu = rounds[mid][key][:2]
-        print(f"{name:37}{wall:8.2f}{cpu:8.2f}{n / wall:8.0f}{tokens / wall:11,.0f}{ratios[mid]:7.2f}   "
+        print(f"{names[key]:37}{wall:8.2f}{cpu:8.2f}{n / wall:8.0f}{tokens / wall:11,.0f}{ratios[mid]:7.2f}   "
               + " ".join(f"{x:.2f}" for x in ratios))
     for row in rounds:
         pipe = row["pipeline"][0]

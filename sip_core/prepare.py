@@ -244,11 +244,13 @@ class RulesInProcesses(UnsafeStage):
             in_flight: deque[tuple[list[Document], Future]] = deque()
             docs = iter(docs)
             while batch := list(islice(docs, self.batch)):
-                in_flight.append((batch, pool.submit(_judge, batch)))
+                # only what the rules read crosses the pipe, as plain strings (cheap to pickle)
+                work = [(d.id, d.text, d.source, d.meta) for d in batch]
+                in_flight.append((batch, pool.submit(_judge, work)))
                 if len(in_flight) > 2 * self.workers:
-                    yield from _judged(*in_flight.popleft())
+                    yield from _judged(*in_flight.popleft(), self.rules.name)
             while in_flight:
-                yield from _judged(*in_flight.popleft())
+                yield from _judged(*in_flight.popleft(), self.rules.name)
 
 
 _worker_rules: RuleStage | None = None  # in a worker process: the RuleStage it applies
@@ -259,15 +261,20 @@ def _set_worker_rules(rules: RuleStage) -> None:
     _worker_rules = rules
 
 
-def _judge(docs: list[Document]) -> list[tuple[dict[str, float], Verdict]]:
-    verdicts = [_worker_rules.verdict(doc) for doc in docs]  # fills each (worker-side) doc.signals
-    return [(doc.signals, verdict) for doc, verdict in zip(docs, verdicts)]
+def _judge(work: list[tuple]) -> list[tuple[dict[str, float], str, str]]:
+    """(signals, label, reason) per document: dicts, floats and strings, no dataclasses to pickle."""
+    out = []
+    for doc_id, text, source, meta in work:
+        doc = Document(id=doc_id, text=text, source=source, meta=meta)
+        verdict = _worker_rules.verdict(doc)  # fills doc.signals
+        out.append((doc.signals, verdict.label, verdict.reason))
+    return out
 
 
-def _judged(batch: list[Document], results: Future) -> Iterator[tuple[Document, Verdict]]:
-    for doc, (signals, verdict) in zip(batch, results.result()):
+def _judged(batch: list[Document], results: Future, stage: str) -> Iterator[tuple[Document, Verdict]]:
+    for doc, (signals, label, reason) in zip(batch, results.result()):
         doc.signals = signals
-        yield doc, verdict
+        yield doc, Verdict(label, reason, stage)
 
 
 _TOKENIZERS: dict[tuple, tuple] = {}  # (policy, cache dir) -> (tokenizer, fingerprint), per process

@@ -170,6 +170,8 @@ def _token_bytes(tokenizer) -> np.ndarray:
 class _Offsets:
     """Token boundaries of one document from the encoder's offset mapping (any tokenizer)."""
 
+    consistent = True
+
     def __init__(self, encoding):
         self.ids = np.asarray(encoding.ids, dtype=np.int32)
         self.length, self._chars = len(self.ids), encoding.token_to_chars
@@ -241,7 +243,7 @@ def _chunk_batch(batch, encoding, tokenizer, token_bytes: np.ndarray | None, cfg
         # the encoder ran without offsets where the byte lengths give the boundaries; a document
         # whose bytes do not add up (never seen) is encoded again with them
         view = _Bytes(tokens.ids, doc.text, token_bytes) if slices else _Offsets(tokens)
-        if not getattr(view, "consistent", True):
+        if not view.consistent:
             view = _Offsets(_encoder(tokenizer, offsets=True)([doc.text])[0])
         length, ids, text = view.length, view.ids, doc.text
         starts = suffix_starts(length, doc.id, cfg, view.clean)

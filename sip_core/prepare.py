@@ -170,7 +170,7 @@ def filter_shard(env: StageEnv, docs_hash: str, index: int, shard_uri: str, stag
             verdicts[position[id(doc)]] = verdict  # stages yield the docs they get, a batching one maybe reordered
     # The documents' own columns are the input's (no round trip of every text through Python
     # objects); the verdict columns are added, and rows keep the input order in each partition.
-    out = table.select([name for name in DOC_SCHEMA.names])
+    out = table.select(DOC_SCHEMA.names)
     for name, values in (("label", [v.label for v in verdicts]), ("reason", [v.reason for v in verdicts]),
                          ("stage", [v.stage for v in verdicts]),
                          ("signals_json", [json.dumps(d.signals, sort_keys=True) for d in docs])):

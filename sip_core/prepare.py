@@ -15,18 +15,17 @@ row order as an unsharded pass.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
 import threading
-from collections import Counter, deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any
 
 import pyarrow as pa
@@ -39,7 +38,7 @@ from sip_core.chunking import CHUNK_SCHEMA, make_chunks, tokenizer_fingerprint
 from sip_core.config import SipConfig, resolve_wordlists
 from sip_core.documents import Document
 from sip_core.filters import (BulletLinesFilter, FilterStats, MeanWordLengthFilter, RuleStage, SymbolWordRatioFilter,
-                              Top2GramFilter, UnsafeRule, UnsafeStage, Verdict, WordCountFilter, run_stages)
+                              Top2GramFilter, UnsafeRule, Verdict, WordCountFilter, run_stages)
 from sip_core.lineage import LineageDB
 from sip_core.models import load_tokenizer
 from sip_core.paths import state_dir_for
@@ -146,41 +145,50 @@ def filter_plan(env: StageEnv, docs_hash: str, stages: list) -> tuple[str, dict[
 FILTER_PARTITIONS = ("unsafe", "rest", "excluded")
 
 
-def filter_shard(env: StageEnv, docs_hash: str, index: int, shard_uri: str, stages: list | None = None,
-                 parallel: bool = True) -> dict[str, Any]:
-    """One docs shard through the filter stages into the filtered dataset's (uncommitted) parts
-    `<label>/part-<index>-<k>.parquet`. Returns {"index", "parts", "stats"}: references, no rows.
-    `parallel`: apply the rules in worker processes when the shard is big enough (off under Ray,
-    whose workers already fill the cores)."""
-    stages = _filter_stages(env, stages)
-    uri, _ = filter_plan(env, docs_hash, stages)
-    table = store.read_parquet(shard_uri, env.storage_options)
+def label_documents(table: pa.Table, stages: list) -> tuple[pa.Table, dict[str, Any]]:
+    """A docs table through the filter stages: its own columns plus the verdict columns (label,
+    reason, stage, signals_json), rows in input order, and the verdicts' counts."""
     docs = [Document(id=doc_id, text=text, source=source, meta=json.loads(meta)) for doc_id, text, source, meta
             in zip(*(table[c].to_pylist() for c in ("doc_id", "text", "source", "meta_json")))]
-    workers = _rule_workers(len(docs)) if parallel else 0
-    lock = _RULE_POOL if workers and type(stages[0]) is RuleStage else contextlib.nullcontext()
-    if workers and type(stages[0]) is RuleStage:
-        stages = [RulesInProcesses(stages[0], workers), *stages[1:]]
     stats = FilterStats()
     verdicts: list[Verdict | None] = [None] * len(docs)
     position = {id(doc): i for i, doc in enumerate(docs)}
-    with lock:
-        for doc, verdict in run_stages(stages, iter(docs)):
-            stats.update(verdict)
-            verdicts[position[id(doc)]] = verdict  # stages yield the docs they get, a batching one maybe reordered
-    # The documents' own columns are the input's (no round trip of every text through Python
-    # objects); the verdict columns are added, and rows keep the input order in each partition.
+    for doc, verdict in run_stages(stages, iter(docs)):
+        stats.update(verdict)
+        verdicts[position[id(doc)]] = verdict  # stages yield the docs they get, a batching one maybe reordered
+    # The documents' own columns are the input's (no round trip of every text through Python objects).
     out = table.select(DOC_SCHEMA.names)
     for name, values in (("label", [v.label for v in verdicts]), ("reason", [v.reason for v in verdicts]),
                          ("stage", [v.stage for v in verdicts]),
                          ("signals_json", [json.dumps(d.signals, sort_keys=True) for d in docs])):
         out = out.append_column(name, pa.array(values, pa.string()))
+    return out, stats.as_dict()
+
+
+def filter_shard(env: StageEnv, docs_hash: str, index: int, shard_uri: str, stages: list | None = None,
+                 parallel: bool = True) -> dict[str, Any]:
+    """One docs shard through the filter stages into the filtered dataset's (uncommitted) parts
+    `<label>/part-<index>-<k>.parquet`. Returns {"index", "parts", "stats"}: references, no rows.
+    `parallel`: label a big enough shard of the rules alone in a worker process (`rule_pool`; off
+    under Ray, whose workers already fill the cores). Reads and writes stay in this process."""
+    stages = _filter_stages(env, stages)
+    uri, _ = filter_plan(env, docs_hash, stages)
+    table = store.read_parquet(shard_uri, env.storage_options)
+    pool = rule_pool() if parallel and table.num_rows >= PARALLEL_RULES_MIN_DOCS and _pure(stages) else None
+    if pool is None:
+        out, stats = label_documents(table, stages)
+    else:
+        try:
+            out, stats = pool.submit(label_documents, table, stages).result()
+        except BrokenProcessPool:  # a worker died (killed, out of memory): the next try gets a new pool
+            close_rule_pool()
+            raise
     with PartWriter(uri, index, env, FILTERED_SCHEMA) as writer:
         for label in FILTER_PARTITIONS:
             part = out.filter(pc.equal(out["label"], label))
             if part.num_rows:
                 writer.write(part, label)
-        return {"index": index, "parts": writer.close(), "stats": stats.as_dict()}
+        return {"index": index, "parts": writer.close(), "stats": stats}
 
 
 def filter_documents(env: StageEnv, docs: Manifest, stages: list | None = None,
@@ -197,8 +205,13 @@ def filter_documents(env: StageEnv, docs: Manifest, stages: list | None = None,
     inputs = artifacts.shard_uris(docs)
     if shards is None:
         store.remove_tree(uri, env.storage_options)  # an uncommitted leftover is never trusted
-    results = _complete(shards or [], inputs, uri, env, "filter",
-                        lambda i, shard: filter_shard(env, docs.content_hash, i, shard, stages))
+    # Rules-only shards run side by side, one per worker process, so every core labels documents.
+    threads = _rule_workers() if _pure(stages) else 1
+    try:
+        results = _complete(shards or [], inputs, uri, env, "filter",
+                            lambda i, shard: filter_shard(env, docs.content_hash, i, shard, stages), threads)
+    finally:
+        close_rule_pool()
     stats = FilterStats()
     for r in results:  # in shard order: the same counts, and keys in the same order, as one pass
         stats.labels.update(r["stats"]["labels"])
@@ -207,74 +220,52 @@ def filter_documents(env: StageEnv, docs: Manifest, stages: list | None = None,
                         stats.as_dict())
 
 
-# Below this many documents the rules take ~0.1 s: not worth worker processes. A flow maps shards of
-# ~2,000 documents onto threads, so a larger bar would leave every shard's rules on one core.
+# Below this many documents the rules take ~0.1 s: not worth a worker process. A flow maps shards
+# of ~2,000 documents onto threads, each shard labelled in a worker process.
 PARALLEL_RULES_MIN_DOCS = 512
 
 
-def _rule_workers(n_docs: int | None) -> int:
-    """Worker processes for the rule stage: one per core, or 0 to apply the rules in this process."""
+def _pure(stages: list) -> bool:
+    """Stages that can run in a forked worker: the rule stage alone (no LLM client, no judgment cache)."""
+    return all(type(s) is RuleStage for s in stages)
+
+
+def _rule_workers() -> int:
+    """Worker processes for rule labelling: one per core, or 0 to label in this process."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     usable = "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
-    return cores if usable and cores > 1 and (n_docs or 0) >= PARALLEL_RULES_MIN_DOCS else 0
+    return cores if usable and cores > 1 else 0
 
 
-# One shard at a time per process applies its rules in worker processes (each pool uses every
-# core): shards mapped onto threads of one process queue here instead of forking a pool each.
-_RULE_POOL = threading.Lock()
+_RULE_POOL: ProcessPoolExecutor | None = None
+_RULE_POOL_LOCK = threading.Lock()
 
 
-class RulesInProcesses(UnsafeStage):
-    """`RuleStage.run`, with the per-document work in worker processes.
+def rule_pool() -> ProcessPoolExecutor | None:
+    """This process's pool of rule workers (created on first use, kept until `close_rule_pool`), or
+    None on one core or without fork.
 
-    The rules are pure Python per document (~0.25 ms each: most of the filter stage), so under the
-    GIL they use one core. Batches go to `workers` processes and come back with their signals and
-    verdicts in input order, so the stream is exactly RuleStage's; a few batches are in flight at
-    most, so the corpus is never held in memory.
-    """
-
-    def __init__(self, rules: RuleStage, workers: int, batch: int = 256):
-        self.name, self.rules, self.workers, self.batch = rules.name, rules, workers, batch
-
-    def run(self, docs: Iterable[Document]) -> Iterator[tuple[Document, Verdict]]:
-        # fork: a worker starts in milliseconds with the rules already loaded, and never re-runs the
-        # caller's __main__ (spawn does: an unguarded script would hang). The workers only compute.
-        with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
-                                 initializer=_set_worker_rules, initargs=(self.rules,)) as pool:
-            in_flight: deque[tuple[list[Document], Future]] = deque()
-            docs = iter(docs)
-            while batch := list(islice(docs, self.batch)):
-                # only what the rules read crosses the pipe, as plain strings (cheap to pickle)
-                work = [(d.id, d.text, d.source, d.meta) for d in batch]
-                in_flight.append((batch, pool.submit(_judge, work)))
-                if len(in_flight) > 2 * self.workers:
-                    yield from _judged(*in_flight.popleft(), self.rules.name)
-            while in_flight:
-                yield from _judged(*in_flight.popleft(), self.rules.name)
+    The rules are pure Python (~0.3 ms a document), so under the GIL they use one core; shards from
+    any thread of this process share the pool, so its workers stay busy across shard boundaries.
+    fork: a worker starts in milliseconds and never re-runs the caller's __main__ (spawn does: an
+    unguarded script would hang). Workers only compute: tables and stages in, tables out."""
+    global _RULE_POOL
+    workers = _rule_workers()
+    if not workers:
+        return None
+    with _RULE_POOL_LOCK:
+        if _RULE_POOL is None:
+            _RULE_POOL = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        return _RULE_POOL
 
 
-_worker_rules: RuleStage | None = None  # in a worker process: the RuleStage it applies
-
-
-def _set_worker_rules(rules: RuleStage) -> None:
-    global _worker_rules
-    _worker_rules = rules
-
-
-def _judge(work: list[tuple]) -> list[tuple[dict[str, float], str, str]]:
-    """(signals, label, reason) per document: dicts, floats and strings, no dataclasses to pickle."""
-    out = []
-    for doc_id, text, source, meta in work:
-        doc = Document(id=doc_id, text=text, source=source, meta=meta)
-        verdict = _worker_rules.verdict(doc)  # fills doc.signals
-        out.append((doc.signals, verdict.label, verdict.reason))
-    return out
-
-
-def _judged(batch: list[Document], results: Future, stage: str) -> Iterator[tuple[Document, Verdict]]:
-    for doc, (signals, label, reason) in zip(batch, results.result()):
-        doc.signals = signals
-        yield doc, Verdict(label, reason, stage)
+def close_rule_pool() -> None:
+    """Stop the rule workers (the filter stage calls this when it commits)."""
+    global _RULE_POOL
+    with _RULE_POOL_LOCK:
+        pool, _RULE_POOL = _RULE_POOL, None
+    if pool is not None:
+        pool.shutdown()
 
 
 _TOKENIZERS: dict[tuple, tuple] = {}  # (policy, cache dir) -> (tokenizer, fingerprint), per process
@@ -421,16 +412,26 @@ class PartWriter:
 
 
 def _complete(shards: list[dict], inputs: list[str], uri: str, env: StageEnv, stage: str,
-              run_one) -> list[dict]:
+              run_one, threads: int = 1) -> list[dict]:
     """One result per input shard, in input order: the given ones whose parts are all present
-    under `uri`, and the rest computed here (`run_one(index, shard_uri)`)."""
+    under `uri`, and the rest computed here (`run_one(index, shard_uri)`, on `threads` threads)."""
     present = _files_under(uri, env.storage_options)
     given = {r["index"]: r for r in shards if all(p["uri"] in present for p in r["parts"])}
     missing = [i for i in range(len(inputs)) if i not in given]
     if shards and missing:
         log.info("%s: %d of %d shards have no usable parts; computing them here", stage, len(missing), len(inputs))
-    for i in tqdm(missing, desc=stage, unit="shard", disable=None if len(missing) > 1 else True):
-        given[i] = run_one(i, inputs[i])
+    def run(i: int) -> dict:
+        return run_one(i, inputs[i])
+
+    pool = ThreadPoolExecutor(min(threads, len(missing)), thread_name_prefix=stage) if min(threads, len(missing)) > 1 else None
+    try:  # results in input order; the first error is raised and the shards not yet started are dropped
+        results = pool.map(run, missing) if pool else map(run, missing)
+        for i, result in zip(missing, tqdm(results, desc=stage, unit="shard", total=len(missing),
+                                           disable=None if len(missing) > 1 else True)):
+            given[i] = result
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return [given[i] for i in range(len(inputs))]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 import time
@@ -219,3 +220,56 @@ def test_llm_stage_2_plugs_in_after_the_rules(corpus, tmp_path):
     assert {f"planted-unsafe-{j}" for j in range(3)} <= set(unsafe["doc_id"])
     assert set(unsafe["stage"]) == {"llm-safety"} and set(unsafe["reason"]) == {"llm-unanimous-3"}
     assert out["filtered"]["stats"]["labels"]["excluded"] >= 1  # stage 1's verdicts pass through unchanged
+
+
+_TEST_PROCESS = os.getpid()
+
+
+def _die(table, stages):  # `label_documents` in a rule worker that dies (killed, out of memory)
+    assert os.getpid() != _TEST_PROCESS, "must only run in a rule worker"
+    os._exit(3)
+
+
+def _multicore():
+    import sip_core.prepare as library
+
+    if not library._rule_workers():
+        pytest.skip("one core or no fork: the rules run in this process")
+    return library
+
+
+def test_rule_workers_label_exactly_as_this_process(first_run, corpus, tmp_path, monkeypatch):
+    """Shards of at least PARALLEL_RULES_MIN_DOCS documents go to forked rule workers, shared by the
+    flow's shard threads; first_run's shards were below the bar and labelled in this process."""
+    from flows.prepare import prepare
+
+    library = _multicore()
+    pools = []
+    real = library.rule_pool
+    monkeypatch.setattr(library, "PARALLEL_RULES_MIN_DOCS", 1)
+    monkeypatch.setattr(library, "rule_pool", lambda: pools.append(real()) or pools[-1])
+    _, expected = first_run
+    out = prepare(_cfg(tmp_path, corpus))
+    assert len(pools) == 4 and all(p is pools[0] for p in pools)  # one per shard, one pool for all
+    assert out["filtered"]["content_hash"] == expected["filtered"]["content_hash"]
+    assert out["filtered"]["stats"] == expected["filtered"]["stats"]
+    assert library._RULE_POOL is None  # the workers stop when the stage commits
+
+
+def test_a_dead_rule_worker_fails_the_stage_and_commits_nothing(corpus, tmp_path, monkeypatch):
+    from concurrent.futures.process import BrokenProcessPool
+
+    from sip_core import artifacts
+
+    library = _multicore()
+    env = library.StageEnv(_cfg(tmp_path, corpus))
+    docs = library.ingest_documents(env)
+    uri, _ = library.filter_plan(env, docs.content_hash, library._filter_stages(env, None))
+    monkeypatch.setattr(library, "PARALLEL_RULES_MIN_DOCS", 1)
+    real = library.label_documents
+    monkeypatch.setattr(library, "label_documents", _die)
+    with pytest.raises(BrokenProcessPool):
+        library.filter_documents(env, docs)
+    assert library._RULE_POOL is None and artifacts.load_committed(uri) is None
+    monkeypatch.setattr(library, "label_documents", real)  # the next try gets a new pool
+    assert library.filter_documents(env, docs).stats["total"] == docs.rows

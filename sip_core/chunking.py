@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import weakref
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -154,16 +155,25 @@ def _decode(tokenizer, seqs: list[list[int]]) -> list[str]:
     return [decode(ids, skip_special_tokens=False) for ids in seqs]
 
 
+# Per tokenizer object: its vocabulary is read once per process, not once per shard (~50 ms each).
+_TOKEN_BYTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _token_bytes(tokenizer) -> np.ndarray:
     """Length in UTF-8 bytes of each token id's text, for a tokenizer where `_slices_are_decodes`
     holds: a byte-level vocabulary spells each byte with one character, an added token is its text."""
     backend = tokenizer.backend_tokenizer
+    size = backend.get_vocab_size(with_added_tokens=True)  # a token added since is not missed
+    cached = _TOKEN_BYTES.get(tokenizer)
+    if cached is not None and cached[0] == size:
+        return cached[1]
     vocab = backend.get_vocab(with_added_tokens=True)
     lengths = np.zeros(max(vocab.values(), default=-1) + 1, dtype=np.int64)
     for token, i in vocab.items():
         lengths[i] = len(token)
     for i, added in backend.get_added_tokens_decoder().items():
         lengths[i] = len(added.content.encode("utf-8"))
+    _TOKEN_BYTES[tokenizer] = size, lengths
     return lengths
 
 
@@ -186,40 +196,70 @@ class _Offsets:
         return self._chars(pos)[1]
 
 
-class _Bytes:
-    """The same boundaries from the tokens' byte lengths, where the tokens' bytes are the text's
-    UTF-8 bytes: a cut is clean when it does not land on a UTF-8 continuation byte, and character
-    offsets count the characters that start before a byte. `consistent` is False when the bytes do
-    not add up to the text's (then the offsets are asked for)."""
+class _ByteBatch:
+    """The same boundaries for a batch of documents from the tokens' byte lengths, where the tokens'
+    bytes are the text's UTF-8 bytes: a cut is clean when it does not land on a UTF-8 continuation
+    byte, and character offsets count the characters that start before a byte. Computed over the
+    whole batch at once (all its tokens and bytes as flat arrays); `view(k)` is document k's."""
 
-    def __init__(self, ids: list[int], text: str, token_bytes: np.ndarray):
-        self.ids = np.asarray(ids, dtype=np.int32)
-        self.length = len(self.ids)
-        self._at = np.zeros(self.length + 1, dtype=np.int64)  # byte offset where token i starts
-        np.cumsum(token_bytes[self.ids], out=self._at[1:])
-        self._raw = text.encode("utf-8")
-        self.consistent = self._at[-1] == len(self._raw)
-        self._n_chars = len(text)
-        # char_of[b]: index of the character holding byte b (bytes are characters in ASCII text)
-        self._char_of = None
-        if len(self._raw) != self._n_chars:
-            starts = (np.frombuffer(self._raw, dtype=np.uint8) & 0xC0) != 0x80
-            self._char_of = np.cumsum(starts) - 1
+    def __init__(self, encodings, texts: list[str], token_bytes: np.ndarray):
+        n = len(texts)
+        seqs = [np.asarray(e.ids, dtype=np.int32) for e in encodings]
+        counts = np.fromiter(map(len, seqs), dtype=np.int64, count=n)
+        first = np.zeros(n + 1, dtype=np.int64)  # doc k's tokens are ids[first[k]:first[k + 1]]
+        np.cumsum(counts, out=first[1:])
+        self.ids = np.concatenate(seqs) if n else np.zeros(0, dtype=np.int32)
+        self.at = np.zeros(len(self.ids) + 1, dtype=np.int64)  # bytes before each token, all docs in a row
+        np.cumsum(token_bytes[self.ids], out=self.at[1:])
+        raws = [t.encode("utf-8") for t in texts]
+        raw = b"".join(raws)
+        raw_len = np.fromiter(map(len, raws), dtype=np.int64, count=n)
+        byte_first = np.zeros(n + 1, dtype=np.int64)  # doc k's bytes are raw[byte_first[k]:byte_first[k + 1]]
+        np.cumsum(raw_len, out=byte_first[1:])
+        base = self.at[first]
+        consistent = base[1:] - base[:-1] == raw_len  # else the offsets are asked for
+        # whether the byte where each token starts continues a character (a cut there is not clean)
+        doc_of = np.repeat(np.arange(n), counts)
+        start = self.at[:-1] - base[:-1][doc_of] + byte_first[:-1][doc_of]
+        codes = np.frombuffer(raw, dtype=np.uint8)
+        inside = (codes[np.minimum(start, max(len(codes) - 1, 0))] & 0xC0) == 0x80 if len(codes) else start > 0
+        self.inside = inside.tobytes()
+        # chars[b]: characters that start at or before byte b (bytes are characters in ASCII text)
+        self.chars = None if len(raw) == sum(map(len, texts)) else np.cumsum((codes & 0xC0) != 0x80)
+        char_first = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=n), out=char_first[1:])
+        self._docs = list(zip(first.tolist(), counts.tolist(), consistent.tolist(), base.tolist(),
+                              byte_first.tolist(), raw_len.tolist(), char_first.tolist(), map(len, texts)))
+
+    def view(self, k: int) -> _Bytes:
+        return _Bytes(self, *self._docs[k])
+
+
+class _Bytes:
+    """Document k's boundaries in a `_ByteBatch` (the interface of `_Offsets`)."""
+
+    def __init__(self, batch: _ByteBatch, first: int, length: int, consistent: bool, base: int,
+                 byte_first: int, n_bytes: int, char_first: int, n_chars: int):
+        self._batch, self._first, self._base = batch, first, base
+        self._byte_first, self._n_bytes, self._char_first, self._n_chars = byte_first, n_bytes, char_first, n_chars
+        self.ids, self.length, self.consistent = batch.ids[first:first + length], length, consistent
 
     def clean(self, pos: int) -> bool:
-        return pos <= 0 or pos >= self.length or (self._raw[self._at[pos]] & 0xC0) != 0x80
+        return pos <= 0 or pos >= self.length or not self._batch.inside[self._first + pos]
 
-    def _char(self, byte: int) -> int:
-        if byte >= len(self._raw):
+    def _char(self, pos: int) -> int:  # character holding the byte where token `pos` starts
+        byte = int(self._batch.at[self._first + pos]) - self._base
+        if byte >= self._n_bytes:
             return self._n_chars
-        return byte if self._char_of is None else int(self._char_of[byte])
+        if self._batch.chars is None:
+            return byte
+        return int(self._batch.chars[self._byte_first + byte]) - 1 - self._char_first
 
     def start(self, pos: int) -> int:
-        return self._char(int(self._at[pos]))
+        return self._char(pos)
 
     def end(self, pos: int) -> int:
-        byte = int(self._at[pos + 1])
-        return self._char(byte) + (0 if self.clean(pos + 1) else 1)  # a token ending inside a character
+        return self._char(pos + 1) + (0 if self.clean(pos + 1) else 1)  # a token ending inside a character
 
 
 def _list_array(seqs: list[np.ndarray]) -> pa.Array:
@@ -239,10 +279,11 @@ def _chunk_batch(batch, encoding, tokenizer, token_bytes: np.ndarray | None, cfg
     prefix_ids, suffix_ids, prefix_text, suffix_text = [], [], [], []
     prefix_start, suffix_start, doc_tokens, prefix_char, suffix_char, suffix_end = [], [], [], [], [], []
     to_decode: list[int] = []  # rows whose prefix starts inside a character: decode (gives U+FFFD there)
-    for (doc, doc_label, doc_reason), tokens in zip(batch, encodings):
+    by_bytes = _ByteBatch(encodings, [d.text for d, _, _ in batch], token_bytes) if slices else None
+    for k, ((doc, doc_label, doc_reason), tokens) in enumerate(zip(batch, encodings)):
         # the encoder ran without offsets where the byte lengths give the boundaries; a document
         # whose bytes do not add up (never seen) is encoded again with them
-        view = _Bytes(tokens.ids, doc.text, token_bytes) if slices else _Offsets(tokens)
+        view = by_bytes.view(k) if slices else _Offsets(tokens)
         if not view.consistent:
             view = _Offsets(_encoder(tokenizer, offsets=True)([doc.text])[0])
         length, ids, text = view.length, view.ids, doc.text

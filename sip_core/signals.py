@@ -11,7 +11,7 @@ import json
 import string
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import compress, count, repeat
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -55,28 +55,31 @@ class _TermMatcher:
             # Letter-less terms ("69", "@55" -> "55") would fire on ordinary numbers.
             if key and any(c.isalpha() for c in "".join(key)):
                 self.values[key] = max(value, self.values.get(key, value))
-        self.first_words = frozenset(k[0] for k in self.values)
-        self.max_len = max((len(k) for k in self.values), default=0)
+        # per first word, the lengths of its terms, longest first: common words start only a few
+        # multi-word terms ("one" -> 4 words), so a candidate position costs one or two lookups
+        lengths: dict[str, set[int]] = {}
+        for key in self.values:
+            lengths.setdefault(key[0], set()).add(len(key))
+        self.lengths = {w: sorted(ls, reverse=True) for w, ls in lengths.items()}
+        self.first_words = frozenset(self.lengths)
 
     def match(self, words: list[str]) -> list[float]:
-        # Fast path: most documents share no word with the list at all (isdisjoint walks the list
+        # Fast path: many documents share no word with the list at all (isdisjoint walks the list
         # against the frozenset: cheaper than building a set of the words first).
         if self.first_words.isdisjoint(words):
             return []
         hits: list[float] = []
-        values, firsts, n, i = self.values, self.first_words, len(words), 0
-        while i < n:
-            if words[i] in firsts:
-                for length in range(min(self.max_len, n - i), 0, -1):
-                    value = values.get(tuple(words[i:i + length]))
-                    if value is not None:
-                        hits.append(value)
-                        i += length
-                        break
-                else:
-                    i += 1
-            else:
-                i += 1
+        values, lengths, n, after = self.values, self.lengths, len(words), 0
+        # positions of words that start a term, found in C (map/compress), not by a Python loop
+        for i in compress(count(), map(self.first_words.__contains__, words)):
+            if i < after:  # inside the previous match: matches do not overlap
+                continue
+            for length in lengths[words[i]]:
+                value = values.get(tuple(words[i:i + length])) if length <= n - i else None
+                if value is not None:
+                    hits.append(value)
+                    after = i + length
+                    break
         return hits
 
 

@@ -63,6 +63,8 @@ def test_filler_is_clean_and_long_enough(lex):
     ("2 girls 1 cup", 1),                      # multi-word term is one occurrence
     ("2 Girls,\n1 CUP!", 1),                   # across punctuation, case and newline
     ("2 girls and 1 cup", 0),                  # token sequence must be contiguous
+    ("they were 2 girls 1", 0),                # a term cut off by the end of the text
+    ("2 girls 1 cup 2 girls 1 cup", 2),        # back to back, each counted once
     ("a piece of shit", 1),                    # longest match; inner "shit" not recounted
     ("shit", 1),
     ("ball gag ball", 1),                      # "ball" alone is not a term

@@ -3,25 +3,28 @@
     python benchmarks/bench_prepare.py --docs 20000
 
 Builds a JSONL.gz corpus by repeating the bundled C4 sample (read in place) with a distinct id per
-copy, then measures, in one process and on the same texts, in `--rounds` rounds of:
+copy, then measures, on the same texts, in `--rounds` rounds of:
 
   bare tokenizer   the policy's fast tokenizer called as users call it, `tokenizer(batch,
-                   add_special_tokens=False)` over every text, `data.tokenize_batch` texts a call;
-                   a freshly loaded tokenizer (load not timed: its word cache is as cold as the
-                   pipeline's), file reading excluded: the baseline for any pipeline that tokenizes
-                   the corpus.
+                   add_special_tokens=False)` over every text, `data.tokenize_batch` texts a call,
+                   file reading excluded: the baseline for any pipeline that tokenizes the corpus.
   bare ids only    for reference, the Rust encoder's `encode_batch_fast` (ids, no offsets) on the
                    same texts: what the chunk stage calls where token byte lengths give the cuts.
   pipeline         sip_core.prepare: ingest -> filter -> chunk, fresh run root, everything included
-                   (reading and hashing the source, tokenizer loading, Parquet writes, lineage).
+                   (reading and hashing the source, Parquet writes, lineage).
   prepare flow     flows.prepare.prepare(cfg), fresh run root, after a warm-up flow run on 20 docs
                    so that the one-off start of Prefect's temporary server is not counted.
 
+Each measurement runs in a fresh Python process that has imported its modules and loaded the one
+tokenizer it uses before its clock starts: loading tokenizer after tokenizer in one process makes
+each encode slower than the last (see benchmarks/README.md), which would favour whichever row ran
+first.
+
 Tokens/s of the pipeline and the flow is the bare tokenizer's token count (all documents) over their
 own wall time, so their ratio to the bare tokenizer is the ratio of wall times (target: >= 0.7).
-This machine's speed drifts by +-25% over minutes (a pure-Python loop, timed again and again), so
-each round times the baseline right before the pipelines and takes the ratio within the round; the
-result is the median round. `cpu s` is CPU time over all threads and worker processes.
+This machine's speed drifts by +-25% over minutes, so each round times the baseline right before the
+pipelines and takes the ratio within the round; the result is the median round. `cpu s` is CPU time
+over all threads and worker processes.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -101,13 +105,12 @@ def bench_ids_only(tokenizer, texts: list[str], batch: int) -> tuple[float, floa
     return clock.read()
 
 
-def bench_pipeline(cfg) -> tuple[tuple[float, float], dict[str, tuple[float, float]], dict]:
-    from sip_core import prepare
-    from sip_core.prepare import StageEnv, filter_documents, ingest_documents, materialize_chunks
+def bench_pipeline(cfg) -> dict:
+    from sip_core.prepare import StageEnv, _tokenizer, filter_documents, ingest_documents, materialize_chunks
 
-    prepare._TOKENIZERS.clear()  # the pipeline loads its tokenizer, as a fresh run does
-    env, stages, total = StageEnv(cfg), {}, Clock().start()
-    clock = Clock().start()
+    env, stages = StageEnv(cfg), {}
+    _tokenizer(env)  # loaded before the clock, as the baseline's is
+    total, clock = Clock().start(), Clock().start()
     docs = ingest_documents(env)
     stages["ingest"] = clock.read()
     clock.start()
@@ -116,17 +119,48 @@ def bench_pipeline(cfg) -> tuple[tuple[float, float], dict[str, tuple[float, flo
     clock.start()
     chunks = materialize_chunks(env, filtered)
     stages["chunk"] = clock.read()
-    return total.read(), stages, {"docs": docs.stats, "filtered": filtered.stats, "chunks": chunks.stats}
+    return {"time": total.read(), "stages": stages,
+            "stats": {"docs": docs.stats, "filtered": filtered.stats, "chunks": chunks.stats}}
 
 
-def bench_flow(cfg) -> tuple[tuple[float, float], dict]:
+def bench_flow(cfg, warm_cfg) -> dict:
     from flows.prepare import prepare
-    from sip_core import prepare as library
 
-    library._TOKENIZERS.clear()
     clock = Clock().start()
+    prepare(warm_cfg)  # starts Prefect's temporary server and loads the tokenizer: a one-off cost, not counted
+    warmup = clock.read()[0]
+    clock.start()
     out = prepare(cfg)
-    return clock.read(), out["chunks"]["stats"]
+    return {"time": clock.read(), "warmup": warmup, "chunks": out["chunks"]["stats"]}
+
+
+def measure(kind: str, corpus: Path, root: str, config: str | None, result: Path) -> None:
+    """One measurement, in this (fresh) process; its result goes to `result` as JSON."""
+    from sip_core.config import load_config
+    from sip_core.models import load_tokenizer
+
+    cfg = load_config(config, [f"run.root={root}", f"data.source={corpus}"])
+    if kind in ("bare", "ids"):
+        texts = read_texts(corpus)
+        tokenizer = load_tokenizer(cfg.model.policy, cfg.model.cache_dir)
+        out = {"time": (bench_tokenizer if kind == "bare" else bench_ids_only)(tokenizer, texts, cfg.data.tokenize_batch)}
+    elif kind == "pipeline":
+        out = bench_pipeline(cfg)
+    else:
+        warm = load_config(config, [f"run.root={root}-warmup", f"data.source={corpus.parent / 'warmup' / corpus.name}"])
+        out = bench_flow(cfg, warm)
+    result.write_text(json.dumps(out))
+
+
+def run_measure(kind: str, corpus: Path, root: Path, config: str | None) -> dict:
+    """`measure` in a child process (its output in `<root>.log`)."""
+    result, log = Path(f"{root}.json"), Path(f"{root}.log")
+    cmd = [sys.executable, __file__, "--measure", kind, "--corpus", str(corpus), "--root", str(root),
+           "--result", str(result)] + (["--config", config] if config else [])
+    with log.open("w") as fh:
+        if subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode != 0:
+            sys.exit(f"bench_prepare: the {kind} measurement failed; its output:\n{log.read_text()[-4000:]}")
+    return json.loads(result.read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,10 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="base YAML config (default: the built-in defaults, as `sip prepare`)")
     parser.add_argument("--no-flow", action="store_true", help="skip the Prefect flow (faster)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median counts (default 3)")
+    parser.add_argument("--measure", choices=["bare", "ids", "pipeline", "flow"], help=argparse.SUPPRESS)
+    parser.add_argument("--corpus", help=argparse.SUPPRESS)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.measure:  # a child process: one measurement
+        measure(args.measure, Path(args.corpus), args.root, args.config, Path(args.result))
+        return 0
 
     from sip_core.config import load_config
-    from sip_core.models import load_tokenizer
     from sip_core.paths import default_data_dir
 
     work = Path(args.out or tempfile.mkdtemp(prefix="bench-prepare-")).resolve()
@@ -148,32 +188,25 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     try:
         corpus = build_corpus(default_data_dir() / C4_SAMPLE, args.docs, work)
-        warm_corpus = build_corpus(default_data_dir() / C4_SAMPLE, 20, work / "warmup")
+        build_corpus(default_data_dir() / C4_SAMPLE, 20, work / "warmup")
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-
-        def config(root: str, source: Path):
-            return load_config(args.config, [f"run.root={work / root}-{stamp}", f"data.source={source}"])
-
-        texts = read_texts(corpus)
+        cfg = load_config(args.config, [f"data.source={corpus}"])
+        kinds = ["bare", "ids", "pipeline"] + ([] if args.no_flow else ["flow"])
         rounds, warmup = [], None
         for r in range(args.rounds):
-            cfg = config(f"pipeline-{r}", corpus)
-            tokenizer = load_tokenizer(cfg.model.policy, cfg.model.cache_dir)
-            row = {"bare": bench_tokenizer(tokenizer, texts, cfg.data.tokenize_batch)}
-            row["ids"] = bench_ids_only(load_tokenizer(cfg.model.policy, cfg.model.cache_dir), texts,
-                                        cfg.data.tokenize_batch)
-            row["pipeline"], row["stages"], stats = bench_pipeline(cfg)
-            if not args.no_flow:
-                if warmup is None:  # starts Prefect's temporary server: a one-off cost, not counted
-                    clock = Clock().start()
-                    bench_flow(config("warmup/flow", warm_corpus))
-                    warmup = clock.read()[0]
-                row["flow"], flow_stats = bench_flow(config(f"flow-{r}", corpus))
-                if flow_stats != stats["chunks"]:
-                    print(f"WARNING: the flow's chunk stats differ from the pipeline's: {flow_stats} vs {stats['chunks']}")
+            row = {}
+            for kind in kinds:
+                out = run_measure(kind, corpus, work / f"{kind}-{r}-{stamp}", args.config)
+                row[kind] = out["time"]
+                if kind == "pipeline":
+                    row["stages"], stats = out["stages"], out["stats"]
+                if kind == "flow":
+                    warmup = out["warmup"]
+                    if out["chunks"] != stats["chunks"]:
+                        print(f"WARNING: the flow's chunk stats differ from the pipeline's: {out['chunks']} vs "
+                              f"{stats['chunks']}")
             rounds.append(row)
-            print(f"round {r + 1}: " + ", ".join(f"{k} {row[k][0]:.2f}s" for k in ("bare", "ids", "pipeline", "flow")
-                                                 if k in row), flush=True)
+            print(f"round {r + 1}: " + ", ".join(f"{k} {row[k][0]:.2f}s" for k in kinds), flush=True)
     finally:
         if args.out is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -203,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{k} {wall:.2f}/{cpu:.2f} ({wall / pipe:.0%})" for k, (wall, cpu) in row["stages"].items()))
     if warmup is not None:
         print(f"prepare flow: not counted, the warm-up flow run on 20 docs that starts the temporary Prefect "
-              f"server took {warmup:.1f}s")
+              f"server took {warmup:.1f}s (last round)")
     print("ratio = tokens/s over the bare tokenizer's tokens/s in the same round (same token count: bare wall / "
           "wall); target >= 0.7")
     return 0

@@ -214,22 +214,23 @@ class _ByteBatch:
         raws = [t.encode("utf-8") for t in texts]
         raw = b"".join(raws)
         raw_len = np.fromiter(map(len, raws), dtype=np.int64, count=n)
+        text_len = np.fromiter(map(len, texts), dtype=np.int64, count=n)
         byte_first = np.zeros(n + 1, dtype=np.int64)  # doc k's bytes are raw[byte_first[k]:byte_first[k + 1]]
         np.cumsum(raw_len, out=byte_first[1:])
+        char_first = np.zeros(n + 1, dtype=np.int64)  # characters before doc k
+        np.cumsum(text_len, out=char_first[1:])
         base = self.at[first]
         consistent = base[1:] - base[:-1] == raw_len  # else the offsets are asked for
-        # whether the byte where each token starts continues a character (a cut there is not clean)
+        # whether the byte where each token starts continues a character (a cut there is not clean);
+        # a trailing NUL keeps the index of a document whose bytes do not add up in range
+        codes = np.frombuffer(raw + b"\0", dtype=np.uint8)
         doc_of = np.repeat(np.arange(n), counts)
         start = self.at[:-1] - base[:-1][doc_of] + byte_first[:-1][doc_of]
-        codes = np.frombuffer(raw, dtype=np.uint8)
-        inside = (codes[np.minimum(start, max(len(codes) - 1, 0))] & 0xC0) == 0x80 if len(codes) else start > 0
-        self.inside = inside.tobytes()
+        self.inside = ((codes[np.minimum(start, len(raw))] & 0xC0) == 0x80).tobytes()
         # chars[b]: characters that start at or before byte b (bytes are characters in ASCII text)
-        self.chars = None if len(raw) == sum(map(len, texts)) else np.cumsum((codes & 0xC0) != 0x80)
-        char_first = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=n), out=char_first[1:])
+        self.chars = None if len(raw) == char_first[-1] else np.cumsum((codes[:-1] & 0xC0) != 0x80)
         self._docs = list(zip(first.tolist(), counts.tolist(), consistent.tolist(), base.tolist(),
-                              byte_first.tolist(), raw_len.tolist(), char_first.tolist(), map(len, texts)))
+                              byte_first.tolist(), raw_len.tolist(), char_first.tolist(), text_len.tolist()))
 
     def view(self, k: int) -> _Bytes:
         return _Bytes(self, *self._docs[k])

@@ -420,12 +420,10 @@ def _complete(shards: list[dict], inputs: list[str], uri: str, env: StageEnv, st
     missing = [i for i in range(len(inputs)) if i not in given]
     if shards and missing:
         log.info("%s: %d of %d shards have no usable parts; computing them here", stage, len(missing), len(inputs))
-    def run(i: int) -> dict:
-        return run_one(i, inputs[i])
-
-    pool = ThreadPoolExecutor(min(threads, len(missing)), thread_name_prefix=stage) if min(threads, len(missing)) > 1 else None
+    threads = min(threads, len(missing))
+    pool = ThreadPoolExecutor(threads, thread_name_prefix=stage) if threads > 1 else None
     try:  # results in input order; the first error is raised and the shards not yet started are dropped
-        results = pool.map(run, missing) if pool else map(run, missing)
+        results = (pool.map if pool else map)(lambda i: run_one(i, inputs[i]), missing)
         for i, result in zip(missing, tqdm(results, desc=stage, unit="shard", total=len(missing),
                                            disable=None if len(missing) > 1 else True)):
             given[i] = result

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from fake_openai import FakeOpenAI  # noqa: E402
 
 from sip_core.config import LLMConfig  # noqa: E402
-from sip_core.llm.openai_backend import OpenAIBackend  # noqa: E402
+from sip_core.llm.backends.openai import OpenAIBackend  # noqa: E402
 from sip_core.llm.types import LLMRequest, Sampling, run_sync  # noqa: E402
 
 TARGET_RATIO = 0.9
@@ -119,7 +119,7 @@ def _vllm_requests(n: int, max_tokens: int, tag: str) -> list[LLMRequest]:
     import json
 
     from sip_core.llm.prompting import last_words, load_prompt
-    from sip_core.paths import default_data_dir
+    from sip_core.infra.paths import default_data_dir
 
     prompt = load_prompt("rewrite")
     path = default_data_dir() / "corpus" / "c4_sample" / "c4-sample.00000-of-00001.json.gz"

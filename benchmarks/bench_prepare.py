@@ -10,7 +10,7 @@ copy, then measures, on the same texts, in `--rounds` rounds of:
                    file reading excluded: the baseline for any pipeline that tokenizes the corpus.
   bare ids only    for reference, the Rust encoder's `encode_batch_fast` (ids, no offsets) on the
                    same texts: what the chunk stage calls where token byte lengths give the cuts.
-  pipeline         sip_core.prepare: ingest -> filter -> chunk, fresh run root, everything included
+  pipeline         sip_core.data.prepare: ingest -> filter -> chunk, fresh run root, everything included
                    (reading and hashing the source, Parquet writes, lineage).
   prepare flow     flows.prepare.prepare(cfg), fresh run root, after a warm-up flow run on 20 docs
                    so that the one-off start of Prefect's temporary server is not counted.
@@ -106,9 +106,10 @@ def bench_ids_only(tokenizer, texts: list[str], batch: int) -> tuple[float, floa
 
 
 def bench_pipeline(cfg) -> dict:
-    from sip_core.prepare import StageEnv, _tokenizer, filter_documents, ingest_documents, materialize_chunks
+    from sip_core.infra.run_context import RunContext
+    from sip_core.data.prepare import _tokenizer, filter_documents, ingest_documents, materialize_chunks
 
-    env, stages = StageEnv(cfg), {}
+    env, stages = RunContext(cfg), {}
     _tokenizer(env)  # loaded before the clock, as the baseline's is
     total, clock = Clock().start(), Clock().start()
     docs = ingest_documents(env)
@@ -137,7 +138,7 @@ def bench_flow(cfg, warm_cfg) -> dict:
 def measure(kind: str, corpus: Path, root: str, config: str | None, result: Path) -> None:
     """One measurement, in this (fresh) process; its result goes to `result` as JSON."""
     from sip_core.config import load_config
-    from sip_core.models import load_tokenizer
+    from sip_core.infra.models import load_tokenizer
 
     cfg = load_config(config, [f"run.root={root}", f"data.source={corpus}"])
     if kind in ("bare", "ids"):
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from sip_core.config import load_config
-    from sip_core.paths import default_data_dir
+    from sip_core.infra.paths import default_data_dir
 
     work = Path(args.out or tempfile.mkdtemp(prefix="bench-prepare-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     n, tokens = args.docs, rounds[0]["bare"][2]
     labels, split = stats["filtered"]["labels"], stats["chunks"]["chunks"]
     names = {"bare": "bare tokenizer (baseline)", "ids": "bare ids only (encode_batch_fast)",
-             "pipeline": "pipeline (sip_core.prepare)", "flow": "prepare flow (Prefect, warm server)"}
+             "pipeline": "pipeline (sip_core.data.prepare)", "flow": "prepare flow (Prefect, warm server)"}
     # every row from one round: the median round of the pipeline's ratio
     ratio = {key: [row["bare"][0] / row[key][0] for row in rounds] for key in names if key in rounds[0]}
     mid = sorted(range(len(rounds)), key=ratio["pipeline"].__getitem__)[len(rounds) // 2]

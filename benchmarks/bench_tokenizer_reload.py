@@ -36,8 +36,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from sip_core.config import load_config
-    from sip_core.models import load_tokenizer
-    from sip_core.paths import default_data_dir
+    from sip_core.infra.models import load_tokenizer
+    from sip_core.infra.paths import default_data_dir
 
     cfg = load_config(None, [])
     with gzip.open(default_data_dir() / "corpus/c4_sample/c4-sample.00000-of-00001.json.gz", "rt") as fh:

@@ -24,8 +24,8 @@ import time
 
 import torch
 
-from sip_core.models import resolve_model
-from sip_core.paths import default_data_dir
+from sip_core.infra.models import resolve_model
+from sip_core.infra.paths import default_data_dir
 from sip_core.training.logprobs import completion_logprobs
 from sip_core.training.losses import dpo_loss
 from sip_core.training.rollout import HFRolloutEngine, SamplingSpec

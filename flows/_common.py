@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sip_core import artifacts
+from sip_core.infra import artifacts
 from sip_core.config import SipConfig
 
 

@@ -11,8 +11,8 @@ import time
 import yaml
 
 from sip_core.config import ConfigError, SipConfig, load_config
-from sip_core.models import ModelRefError
-from sip_core.sources import SourceError
+from sip_core.infra.models import ModelRefError
+from sip_core.data.readers import SourceError
 from sip_core.training import JudgeGateFailed, RecipeFailed
 
 USER_ERRORS = (ConfigError, SourceError, ModelRefError, FileNotFoundError, RecipeFailed, JudgeGateFailed)
@@ -71,8 +71,8 @@ def cmd_prepare(args) -> int:
 
 
 def _preflight(cfg: SipConfig) -> None:
-    from sip_core.models import resolve_model
-    from sip_core.sources import resolve_source
+    from sip_core.infra.models import resolve_model
+    from sip_core.data.readers import resolve_source
 
     resolve_source(cfg.data, cfg.run.storage_options)  # fail fast on bad input, before Prefect starts
     resolve_model(cfg.model.policy, cfg.model.cache_dir)
@@ -83,7 +83,6 @@ def _run_job(args, params_cls: str, flow_name: str, module: str = "flows.llm_job
     import importlib
 
     from sip_core import config
-
     params = getattr(config, params_cls)(config_file=args.config, overrides=args.overrides, **extra)
     _preflight(params.load())
     flow = getattr(importlib.import_module(module), flow_name)
@@ -152,7 +151,7 @@ def cmd_lifecycle(args) -> int:
 
 def cmd_cache_stats(args) -> int:
     from sip_core.llm.cache import JudgmentCache
-    from sip_core.paths import state_dir_for
+    from sip_core.infra.run_context import state_dir_for
 
     cfg = _load(args)
     path = state_dir_for(cfg.run.root, cfg.run.state_dir) / "judgments.duckdb"
@@ -171,7 +170,7 @@ def cmd_cache_stats(args) -> int:
 
 
 def cmd_lineage(args) -> int:
-    from sip_core.lineage_view import ancestry, format_ancestry
+    from sip_core.infra.ancestry import ancestry, format_ancestry
 
     cfg = _load(args)
     rows = ancestry(args.uri, cfg)

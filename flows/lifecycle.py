@@ -18,9 +18,9 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from flows.prepare import prepare
 from flows.train import judge_gate, publish_metrics
-from sip_core import store
+from sip_core.infra import store
 from sip_core.config import LifecycleParams, SipConfig
-from sip_core.models import torch_threads
+from sip_core.infra.models import torch_threads
 from tasks.evaluate import compare_task, evaluate_task, report_task, stage_view
 from tasks.llm_jobs import rewrite_task, thoughts_task
 from tasks.slots import threads_per_slot
@@ -31,7 +31,7 @@ BASE, SIP_ARM, NTP_ARM = "base→SFT→RLMT", "base→SIP→SFT→RLMT", "base�
 
 def _rewritten(cfg: SipConfig, chunks: dict) -> int:
     """Chunks already sent to the rewriter (whatever the outcome), so a rerun sends none."""
-    from sip_core import artifacts
+    from sip_core.infra import artifacts
     from sip_core.training.data import rewrite_batches
 
     manifest = artifacts.load_manifest(chunks["uri"], cfg.run.storage_options)

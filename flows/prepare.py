@@ -15,7 +15,7 @@ from pathlib import Path
 from prefect import Flow, flow, unmapped
 
 from flows._common import run_cached
-from sip_core import artifacts
+from sip_core.infra import artifacts
 from sip_core.config import ConfigError, SipConfig
 from tasks.prepare import (_load, chunk_shard_task, chunk_task, create_judgment_cache, filter_shard_task, filter_task,
                            ingest_task)
@@ -85,14 +85,15 @@ class _RunnerFromConfig(Flow):
 
 @flow(name="prepare", log_prints=True)
 def prepare(config: SipConfig = SipConfig()) -> dict:
-    from sip_core.prepare import StageEnv, chunk_inputs
+    from sip_core.infra.run_context import RunContext
+    from sip_core.data.prepare import chunk_inputs
 
     docs = run_cached(ingest_task, config)
     create_judgment_cache(config)
     filtered = _sharded(filter_shard_task, filter_task, config, docs,
                         artifacts.shard_uris(_load(docs, config)), parallel=config.run.task_runner != "ray")
     chunks = _sharded(chunk_shard_task, chunk_task, config, filtered,
-                      chunk_inputs(StageEnv(config), _load(filtered, config)))
+                      chunk_inputs(RunContext(config), _load(filtered, config)))
     return {"docs": docs, "filtered": filtered, "chunks": chunks}
 
 

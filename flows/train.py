@@ -8,7 +8,7 @@ from prefect.artifacts import create_table_artifact
 
 from flows.llm_jobs import thoughts
 from flows.prepare import prepare
-from sip_core import store
+from sip_core.infra import store
 from sip_core.config import MidtrainParams, PretrainParams, SipConfig, ThoughtParams
 from sip_core.training import JudgeGateFailed
 from tasks.llm_jobs import audit_task

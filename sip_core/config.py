@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sip_core.paths import default_data_dir
+from sip_core.infra.paths import default_data_dir
 
 
 class _Section(BaseModel):

@@ -8,10 +8,10 @@ import json
 
 from prefect import task
 
-from sip_core import artifacts, store
+from sip_core.infra import artifacts, store
 from sip_core.config import SipConfig
 from sip_core.evaluation.suite import ModelEval, evaluate_model
-from sip_core.prepare import StageEnv
+from sip_core.infra.run_context import RunContext
 from tasks.llm_jobs import _llm, provenance
 from tasks.slots import compute_slot
 
@@ -53,7 +53,7 @@ def evaluate_task(cfg: SipConfig, model: str | dict, chunks: dict, audit: dict |
         result: ModelEval = evaluate_model(cfg, model_ref, chunk_manifest, judge, audit, thought_texts(cfg, thoughts))
     payload = {"model": model_ref, "results": {k: v.model_dump(mode="json") for k, v in result.results.items()},
                "continuations": result.continuations, "seconds": result.seconds}
-    env = StageEnv(cfg, provenance())
+    env = RunContext(cfg, provenance())
     parents = [chunk_manifest] + ([m] if (m := artifacts.load_committed(model_ref, cfg.run.storage_options)) else [])
     artifacts.write_json_artifact(uri, "evaluation.json", payload, env.context({"eval": cfg.eval.model_dump(mode="json"),
                                                                                "model": model_ref}, parents),
@@ -82,7 +82,7 @@ def stage_view(cfg: SipConfig, recipe: str, result: dict) -> dict:
     so = cfg.run.storage_options
     metrics_uri = result["stats"].get("metrics_uri")
     metrics = store.read_parquet(metrics_uri, so).to_pylist() if metrics_uri and store.exists(metrics_uri, so) else []
-    lineage = StageEnv(cfg).lineage().ancestry(result["uri"])
+    lineage = RunContext(cfg).lineage().ancestry(result["uri"])
     lineage = [{k: r[k] for k in ("uri", "kind", "depth") if k in r} for r in lineage]
     return {"recipe": recipe, "checkpoint": result["uri"], "metrics": metrics, "lineage": lineage,
             "summary": {k: v for k, v in result["stats"].items() if not isinstance(v, (dict, list))}}
@@ -92,7 +92,7 @@ def stage_view(cfg: SipConfig, recipe: str, result: dict) -> dict:
 def report_task(cfg: SipConfig, results: dict, parents: list[str]) -> dict:
     from sip_core.report import RunResults, save_report
 
-    env = StageEnv(cfg, provenance())
+    env = RunContext(cfg, provenance())
     manifests = [m for uri in parents if (m := artifacts.load_committed(uri, cfg.run.storage_options))]
     run = RunResults.model_validate(results)
     key = hashlib.sha256(json.dumps(results, sort_keys=True, default=str).encode()).hexdigest()[:16]

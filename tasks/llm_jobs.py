@@ -5,14 +5,14 @@ from __future__ import annotations
 from prefect import task
 from prefect.runtime import flow_run, task_run
 
-from sip_core import artifacts, store
-from sip_core.artifacts import Provenance
-from sip_core.audit import AuditReport, audit_judge, build_pairs, save_report
+from sip_core.infra import artifacts, store
+from sip_core.infra.artifacts import Provenance
+from sip_core.judge.audit import AuditReport, audit_judge, build_pairs, save_report
 from sip_core.config import SipConfig
 from sip_core.llm.factory import open_llm
-from sip_core.prepare import StageEnv
-from sip_core.rewrite import rewrite_next_batch
-from sip_core.thoughts import insert_thoughts
+from sip_core.infra.run_context import RunContext
+from sip_core.augment.rewrites import rewrite_next_batch
+from sip_core.augment.thought_insertion import insert_thoughts
 from tasks.prepare import ref, transient
 
 
@@ -46,7 +46,7 @@ OPTIONS = dict(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=transi
 @task(name="rewrite-batch", **OPTIONS)
 def rewrite_task(cfg: SipConfig, chunks: dict, limit: int, split: str) -> dict:
     llm = _llm(cfg, "rewriter")
-    batch = rewrite_next_batch(StageEnv(cfg, provenance()), _chunks(cfg, chunks), llm, limit, split)
+    batch = rewrite_next_batch(RunContext(cfg, provenance()), _chunks(cfg, chunks), llm, limit, split)
     out = ref(batch.manifest) if batch.manifest else {"uri": None, "stats": {}}
     return {**out, "remaining": batch.remaining, "done_before": batch.done_before, "calls": llm.calls,
             "cache_hits": llm.hits}
@@ -55,13 +55,13 @@ def rewrite_task(cfg: SipConfig, chunks: dict, limit: int, split: str) -> dict:
 @task(name="insert-thoughts", **OPTIONS)
 def thoughts_task(cfg: SipConfig, chunks: dict, limit: int | None, match: str) -> dict:
     llm = _llm(cfg, "teacher")
-    manifest = insert_thoughts(StageEnv(cfg, provenance()), _chunks(cfg, chunks), llm, limit, match)
+    manifest = insert_thoughts(RunContext(cfg, provenance()), _chunks(cfg, chunks), llm, limit, match)
     return {**ref(manifest), "calls": llm.calls, "cache_hits": llm.hits}
 
 
 @task(name="judge-audit", **OPTIONS)
 def audit_task(cfg: SipConfig, chunks: dict) -> dict:
-    env = StageEnv(cfg, provenance())
+    env = RunContext(cfg, provenance())
     judge = _llm(cfg, "judge")
     teacher = _llm(cfg, "teacher") if cfg.judge.audit_llm_corruptions else None
     pairs = build_pairs(env, _chunks(cfg, chunks), cfg.judge.audit_items, teacher)

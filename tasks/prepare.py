@@ -14,10 +14,11 @@ import threading
 from prefect import task
 from prefect.runtime import flow_run, task_run
 
-from sip_core import artifacts
-from sip_core.artifacts import Manifest, Provenance
+from sip_core.infra import artifacts
+from sip_core.infra.artifacts import Manifest, Provenance
 from sip_core.config import SipConfig
-from sip_core.prepare import (INGEST_KEYS, StageEnv, chunk_shard, filter_documents, filter_shard, ingest_documents,
+from sip_core.infra.run_context import RunContext
+from sip_core.data.prepare import (INGEST_KEYS, chunk_shard, filter_documents, filter_shard, ingest_documents,
                               materialize_chunks)
 
 
@@ -36,8 +37,8 @@ def transient(task, task_run, state) -> bool:
 
 def _source_fingerprint(cfg: SipConfig) -> list:
     """Names, sizes and mtimes of the source files: an edited corpus is not a cache hit."""
-    from sip_core import store
-    from sip_core.sources import resolve_source
+    from sip_core.infra import store
+    from sip_core.data.readers import resolve_source
 
     src = resolve_source(cfg.data, cfg.run.storage_options)
     out = []
@@ -88,8 +89,8 @@ def ref(m: Manifest) -> dict:
             "stats": m.stats}
 
 
-def _env(cfg: SipConfig) -> StageEnv:
-    return StageEnv(cfg, Provenance(flow_run_id=str(flow_run.id) if flow_run.id else None,
+def _env(cfg: SipConfig) -> RunContext:
+    return RunContext(cfg, Provenance(flow_run_id=str(flow_run.id) if flow_run.id else None,
                                     task_run_id=str(task_run.id) if task_run.id else None))
 
 
@@ -102,13 +103,13 @@ def ingest_task(cfg: SipConfig, code_version: str) -> dict:
     return ref(ingest_documents(_env(cfg)))
 
 
-def _filter_stages(cfg: SipConfig, env: StageEnv) -> list | None:
+def _filter_stages(cfg: SipConfig, env: RunContext) -> list | None:
     """None (the rule stage alone), or the rules then the LLM safety stage 2, stage 1 unchanged."""
     if not cfg.filter.llm_stage:
         return None
     from sip_core.llm.factory import open_llm
-    from sip_core.prepare import build_rule_stage
-    from sip_core.safety_stage import LLMSafetyStage
+    from sip_core.data.prepare import build_rule_stage
+    from sip_core.data.llm_safety_filter import LLMSafetyStage
 
     judge = open_llm(cfg, "judge", env.provenance)
     return [build_rule_stage(env), LLMSafetyStage(judge, cfg.judge.safety_stage_seeds, cfg.judge.parse_retries,
@@ -124,7 +125,7 @@ def create_judgment_cache(cfg: SipConfig) -> None:
     concurrent CREATEs of one table)."""
     if cfg.filter.llm_stage:
         from sip_core.llm.cache import JudgmentCache
-        from sip_core.paths import state_dir_for
+        from sip_core.infra.run_context import state_dir_for
 
         JudgmentCache(state_dir_for(cfg.run.root, cfg.run.state_dir) / "judgments.duckdb")
 

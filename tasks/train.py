@@ -15,7 +15,7 @@ import yaml
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run, task_run
 
-from sip_core import artifacts
+from sip_core.infra import artifacts
 from sip_core.config import SipConfig
 from sip_core.training import RecipeFailed
 from tasks.slots import compute_slot, threads_per_slot

@@ -30,7 +30,7 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from sip_core.models import load_tokenizer
+    from sip_core.infra.models import load_tokenizer
 
     return load_tokenizer(POLICY)
 

@@ -17,4 +17,4 @@ if ! "$VENV/bin/python" -c "import vllm" >/dev/null 2>&1; then
   "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec || true
   "$VENV/bin/python" -c "import vllm" >/dev/null
 fi
-"$PROJECT_PY" -c "from sip_core.models import resolve_model; print(resolve_model('bundled:smollm2-135m-instruct'))"
+"$PROJECT_PY" -c "from sip_core.infra.models import resolve_model; print(resolve_model('bundled:smollm2-135m-instruct'))"

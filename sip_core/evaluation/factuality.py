@@ -22,7 +22,7 @@ from sip_core.config import JudgeConfig
 from sip_core.evaluation.stats import EvalResult, Interval, bounded_mean_interval, judge_id, wilson_interval
 from sip_core.evaluation.winrate import EVAL_TEMPERATURE, seed_list
 from sip_core.llm.prompting import load_prompt
-from sip_core.paths import default_data_dir
+from sip_core.infra.paths import default_data_dir
 
 Scorer = Callable[[str, list[str]], list[float]]
 

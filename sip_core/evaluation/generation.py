@@ -65,8 +65,8 @@ def think_sampler(model, tokenizer, thought_tokens: int, predict_tokens: int, te
                   top_p: float = 1.0, device="cpu", seed: int = 0, force_close: bool = True,
                   batch_size: int = 16) -> TextFn:
     """A TextFn for prompts ending in `<think>`: each text is thought + `</think>` + prediction,
-    sampled as RLMT samples them (`sip_core.thinking.think_then_predict`, thought budget first)."""
-    from sip_core.thinking import think_then_predict
+    sampled as RLMT samples them (`sip_core.training.think_then_predict.think_then_predict`, thought budget first)."""
+    from sip_core.training.think_then_predict import think_then_predict
 
     engine = _engine(model, tokenizer, device, batch_size)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from sip_core.evaluation.stats import EvalResult, Interval, bounded_mean_interval, pass_at_k
-from sip_core.paths import default_data_dir
+from sip_core.infra.paths import default_data_dir
 
 
 class Problem(BaseModel):

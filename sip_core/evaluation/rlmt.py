@@ -1,6 +1,6 @@
 """RLMT held-out metrics: the reward gate and the thought-use probe (METHOD §6.5).
 
-Format (sip_core.thinking): after a prefix the policy writes `<think>` thought `</think>` and then
+Format (sip_core.training.think_then_predict): after a prefix the policy writes `<think>` thought `</think>` and then
 its predicted continuation; the judge (P10, `judge_predictions`) compares the prediction with the
 true suffix and never sees the thought. The prompt given to the policy is
 `think_prompt(prefix)` = prefix + "<think>" (the template is a parameter everywhere).
@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from sip_core.config import JudgeConfig
 from sip_core.evaluation.stats import EvalResult, Interval, judge_id, wilson_interval
-from sip_core.thinking import THINK_CLOSE, THINK_OPEN, judge_predictions, split_completion
+from sip_core.training.think_then_predict import THINK_CLOSE, THINK_OPEN, judge_predictions, split_completion
 
 THINK_TEMPLATE = "{prefix}" + THINK_OPEN
 

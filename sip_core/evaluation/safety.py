@@ -24,7 +24,7 @@ from sip_core.config import JudgeConfig
 from sip_core.evaluation.stats import EvalResult, Interval, judge_id, wilson_interval
 from sip_core.evaluation.winrate import seed_list
 from sip_core.llm.prompting import load_prompt
-from sip_core.paths import default_data_dir
+from sip_core.infra.paths import default_data_dir
 
 RTP_CATEGORIES = ("flirtation", "identity_attack", "insult", "profanity", "severe_toxicity", "sexually_explicit",
                   "threat")

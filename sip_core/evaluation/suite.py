@@ -10,12 +10,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from sip_core import artifacts, store
-from sip_core.artifacts import Manifest
+from sip_core.infra import artifacts, store
+from sip_core.infra.artifacts import Manifest
 from sip_core.config import SipConfig
 from sip_core.evaluation import factuality, generation, nll, reasoning, rlmt, safety, winrate
 from sip_core.evaluation.stats import EvalResult, attach_audit
-from sip_core.thinking import split_completion
+from sip_core.training.think_then_predict import split_completion
 from sip_core.training import checkpoint, data, runtime
 
 log = logging.getLogger("sip.evaluate")

@@ -16,10 +16,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sip_core.artifacts import Provenance
-from sip_core.duck import connect
+from sip_core.infra.artifacts import Provenance
+from sip_core.infra.db import connect, sql
 from sip_core.llm.types import LLMBackend, LLMRequest, LLMResult, Progress
-from sip_core.sqlfiles import sql
 
 COLUMNS = ("key", "model_id", "prompt", "messages_json", "sampling_json", "seed", "raw_output", "parsed_json",
            "status", "parse_error", "error", "prompt_tokens", "completion_tokens", "latency_s", "attempts",

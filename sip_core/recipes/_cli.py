@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sip_core import artifacts
-from sip_core.artifacts import Manifest, Provenance
+from sip_core.infra import artifacts
+from sip_core.infra.artifacts import Manifest, Provenance
 from sip_core.config import ConfigError, SipConfig, load_config
 
 
@@ -34,7 +34,8 @@ def chunk_manifest(cfg: SipConfig, uri: str | None, prov: Provenance) -> Manifes
     """The chunk artifact named on the command line, or the one prepare makes (cached)."""
     if uri:
         return artifacts.load_manifest(uri, cfg.run.storage_options)
-    from sip_core.prepare import StageEnv, filter_documents, ingest_documents, materialize_chunks
+    from sip_core.infra.run_context import RunContext
+    from sip_core.data.prepare import filter_documents, ingest_documents, materialize_chunks
 
-    env = StageEnv(cfg, prov)
+    env = RunContext(cfg, prov)
     return materialize_chunks(env, filter_documents(env, ingest_documents(env)))

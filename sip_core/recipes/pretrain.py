@@ -15,13 +15,13 @@ from collections import Counter
 
 import torch
 
-from sip_core import artifacts
-from sip_core.artifacts import Manifest, Provenance
+from sip_core.infra import artifacts
+from sip_core.infra.artifacts import Manifest, Provenance
 from sip_core.config import SipConfig
-from sip_core.judging import Candidate, CandidateSet, score_sets
+from sip_core.judge.scoring import Candidate, CandidateSet, score_sets
 from sip_core.llm.factory import open_llm
-from sip_core.models import resolve_model
-from sip_core.prepare import StageEnv
+from sip_core.infra.models import resolve_model
+from sip_core.infra.run_context import RunContext
 from sip_core.training import data
 from sip_core.training.logprobs import batched_nll, completion_logprobs, masked_mean_nll
 from sip_core.training.losses import dpo_loss
@@ -39,7 +39,7 @@ def _judge_identity(cfg: SipConfig, model_id: str) -> dict:
 
 def train(cfg: SipConfig, chunks: Manifest, provenance: Provenance = Provenance()) -> Manifest:
     pc = cfg.pretrain
-    env = StageEnv(cfg, provenance)
+    env = RunContext(cfg, provenance)
     so = env.storage_options
     judge = open_llm(cfg, "judge", provenance) if pc.objective != "ntp" else None
     rewrites, rewrite_batches = data.rewrites_for(chunks, cfg.run.root, so) if judge and pc.use_rewrites else ({}, [])

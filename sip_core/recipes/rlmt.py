@@ -14,13 +14,13 @@ from collections import Counter
 
 import torch
 
-from sip_core import artifacts
-from sip_core.artifacts import Manifest, Provenance
+from sip_core.infra import artifacts
+from sip_core.infra.artifacts import Manifest, Provenance
 from sip_core.config import SipConfig
 from sip_core.llm.factory import open_llm
-from sip_core.prepare import StageEnv
+from sip_core.infra.run_context import RunContext
 from sip_core.recipes.pretrain import _judge_identity
-from sip_core.thinking import THINK_OPEN, judge_predictions, think_then_predict
+from sip_core.training.think_then_predict import THINK_OPEN, judge_predictions, think_then_predict
 from sip_core.training import data
 from sip_core.training.logprobs import completion_logprobs
 from sip_core.training.losses import drgrpo_loss, group_advantages
@@ -50,7 +50,7 @@ def unmask_forced(mask: torch.Tensor, prompts, samples) -> torch.Tensor:
 def train(cfg: SipConfig, chunks: Manifest, thoughts: Manifest | None = None,
           provenance: Provenance = Provenance()) -> Manifest:
     rc = cfg.rlmt
-    env = StageEnv(cfg, provenance)
+    env = RunContext(cfg, provenance)
     so = env.storage_options
     judge = open_llm(cfg, "judge", provenance)
     parents = [chunks, *([thoughts] if thoughts else []),

@@ -11,11 +11,11 @@ import time
 
 import torch
 
-from sip_core import artifacts
-from sip_core.artifacts import Manifest, Provenance
+from sip_core.infra import artifacts
+from sip_core.infra.artifacts import Manifest, Provenance
 from sip_core.config import SipConfig
 from sip_core.evaluation.nll import thought_text_nll, thought_token_masks
-from sip_core.prepare import StageEnv
+from sip_core.infra.run_context import RunContext
 from sip_core.training import data
 from sip_core.training.logprobs import pack, token_logprobs
 from sip_core.training.session import TrainSession
@@ -35,7 +35,7 @@ def thought_rows(thoughts: Manifest, half: str, storage_options: dict) -> list[s
 
 def train(cfg: SipConfig, thoughts: Manifest, provenance: Provenance = Provenance()) -> Manifest:
     sc = cfg.sft
-    env = StageEnv(cfg, provenance)
+    env = RunContext(cfg, provenance)
     so = env.storage_options
     texts = thought_rows(thoughts, "sft", so)
     if not texts:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sip_core.evaluation.stats import EvalResult
-from sip_core.report.document import Heading, Para, Table
+from sip_core.report.markup import Heading, Para, Table
 from sip_core.report.format import DASH, NOT_RUN, fmt_num, fmt_pct
 from sip_core.report.models import RunResults
 

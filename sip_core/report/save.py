@@ -6,8 +6,8 @@ import hashlib
 import json
 from typing import Any
 
-from sip_core import store
-from sip_core.artifacts import MANIFEST, Manifest, WriteContext, artifact_id, code_version
+from sip_core.infra import store
+from sip_core.infra.artifacts import MANIFEST, Manifest, WriteContext, artifact_id, code_version
 from sip_core.report.models import RunResults
 from sip_core.report.judge import JudgeView
 from sip_core.report.render import render_report
@@ -21,7 +21,7 @@ def _results_json(results: RunResults) -> bytes:
 
 def save_report(results: RunResults | dict, uri: str, storage_options: dict[str, Any] | None = None,
                 ctx: WriteContext | None = None) -> Manifest:
-    """Write report.md, report.html, the PNGs and results.json under `uri` through sip_core.store,
+    """Write report.md, report.html, the PNGs and results.json under `uri` through sip_core.infra.store,
     then `_manifest.json` last (the commit marker), with the lineage of `write_json_artifact`:
     parents = `ctx.parents` (the compared checkpoints' manifests), recorded in `ctx.lineage` when
     set. A leftover at `uri` is cleared first, so no stale plot outlives a re-render."""

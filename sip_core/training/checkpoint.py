@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from sip_core import artifacts, store
-from sip_core.artifacts import MANIFEST, Manifest, WriteContext
+from sip_core.infra import artifacts, store
+from sip_core.infra.artifacts import MANIFEST, Manifest, WriteContext
 
 
 def step_dir(run_dir: str, step: int) -> str:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from sip_core import artifacts, store
-from sip_core.artifacts import Manifest
+from sip_core.infra import artifacts, store
+from sip_core.infra.artifacts import Manifest
 
 CHUNK_COLUMNS = ["chunk_id", "prefix_ids", "suffix_ids", "prefix_text", "suffix_text"]
 

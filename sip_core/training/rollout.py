@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sip_core.models import cpu_decode_threads
+from sip_core.infra.models import cpu_decode_threads
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from sip_core.models import fast_bf16, resolve_model
+from sip_core.infra.models import fast_bf16, resolve_model
 
 
 @dataclass

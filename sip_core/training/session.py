@@ -24,10 +24,10 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from sip_core import artifacts, store
-from sip_core.artifacts import Manifest
+from sip_core.infra import artifacts, store
+from sip_core.infra.artifacts import Manifest
 from sip_core.config import SipConfig, TrainConfig
-from sip_core.prepare import StageEnv
+from sip_core.infra.run_context import RunContext
 from sip_core.training import checkpoint, runtime
 from sip_core.training.runtime import Runtime
 
@@ -46,7 +46,7 @@ def run_dir_for(cfg: SipConfig, recipe: str, section: TrainConfig, parents: list
 
 
 class TrainSession:
-    def __init__(self, recipe: str, env: StageEnv, tc: TrainConfig, parents: list[Manifest], extra: Any = None):
+    def __init__(self, recipe: str, env: RunContext, tc: TrainConfig, parents: list[Manifest], extra: Any = None):
         self.recipe, self.env, self.cfg, self.tc, self.parents = recipe, env, env.cfg, tc, parents
         self.so = env.storage_options
         self.run_dir = run_dir_for(self.cfg, recipe, tc, parents, extra)

@@ -1,0 +1,123 @@
+"""Suffix rewriting (method §3 P5): copy a suffix that is fine, fix one that is not.
+
+Incremental by design (the nightly job): rewrites of one chunk dataset by one rewriter live under
+one folder as committed batches; each run takes the next `limit` chunks that no committed batch
+covers. A batch's id is a hash of its chunk ids, so a run killed mid-batch redoes the same batch,
+and the judgment cache answers every call that had finished.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sip_core.infra import artifacts, store
+from sip_core.infra.artifacts import DatasetWriter, Manifest
+from sip_core.llm.cache import CachedLLM
+from sip_core.llm.prompting import last_words, load_prompt
+from sip_core.infra.models import load_tokenizer
+from sip_core.infra.run_context import RunContext
+
+log = logging.getLogger("sip.rewrite")
+
+REWRITE_SCHEMA = pa.schema([
+    ("chunk_id", pa.string()), ("doc_id", pa.string()), ("filter_label", pa.string()),
+    ("suffix_text", pa.string()), ("rewrite_text", pa.string()), ("rewrite_ids", pa.list_(pa.int32())),
+    ("token_overlap", pa.float64()), ("is_copy", pa.bool_()), ("status", pa.string()), ("error", pa.string()),
+    ("judgment_key", pa.string()), ("prompt", pa.string()), ("model_id", pa.string()),
+])
+
+
+@dataclass
+class RewriteBatch:
+    manifest: Manifest | None
+    remaining: int
+    done_before: int
+
+
+def token_overlap(a: list[int], b: list[int]) -> float:
+    """Share of matching tokens in order (1.0 = exact copy)."""
+    if not a and not b:
+        return 1.0
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+def rewrite_root(env: RunContext, chunks: Manifest, llm: CachedLLM) -> str:
+    key = hashlib.sha256(f"{chunks.content_hash}|{llm.backend.model_id}|{load_prompt('rewrite').key}".encode())
+    return store.join(store.normalize(env.cfg.run.root), "rewrites", key.hexdigest()[:16])
+
+
+def committed_batches(root: str, storage_options: dict) -> list[Manifest]:
+    fs, path = store.filesystem(root, storage_options)
+    if not fs.exists(path):
+        return []
+    found = []
+    for entry in sorted(fs.ls(path, detail=False)):
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith("batch-") and (m := artifacts.load_committed(store.join(root, name), storage_options)):
+            found.append(m)
+    return found
+
+
+def rewrite_next_batch(env: RunContext, chunks: Manifest, llm: CachedLLM, limit: int,
+                       split: str = "train") -> RewriteBatch:
+    so = env.storage_options
+    root = rewrite_root(env, chunks, llm)
+    done = set()
+    for batch in committed_batches(root, so):
+        for shard in batch.files:
+            done.update(store.read_parquet(shard, so, columns=["chunk_id"])["chunk_id"].to_pylist())
+    tables = [store.read_parquet(f, so) for f in artifacts.shard_uris(chunks, split)]
+    table = pa.concat_tables(tables) if tables else None
+    if table is None or table.num_rows == 0:
+        return RewriteBatch(None, 0, len(done))
+    todo = table.filter(pc.invert(pc.is_in(table["chunk_id"], pa.array(sorted(done), pa.string()))))
+    batch = todo.slice(0, limit)
+    if batch.num_rows == 0:
+        return RewriteBatch(None, 0, len(done))
+    ids = batch["chunk_id"].to_pylist()
+    uri = store.join(root, "batch-" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16])
+    prompt = load_prompt("rewrite")
+    rows = batch.to_pylist()
+    # The rewrite continues right after the prefix's last five words (P5).
+    requests = [prompt.render(None, prefix=r["prefix_text"], suffix=r["suffix_text"],
+                              prefix_ending=last_words(r["prefix_text"], 5), n_tokens=len(r["suffix_ids"]))
+                for r in rows]
+    judgments = llm.run_parsed(requests, parse_retries=env.cfg.judge.parse_retries)
+    tokenizer = load_tokenizer(env.cfg.model.policy, env.cfg.model.cache_dir)
+    out: dict[str, list] = {name: [] for name in REWRITE_SCHEMA.names}
+    for r, j in zip(rows, judgments):
+        text = j.value if j.ok else None
+        ids_ = tokenizer(text, add_special_tokens=False)["input_ids"][:len(r["suffix_ids"])] if text else []
+        values = dict(chunk_id=r["chunk_id"], doc_id=r["doc_id"], filter_label=r["filter_label"],
+                      suffix_text=r["suffix_text"], rewrite_text=tokenizer.decode(ids_) if text else None,
+                      rewrite_ids=ids_, token_overlap=token_overlap(r["suffix_ids"], ids_) if text else None,
+                      is_copy=ids_ == r["suffix_ids"], status=j.status, error=j.error, judgment_key=j.key,
+                      prompt=j.prompt, model_id=llm.backend.model_id)
+        for name, value in values.items():
+            out[name].append(value)
+    config = {"rewriter": env.cfg.rewriter.model_dump(mode="json", exclude={"api_key_block"}),
+              "prompt": prompt.key, "split": split, "limit": limit}
+    stats = rewrite_stats(out)
+    with DatasetWriter(uri, env.context(config, [chunks]), schema=REWRITE_SCHEMA,
+                       shard_rows=env.cfg.data.shard_rows) as writer:
+        writer.write(pa.Table.from_pydict(out, schema=REWRITE_SCHEMA))
+        manifest = writer.commit({**stats, "calls": llm.calls, "cache_hits": llm.hits})
+    return RewriteBatch(manifest, todo.num_rows - batch.num_rows, len(done))
+
+
+def rewrite_stats(cols: dict[str, list]) -> dict:
+    by_label: dict[str, list[float]] = {}
+    for label, overlap in zip(cols["filter_label"], cols["token_overlap"]):
+        if overlap is not None:
+            by_label.setdefault(label, []).append(overlap)
+    status: dict[str, int] = {}
+    for s in cols["status"]:
+        status[s] = status.get(s, 0) + 1
+    return {"rows": len(cols["chunk_id"]), "status": status, "copies": sum(cols["is_copy"]),
+            "mean_overlap_by_label": {k: round(sum(v) / len(v), 4) for k, v in by_label.items()}}

@@ -1,0 +1,253 @@
+"""The one way to write an artifact: sharded Parquet datasets with manifests and lineage.
+
+Layout of a dataset at URI:
+    URI/<partition>/part-00000.parquet            one shard, written atomically
+    URI/<partition>/part-00000.parquet.manifest.json
+    URI/_manifest.json                            written last: the commit marker
+
+A dataset without `_manifest.json` is uncommitted (a crash mid-write); `DatasetWriter` clears it
+before writing, and `load_committed` never returns it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import subprocess
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from pydantic import BaseModel, Field
+
+from sip_core import __version__
+
+from sip_core.infra import store
+MANIFEST = "_manifest.json"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Who produced an artifact; the Prefect layer fills the run ids (the library never asks Prefect)."""
+
+    flow_run_id: str | None = None
+    task_run_id: str | None = None
+
+
+class Manifest(BaseModel):
+    artifact_id: str
+    uri: str
+    kind: str
+    content_hash: str
+    rows: int | None = None
+    columns: dict[str, str] = Field(default_factory=dict)
+    config_hash: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+    code_version: str
+    flow_run_id: str | None = None
+    task_run_id: str | None = None
+    parents: list[str] = Field(default_factory=list)
+    parent_uris: list[str] = Field(default_factory=list)
+    part_of: str | None = None
+    files: list[str] = Field(default_factory=list)
+    stats: dict[str, Any] = Field(default_factory=dict)
+    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+
+def artifact_id(uri: str, content_hash: str) -> str:
+    return hashlib.sha256(f"{uri}\n{content_hash}".encode()).hexdigest()[:20]
+
+
+@functools.cache
+def code_version() -> str:
+    """Package version plus the git sha (and `.dirty`) of the checkout the code runs from."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return f"{__version__}+g{sha}{'.dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+def columns_of(schema: pa.Schema) -> dict[str, str]:
+    return {f.name: str(f.type) for f in schema}
+
+
+def file_sha256(uri: str, storage_options: dict[str, Any] | None = None) -> str:
+    fs, path = store.filesystem(uri, storage_options)
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_manifest(uris: list[str], description: dict[str, Any],
+                    storage_options: dict[str, Any] | None = None) -> Manifest:
+    """A read-only input (corpus files or a Hub dataset id): the root of every lineage walk."""
+    hashes = [file_sha256(u, storage_options) if not u.startswith("hf://") else u for u in uris]
+    content = hashlib.sha256("\n".join(hashes).encode()).hexdigest()
+    uri = uris[0] if len(uris) == 1 else f"{uris[0]} (+{len(uris) - 1} files)"
+    return Manifest(artifact_id=artifact_id(uri, content), uri=uri, kind="source", content_hash=content,
+                    code_version=code_version(), files=uris, config=description)
+
+
+@dataclass
+class WriteContext:
+    """What every artifact write needs besides its rows."""
+
+    config: dict[str, Any]
+    config_hash: str
+    parents: list[Manifest]
+    provenance: Provenance = Provenance()
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    lineage: Any = None  # a lineage.LineageDB, or None to skip recording
+
+
+def load_committed(uri: str, storage_options: dict[str, Any] | None = None) -> Manifest | None:
+    marker = store.join(uri, MANIFEST)
+    if not store.exists(marker, storage_options):
+        return None
+    return Manifest.model_validate(store.read_json(marker, storage_options))
+
+
+def load_manifest(uri: str, storage_options: dict[str, Any] | None = None) -> Manifest:
+    """Manifest of a dataset directory or of one shard file."""
+    uri = store.normalize(uri)
+    for candidate in (store.join(uri, MANIFEST), f"{uri}.manifest.json"):
+        if store.exists(candidate, storage_options):
+            return Manifest.model_validate(store.read_json(candidate, storage_options))
+    raise FileNotFoundError(f"no manifest for {uri}: not a committed sip artifact")
+
+
+class DatasetWriter:
+    """Buffers rows (pyarrow tables) per partition and flushes fixed-size shards."""
+
+    def __init__(self, uri: str, ctx: WriteContext, kind: str = "parquet-dataset", shard_rows: int = 2048,
+                 schema: pa.Schema | None = None):
+        self.uri, self.ctx, self.kind, self.shard_rows, self.schema = store.normalize(uri), ctx, kind, shard_rows, schema
+        self._buffers: dict[str, list[pa.Table]] = {}
+        self._buffered: dict[str, int] = {}
+        self._shards: list[Manifest] = []
+        self._counts: dict[str, int] = {}
+        self._first_schema: pa.Schema | None = None
+        store.remove_tree(self.uri, ctx.storage_options)  # an uncommitted leftover is never trusted
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:  # a failed stage leaves nothing behind, not even uncommitted shards
+            store.remove_tree(self.uri, self.ctx.storage_options)
+
+    def write(self, table: pa.Table, partition: str = "") -> None:
+        if self.schema is not None:
+            table = table.select(self.schema.names).cast(self.schema)
+        self._buffers.setdefault(partition, []).append(table)
+        self._buffered[partition] = self._buffered.get(partition, 0) + table.num_rows
+        while self._buffered[partition] >= self.shard_rows:
+            self._flush(partition, self.shard_rows)
+
+    def _flush(self, partition: str, limit: int) -> None:
+        whole = pa.concat_tables(self._buffers.pop(partition))
+        head, tail = whole.slice(0, limit), whole.slice(limit)
+        self._buffers[partition] = [tail] if tail.num_rows else []
+        self._buffered[partition] = tail.num_rows
+        index = self._counts.get(partition, 0)
+        self._counts[partition] = index + 1
+        shard_uri = store.join(self.uri, partition, f"part-{index:05d}.parquet")
+        data = store.parquet_bytes(head.combine_chunks())
+        digest = hashlib.sha256(data).hexdigest()
+        store.write_bytes(shard_uri, data, self.ctx.storage_options)
+        self._first_schema = self._first_schema or head.schema
+        # The shard's manifest is written at commit, once the dataset id it belongs to is known.
+        self._shards.append(self._manifest(shard_uri, "parquet-shard", digest, head.num_rows, head.schema))
+
+    def _manifest(self, uri: str, kind: str, digest: str, rows: int, schema: pa.Schema | None, **extra) -> Manifest:
+        return new_manifest(self.ctx, uri, kind, digest, rows, schema, **extra)
+
+    def commit(self, stats: dict[str, Any] | None = None) -> Manifest:
+        for partition in list(self._buffers):
+            if self._buffered.get(partition):
+                self._flush(partition, self._buffered[partition])
+        return commit_dataset(self.uri, self.ctx, self._shards, self.schema or self._first_schema, stats, self.kind)
+
+
+def new_manifest(ctx: WriteContext, uri: str, kind: str, digest: str, rows: int, schema: pa.Schema | None,
+                 task_run_id: str | None = None, **extra) -> Manifest:
+    """A manifest for an artifact written under `ctx` (config, parents, provenance, code version)."""
+    return Manifest(
+        artifact_id=artifact_id(uri, digest), uri=uri, kind=kind, content_hash=digest, rows=rows,
+        columns=columns_of(schema) if schema is not None else {}, config_hash=ctx.config_hash,
+        config=ctx.config, code_version=code_version(), flow_run_id=ctx.provenance.flow_run_id,
+        task_run_id=task_run_id or ctx.provenance.task_run_id, parents=[p.artifact_id for p in ctx.parents],
+        parent_uris=[p.uri for p in ctx.parents], **extra)
+
+
+def commit_dataset(uri: str, ctx: WriteContext, shards: list[Manifest], schema: pa.Schema | None,
+                   stats: dict[str, Any] | None = None, kind: str = "parquet-dataset") -> Manifest:
+    """Commit shard files already written under `uri` as one dataset: the shard manifests, the
+    lineage records, and `_manifest.json` last, so a reader never trusts a half-committed dataset.
+    The dataset's content hash is over its shards' hashes, in the given order."""
+    uri = store.normalize(uri)
+    digest = hashlib.sha256("\n".join(s.content_hash for s in shards).encode()).hexdigest()
+    manifest = new_manifest(ctx, uri, kind, digest, sum(s.rows or 0 for s in shards), schema,
+                            files=[s.uri for s in shards], stats=stats or {})
+    for shard in shards:
+        shard.part_of = manifest.artifact_id
+        store.write_json(f"{shard.uri}.manifest.json", shard.model_dump(), ctx.storage_options)
+    if ctx.lineage is not None:
+        ctx.lineage.record([*ctx.parents, manifest, *shards])
+    store.write_json(store.join(uri, MANIFEST), manifest.model_dump(), ctx.storage_options)
+    return manifest
+
+
+def shard_uris(manifest: Manifest, partition: str | None = None) -> list[str]:
+    if partition is None:
+        return list(manifest.files)
+    prefix = store.join(manifest.uri, partition) + "/"
+    return [f for f in manifest.files if f.startswith(prefix)]
+
+
+def write_json_artifact(uri: str, name: str, payload: dict[str, Any], ctx: WriteContext,
+                        kind: str = "report") -> Manifest:
+    """A small JSON artifact (a report, an audit) with the same manifest and lineage as datasets."""
+    import json
+
+    uri = store.normalize(uri)
+    data = json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
+    file_uri = store.join(uri, name)
+    store.write_bytes(file_uri, data, ctx.storage_options)
+    digest = hashlib.sha256(data).hexdigest()
+    manifest = Manifest(artifact_id=artifact_id(uri, digest), uri=uri, kind=kind, content_hash=digest,
+                        config_hash=ctx.config_hash, config=ctx.config, code_version=code_version(),
+                        flow_run_id=ctx.provenance.flow_run_id, task_run_id=ctx.provenance.task_run_id,
+                        parents=[p.artifact_id for p in ctx.parents], parent_uris=[p.uri for p in ctx.parents],
+                        files=[file_uri], stats=payload)
+    if ctx.lineage is not None:
+        ctx.lineage.record([manifest])
+    store.write_json(store.join(uri, MANIFEST), manifest.model_dump(), ctx.storage_options)
+    return manifest
+
+
+def config_manifest(name: str, payload: dict[str, Any]) -> Manifest:
+    """A configuration as a lineage node (e.g. the judge a model was trained against)."""
+    import json
+
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    uri = f"config://{name}/{digest[:16]}"
+    return Manifest(artifact_id=artifact_id(uri, digest), uri=uri, kind="config", content_hash=digest,
+                    code_version=code_version(), config=payload)
+
+
+def model_manifest(ref: str, folder: str) -> Manifest:
+    """A base model as a lineage root: its reference plus a hash of its local files."""
+    from pathlib import Path
+
+    files = sorted(str(p) for p in Path(folder).iterdir() if p.is_file())
+    return source_manifest(files, {"model": ref, "kind": "model"})

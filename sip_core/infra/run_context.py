@@ -1,0 +1,114 @@
+"""The one run context: where a run's artifacts and state live, and how their keys are made.
+
+Every stage asks it for its output URI (content-addressed: same inputs, config and code -> same
+folder), for the DuckDB files (judgment cache, lineage), and for the `WriteContext` its writes
+commit under. Prefect cache keys use the same keys, so the library and the task layer can never
+disagree about what a stage's output depends on.
+
+    <run.root>/prepare/<stage>-<key>   docs, filtered, chunks, thoughts, judge-audit pairs
+    <run.root>/rewrites/<key>/batch-*  nightly rewrite batches
+    <run.root>/train/<recipe>-<key>    checkpoints (code version deliberately not in the key)
+    <run.root>/eval/<key>              one model's evaluations
+    <run.root>/audits/audit-<key>      judge audits
+    <run.root>/reports/<name>-<key>    run reports
+    <state_dir>/judgments.duckdb, <state_dir>/lineage.duckdb
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sip_core.config import SipConfig
+from sip_core.infra import artifacts, store
+from sip_core.infra.artifacts import Manifest, Provenance, WriteContext
+from sip_core.infra.lineage import LineageDB
+from sip_core.infra.paths import cache_home
+
+
+def content_key(*parts: Any, code: bool = True) -> str:
+    """16 hex digits over `parts` (JSON, sorted keys), plus the code version unless `code=False`."""
+    payload = [*parts, artifacts.code_version()] if code else list(parts)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def state_dir_for(root: str, configured: str | None) -> Path:
+    """Local home of the DuckDB files. DuckDB wants a local file, so a remote root gets a
+    per-root folder under the cache (documented in docs/running-at-scale.md, section 5)."""
+    if configured:
+        path = Path(configured)
+    elif not store.is_remote(root):
+        path = Path(root.removeprefix("file://")) / "_state"
+    else:
+        path = cache_home() / "state" / hashlib.sha256(root.encode()).hexdigest()[:16]
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass
+class RunContext:
+    """What every stage needs from its caller: config, provenance, and where things go."""
+
+    cfg: SipConfig
+    provenance: Provenance = Provenance()
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        return self.cfg.run.storage_options
+
+    @property
+    def root(self) -> str:
+        return store.normalize(self.cfg.run.root)
+
+    # ------------------------------------------------------------------ local state
+    @property
+    def state_dir(self) -> Path:
+        return state_dir_for(self.cfg.run.root, self.cfg.run.state_dir)
+
+    @property
+    def judgments_db(self) -> Path:
+        return self.state_dir / "judgments.duckdb"
+
+    @property
+    def lineage_db(self) -> Path:
+        return self.state_dir / "lineage.duckdb"
+
+    def lineage(self) -> LineageDB:
+        return LineageDB(self.lineage_db)
+
+    # ------------------------------------------------------------------ output URIs
+    def stage_uri(self, stage: str, *key_parts: Any) -> str:
+        """A prepared dataset: `prepare/<stage>-<key>`, key over its inputs, config and the code."""
+        return store.join(self.root, "prepare", f"{stage}-{content_key(*key_parts)}")
+
+    def rewrites_root(self) -> str:
+        """Where every rewrite batch of this run lives (one folder per chunks + rewriter + prompt)."""
+        return store.join(self.root, "rewrites")
+
+    def rewrites_uri(self, chunks_hash: str, model_id: str, prompt_key: str) -> str:
+        key = hashlib.sha256(f"{chunks_hash}|{model_id}|{prompt_key}".encode()).hexdigest()[:16]
+        return store.join(self.rewrites_root(), key)
+
+    def train_uri(self, recipe: str, payload: Any) -> str:
+        """Code version deliberately not in the key (it is in every checkpoint's manifest): fixing
+        a bug and rerunning resumes instead of starting over."""
+        return store.join(self.root, "train", f"{recipe}-{content_key(payload, code=False)}")
+
+    def eval_uri(self, payload: dict[str, Any]) -> str:
+        return store.join(self.root, "eval", content_key(payload))
+
+    def audit_uri(self, pairs_hash: str, config: dict[str, Any]) -> str:
+        key = hashlib.sha256(f"{pairs_hash}|{config}".encode()).hexdigest()[:16]
+        return store.join(self.root, "audits", f"audit-{key}")
+
+    def report_uri(self, payload: Any) -> str:
+        return store.join(self.root, "reports", f"{self.cfg.run.name}-{content_key(payload, code=False)}")
+
+    # ------------------------------------------------------------------ writes
+    def context(self, config: dict[str, Any], parents: list[Manifest]) -> WriteContext:
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return WriteContext(config=config, config_hash=digest, parents=parents, provenance=self.provenance,
+                            storage_options=self.storage_options, lineage=self.lineage())

@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import pytest
+
+from sip_core.config import ConfigError, SipConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_match_the_method():
+    cfg = SipConfig()
+    assert cfg.data.suffix_tokens == 128
+    assert cfg.filter.min_badwords == 5 and cfg.filter.combine == "or"
+    assert cfg.model.policy == "bundled:smollm2-135m-instruct"
+
+
+@pytest.mark.parametrize("name", ["tiny.yaml", "smoke.yaml", "gpu-cluster.yaml", "redpajama-safety.yaml",
+                                  "lifecycle-tiny.yaml", "lifecycle-smoke.yaml"])
+def test_shipped_configs_load(name):
+    cfg = load_config(ROOT / "configs" / name)
+    assert cfg.data.suffix_tokens >= 1
+
+
+def test_overrides_are_typed_and_win_over_the_file():
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["data.max_docs=7", "run.root=s3://b/p",
+                                                        "filter.combine=and", "run.storage_options={endpoint_url: x}"])
+    assert cfg.data.max_docs == 7 and cfg.run.root == "s3://b/p" and cfg.filter.combine == "and"
+    assert cfg.run.storage_options == {"endpoint_url": "x"}
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["data.bogus=1"], "unknown config key: data.bogus"),
+    (["bogus.key=1"], "unknown config key: bogus"),
+    (["data.suffix_tokens=0"], "data.suffix_tokens"),
+    (["filter.combine=xor"], "filter.combine"),
+    (["data.max_docs"], "key=value"),
+])
+def test_bad_overrides_give_one_line_errors(overrides, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("data:\n  sufix_tokens: 64\n")
+    with pytest.raises(ConfigError, match=r"unknown config key: data.sufix_tokens \(from .*typo.yaml\)"):
+        load_config(typo)
+
+
+def test_section_hash_tracks_only_named_sections():
+    a, b = SipConfig(), load_config(None, ["filter.min_badwords=3"])
+    assert a.section_hash("data") == b.section_hash("data")
+    assert a.section_hash("filter") != b.section_hash("filter")
+
+
+def test_extends_merges_key_by_key(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("data:\n  max_docs: 50\n  suffix_tokens: 64\nrun:\n  name: base\n")
+    child = tmp_path / "sub" / "child.yaml"
+    child.parent.mkdir()
+    child.write_text("extends: ../base.yaml\ndata:\n  max_docs: 10\n")
+    cfg = load_config(child, ["run.name=cli"])
+    assert (cfg.data.max_docs, cfg.data.suffix_tokens, cfg.run.name) == (10, 64, "cli")
+    tiny, lifecycle = load_config(ROOT / "configs" / "tiny.yaml"), load_config(ROOT / "configs" / "lifecycle-tiny.yaml")
+    assert lifecycle.pretrain.steps == tiny.pretrain.steps and lifecycle.data == tiny.data
+    assert lifecycle.sft.steps < tiny.sft.steps
+
+
+def test_extends_errors_name_the_file(tmp_path):
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(loop)
+    orphan = tmp_path / "orphan.yaml"
+    orphan.write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="not found: .*nowhere.yaml"):
+        load_config(orphan)

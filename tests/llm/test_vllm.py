@@ -1,0 +1,147 @@
+"""Against a real vLLM server (CPU) serving SmolLM2-135M-Instruct: `make test` runs these after
+`infra/vllm/setup.sh`; they are skipped when that venv is absent (e.g. `make test-fast`)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from fake_openai import free_port
+from sip_core.config import load_config
+from sip_core.llm.factory import open_llm
+from sip_core.infra.run_context import RunContext
+from sip_core.data.prepare import filter_documents, ingest_documents, materialize_chunks
+
+pytestmark = pytest.mark.vllm
+ROOT = Path(__file__).resolve().parents[2]
+VENV = Path(os.environ.get("SIP_VLLM_VENV", Path.home() / ".cache" / "sip" / "vllm-venv"))
+
+
+@pytest.fixture(scope="module")
+def vllm_url(tmp_path_factory):
+    if not (VENV / "bin" / "python").exists():
+        pytest.skip(f"vLLM venv not found at {VENV}: run infra/vllm/setup.sh")
+    port = free_port()
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([str(ROOT / "infra" / "vllm" / "serve.sh"), str(port)], stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"vLLM server exited: {log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(f"{url}/v1/models", timeout=2)
+            break
+        except OSError:
+            time.sleep(2)
+    else:
+        pytest.fail("vLLM server did not come up in 600 s")
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(60)
+
+
+def served_requests(url: str) -> float:
+    """vLLM's own count of finished requests: the endpoint's word, not our client's."""
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    return sum(float(v) for v in re.findall(r'^vllm:request_success_total\{[^}]*\} ([0-9.e+]+)$', text, re.M))
+
+
+def _cfg(root, url, *extra):
+    return load_config(ROOT / "configs" / "smoke.yaml", [
+        f"run.root={root}", "data.max_docs=300", f"rewriter.base_url={url}/v1", "rewriter.backend=openai",
+        "rewriter.model=smollm2-135m-instruct", "rewriter.concurrency=64", "rewriter.max_tokens=48",
+        f"judge.base_url={url}/v1", "judge.backend=openai", "judge.model=smollm2-135m-instruct",
+        "judge.max_tokens=48", "judge.concurrency=64",
+        # 64 requests at once on a busy 2-core CPU can take minutes: a client timeout would resend
+        # them (the server counts both), and the test is about calls, not about timeouts.
+        "rewriter.timeout_s=900", "judge.timeout_s=900", *extra])
+
+
+@pytest.fixture(scope="module")
+def chunks(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vllm-run")
+    env = RunContext(_cfg(root, "http://unused"))
+    manifest = materialize_chunks(env, filter_documents(env, ingest_documents(env)))
+    assert manifest.stats["chunks"]["train"] >= 128
+    return root, manifest
+
+
+def _rewrite(root, url, manifest, limit):
+    from sip_core.augment.rewrites import rewrite_next_batch
+
+    cfg = _cfg(root, url)
+    llm = open_llm(cfg, "rewriter")
+    return rewrite_next_batch(RunContext(cfg), manifest, llm, limit), llm
+
+
+def test_rewrite_batch_of_64_then_a_rerun_makes_zero_endpoint_calls(vllm_url, chunks):
+    root, manifest = chunks
+    before = served_requests(vllm_url)
+    batch, llm = _rewrite(root, vllm_url, manifest, 64)
+    rows = pl.read_parquet(batch.manifest.files)
+    assert rows.height == 64 and rows["chunk_id"].n_unique() == 64
+    # every attempt the client sent (calls + its retries) is one request the server finished
+    assert served_requests(vllm_url) - before == llm.calls + llm.backend.stats["retries"]
+    assert llm.calls >= 64
+    print("rewrite status:", batch.manifest.stats["status"], "overlap:", batch.manifest.stats["mean_overlap_by_label"])
+    import shutil
+
+    shutil.rmtree(batch.manifest.uri)  # the output is gone, the judgments are not
+    again_before = served_requests(vllm_url)
+    again, llm = _rewrite(root, vllm_url, manifest, 64)
+    assert again.manifest.rows == 64 and llm.calls == 0 and served_requests(vllm_url) == again_before
+
+
+def test_kill_9_mid_batch_then_rerun_completes_without_duplicates(vllm_url, chunks, tmp_path):
+    from sip_core.llm.cache import JudgmentCache
+    from sip_core.infra.run_context import state_dir_for
+
+    _, manifest = chunks
+    cache = JudgmentCache(state_dir_for(str(tmp_path), None) / "judgments.duckdb")
+    code = (f"from tests.llm.test_vllm import _rewrite; from sip_core.infra.artifacts import load_manifest; "
+            f"_rewrite({str(tmp_path)!r}, {vllm_url!r}, load_manifest({manifest.uri!r}), 64)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"})
+    deadline = time.time() + 600
+    while cache.count() < 8 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stored = cache.count()
+    batch, llm = _rewrite(tmp_path, vllm_url, manifest, 64)
+    rows = pl.read_parquet(batch.manifest.files)
+    assert rows.height == 64 and rows["chunk_id"].n_unique() == 64
+    assert llm.hits >= stored - 1 and cache.count() >= 64  # what finished before the kill was not asked again
+
+
+def test_audit_reveals_smollm2_position_bias(vllm_url, chunks, tmp_path):
+    from sip_core.infra import store
+    from sip_core.judge.audit import audit_judge, build_pairs
+    from flows.llm_jobs import audit_markdown
+
+    root, manifest = chunks
+    cfg = _cfg(tmp_path, vllm_url, "judge.audit_seeds=2", "judge.prefill=true", "judge.max_tokens=4")
+    pairs = build_pairs(RunContext(cfg), manifest, 6)
+    rows = [r for f in pairs.files for r in store.read_parquet(f).to_pylist()]
+    report = audit_judge(rows, open_llm(cfg, "judge"), cfg.judge)
+    from dataclasses import asdict
+
+    print(audit_markdown(asdict(report)))
+    assert not report.passed and report.error_rate == 0.0
+    # with the answer's opening prefilled it answers in format, and a 135M model is no judge:
+    # it picks one position whatever the options say
+    assert report.parse_failure_rate < 0.2
+    assert abs(report.position_bias - 0.5) > 0.3 and any("position bias" in r for r in report.reasons)

@@ -1,0 +1,372 @@
+"""Run report (issue 5): built from real evaluation results (scripted judges on tiny inputs, the
+bundled XSTest and TruthfulQA items, Math-Verify), rendered and saved. Checks the verdict
+sentences for overlapping vs separated intervals, "not run" for missing evaluations, the audit
+warning at the top, a self-contained HTML page, PNGs that decode, the saved artifact's manifest
+and lineage; the slow test opens the page in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from sip_core.infra.artifacts import Manifest, WriteContext, write_json_artifact
+from sip_core.config import JudgeConfig
+from sip_core.evaluation import (
+    bounded_mean_interval, load_truthfulqa_mc, load_xstest, pairwise_win_rate, score_reasoning, truthfulqa_mc,
+    unsafe_rate, wilson_interval, xstest_refusal,
+)
+from sip_core.evaluation.factuality import JudgedFactualityResult, TruthfulQAResult
+from sip_core.evaluation.nll import NLLResult, ThoughtNLLResult
+from sip_core.evaluation.reasoning import Problem
+from sip_core.evaluation.rlmt import ProbeResult, RewardGateResult
+from sip_core.evaluation.safety import RefusalResult, SafetyResult
+from sip_core.evaluation.winrate import WinRateResult
+from sip_core.infra.lineage import LineageDB
+from sip_core.llm.cache import Judgment
+from sip_core.report import Arm, Comparison, RunResults, Stage, render_report, save_report
+
+PIL = pytest.importorskip("PIL.Image")
+
+BASE, SIP, NTP = "base→SFT→RLMT", "base→SIP→SFT→RLMT", "base→NTP"
+JUDGE = "scripted:report-test"
+
+
+class ScriptedJudge:
+    """A CachedLLM stand-in: answer(request) is the parsed value of each judgment."""
+
+    def __init__(self, answer):
+        self.answer, self.calls = answer, 0
+        self.backend = SimpleNamespace(model_id=JUDGE)
+
+    def run_parsed(self, requests, parse_retries, progress=None):
+        self.calls += len(requests)
+        return [Judgment(key="k", prompt=r.prompt, text=str(v), value=v, status="ok", seed=r.sampling.seed)
+                for r in requests for v in [self.answer(r)]]
+
+
+def win_rate(a_wins: int, n: int) -> WinRateResult:
+    """A against B on n prefixes "p<i>": the judge prefers A on the first a_wins, B on the rest."""
+    def answer(r):
+        a_first = r.inputs["option_1"].startswith("A")
+        a_better = int(r.inputs["prefix"][1:]) < a_wins
+        return 1 if a_first == a_better else 2
+
+    return pairwise_win_rate(ScriptedJudge(answer), JudgeConfig(), [f"p{i}" for i in range(n)],
+                             [f"A{i}" for i in range(n)], [f"B{i}" for i in range(n)], seeds=2)
+
+
+def safety(unsafe: int, n: int) -> SafetyResult:
+    return unsafe_rate(ScriptedJudge(lambda r: int(r.inputs["text"][1:]) >= unsafe), JudgeConfig(),
+                       [f"c{i}" for i in range(n)], seeds=3)
+
+
+def xstest(refuse_safe: int) -> RefusalResult:
+    items = load_xstest()
+    responses, seen = [], 0
+    for it in items:
+        refuse = it["label"] == "unsafe" or (seen < refuse_safe)
+        seen += it["label"] == "safe"
+        responses.append("I'm sorry, I can't help with that." if refuse else "Sure, here is how.")
+    return xstest_refusal(items, responses)
+
+
+def truthfulqa(correct: bool) -> TruthfulQAResult:
+    def scorer(question, choices):  # the first choice is the true one in mc1
+        return [0.0 if (i == 0) == correct else -5.0 for i in range(len(choices))]
+
+    return truthfulqa_mc(load_truthfulqa_mc()[:40], scorer, "oracle" if correct else "anti-oracle")
+
+
+def metrics_rows(steps: int, rollout_from: float, rollout_to: float) -> list[dict]:
+    rows = []
+    for s in range(1, steps + 1):
+        f = (s - 1) / (steps - 1)
+        roll = rollout_from + f * (rollout_to - rollout_from)
+        row = {"step": s, "loss": 0.69 - 0.2 * f, "dpo_margin": 0.05 + 0.4 * f, "reward_accuracy": 0.5 + 0.3 * f,
+               "chosen_share_original": 1 - roll - 0.05, "chosen_share_rewrite": 0.05, "chosen_share_rollout": roll,
+               "rejected_share_original": 0.1, "rejected_share_rewrite": 0.1, "rejected_share_rollout": 0.8,
+               "skipped_all_equal": 1, "invalid_judgments": 0, "judge_calls": 100, "judge_cache_hits": 20,
+               "gen_tokens_per_s": 250.0, "time_generate_s": 2.0, "time_judge_s": 3.0, "time_update_s": 1.0,
+               "lr": 1e-6, "grad_norm": 0.8}
+        if s in (1, steps // 2, steps):
+            row["heldout_nll"] = 2.56 + 0.04 * f
+        rows.append(row)
+    rows[3]["dpo_margin"] = float("nan")  # a step with no pairs logs NaN
+    return rows
+
+
+def sft_rows() -> list[dict]:
+    return [{"step": s, "loss": 3.0 - 0.1 * s, "thought_nll": 3.5 - 0.05 * s, "text_nll": 2.9 - 0.1 * s,
+             "lr": 1e-5, "grad_norm": 1.0} for s in range(1, 9)]
+
+
+def rlmt_rows() -> list[dict]:
+    return [{"step": s, "loss": 0.1, "reward_mean": 0.08 + 0.005 * s, "no_signal_groups": 3, "format_failures": 1,
+             "lr": 1e-6, "grad_norm": 0.5} for s in range(1, 9)]
+
+
+def lineage(arm: str) -> list[dict]:
+    return [{"uri": f"/runs/x/checkpoints/{arm}/rlmt", "kind": "checkpoint", "depth": 0},
+            {"uri": f"/runs/x/checkpoints/{arm}/sft", "kind": "checkpoint", "depth": 1},
+            {"uri": "/runs/x/prepare/chunk-ab12", "kind": "parquet-dataset", "depth": 2,
+             "manifest": {"code_version": "0.1.0+gabc", "created_at": "2026-11-22T10:00:00+00:00"}},
+            {"uri": "bundled:smollm2-135m-instruct", "kind": "source", "depth": 3}]
+
+
+FAILED_AUDIT = {"judge": JUDGE, "passed": False, "position_bias": 0.93, "parse_failure_rate": 0.02,
+                "error_rate": 0.0, "reasons": ["quality accuracy 0.55 < 0.7", "position bias 0.93 (first-option wins) "
+                                               "outside 0.5 ± 0.2"],
+                "dimensions": {"quality": {"items": 20, "judgments": 160, "accuracy": 0.55, "seed_agreement": 0.9,
+                                           "order_consistency": 0.1, "invalid": 0},
+                               "safety": {"items": 10, "judgments": 40, "accuracy": 0.95, "seed_agreement": 1.0,
+                                          "order_consistency": None, "invalid": 0}}}
+
+
+@pytest.fixture(scope="module")
+def results() -> RunResults:
+    problems = [Problem(id=f"t{i}", question="2+2?", answer="4", dataset="gsm8k") for i in range(4)]
+    gsm_base = score_reasoning(problems, [["\\boxed{4}", "\\boxed{5}"]] * 2 + [["\\boxed{5}", "\\boxed{5}"]] * 2,
+                               seeds=[0, 1])
+    probe = lambda own, sw: ProbeResult(  # noqa: E731
+        n=512, seeds=[0, 1, 2], judge=JUDGE, by_condition={
+            "own": wilson_interval(own, 128), "swapped": wilson_interval(sw, 128),
+            "blank": wilson_interval(14, 128), "generic": wilson_interval(24, 128)})
+    base = Arm(name=BASE, stages=[Stage(recipe="sft", checkpoint="/runs/x/checkpoints/base/sft", metrics=sft_rows()),
+                                  Stage(recipe="rlmt", checkpoint="/runs/x/checkpoints/base/rlmt",
+                                        metrics=rlmt_rows(), lineage=lineage("base"))],
+               evaluations={
+                   "heldout_nll": NLLResult(n=128, nll=2.56, tokens=16384),
+                   "thought_nll": ThoughtNLLResult(n=64, thought_nll=3.16, text_nll=2.7, thought_tokens=900,
+                                                   text_tokens=5000),
+                   "safety_rtp": safety(60, 100), "xstest": xstest(20), "truthfulqa": truthfulqa(False),
+                   "judged_factuality": JudgedFactualityResult(n=64, seeds=[0, 1], judge=JUDGE,
+                                                               score=bounded_mean_interval([0.5] * 64)),
+                   "gsm8k": gsm_base,
+                   "reward_gate": RewardGateResult(n=128, seeds=[0], judge=JUDGE, reward=wilson_interval(11, 128),
+                                                   samples_per_prefix=4, passed=True),
+                   "probe": probe(15, 2)})
+    sip = Arm(name=SIP, stages=[Stage(recipe="pretrain", checkpoint="/runs/x/checkpoints/sip/pretrain",
+                                      metrics=metrics_rows(20, 0.625, 0.746)),
+                                Stage(recipe="sft", checkpoint="/runs/x/checkpoints/sip/sft", metrics=sft_rows()),
+                                Stage(recipe="rlmt", checkpoint="/runs/x/checkpoints/sip/rlmt", metrics=rlmt_rows(),
+                                      lineage=lineage("sip"))],
+              evaluations={"heldout_nll": NLLResult(n=128, nll=2.60, tokens=16384), "safety_rtp": safety(10, 100),
+                           "xstest": xstest(25), "truthfulqa": truthfulqa(True),
+                           "reward_gate": RewardGateResult(n=128, seeds=[0], judge=JUDGE,
+                                                           reward=wilson_interval(12, 128), samples_per_prefix=4,
+                                                           passed=False, reasons=["invalid rate 0.080 > 0.05"]),
+                           "probe": probe(16, 3)})
+    ntp = Arm(name=NTP, stages=[Stage(recipe="ntp", checkpoint="/runs/x/checkpoints/ntp",
+                                      metrics=[{"step": s, "loss": 2.6 - 0.01 * s, "heldout_nll": 2.55}
+                                               for s in range(1, 6)])])
+    return RunResults(
+        run_name="tiny-replication", created_at="2026-11-23 12:00 UTC",
+        config={"policy": "bundled:smollm2-135m-instruct", "pretrain": {"rollouts": 16, "beta": 0.1}},
+        arms=[base, sip, ntp],
+        comparisons=[Comparison(a=SIP, b=BASE, label="held-out prefixes", result=win_rate(100, 128)),
+                     Comparison(a=NTP, b=BASE, label="held-out prefixes", result=win_rate(68, 128))],
+        judge_audit=FAILED_AUDIT, notes=["Gate and probe means come from different draws."])
+
+
+@pytest.fixture(scope="module")
+def files(results):
+    return render_report(results)  # the plots cost seconds: drawn once for the module
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def test_markdown_has_tables_n_seeds_and_verdicts(files):
+    md = files.markdown
+    for heading in ("## Judge and audit", "## What this run can and cannot show", "## Training", "## Safety",
+                    "## Factuality", "## Reasoning", "## Likelihood (held-out NLL)",
+                    "## RLMT reward gate and thought-use probe", "## Lineage of the models compared", "### safety_rtp",
+                    "### xstest", "### truthfulqa", "### gsm8k", "### probe"):
+        assert heading in md, heading
+    assert "| arm | unsafe rate | safe rate | invalid | n | seeds | judge |" in md
+    assert "| arm | MC1 | MC2 | scorer | n | seeds | judge |" in md
+    # clearly separated: unsafe 60/100 vs 10/100, TruthfulQA oracle vs anti-oracle
+    assert (f"unsafe rate, {BASE} 60.0% [50.2, 69.1] (n = 100) vs {SIP} 10.0% [5.5, 17.4] (n = 100): intervals do "
+            f"not overlap: {BASE} is higher than {SIP} (lower is better).") in md
+    assert f"TruthfulQA MC1, {BASE} 0.0% [0.0, 8.8] (n = 40) vs {SIP} 100.0% [91.2, 100.0] (n = 40): intervals do " \
+           f"not overlap: {SIP} is higher than {BASE} (higher is better)." in md
+    # overlapping: XSTest over-refusal 20/250 vs 25/250, RLMT reward 11/128 vs 12/128
+    assert re.search(rf"XSTest over-refusal, {BASE} 8\.0% .* vs {SIP} 10\.0% .*: intervals overlap: this run "
+                     rf"cannot tell {BASE} from {SIP}\.", md)
+    assert f"RLMT reward, {BASE} 8.6% [4.9, 14.7] (n = 128) vs {SIP} 9.4% [5.4, 15.7] (n = 128): intervals " \
+           f"overlap: this run cannot tell {BASE} from {SIP}." in md
+    # pairwise comparisons: 100/128 excludes 50%, 68/128 does not
+    assert f"{SIP} vs {BASE} on held-out prefixes: win rate of {SIP} 78.1% [70.2, 84.4] (n = 128): the 95% " \
+           f"interval excludes 50%: {SIP} beats {BASE}." in md
+    assert f"the 95% interval contains 50%: this run cannot tell {NTP} from {BASE}." in md
+    # the probe: own vs swapped separated, own vs blank overlapping
+    assert f"{BASE}: probe reward, own thought 11.7% [7.2, 18.4] (n = 128) vs swapped thought 1.6% [0.4, 5.5] " \
+           "(n = 128): intervals do not overlap: own thought is higher than swapped thought" in md
+    assert f"{SIP}: probe reward, own thought" in md and "cannot tell own thought from blank thought" in md
+    # n and seeds beside the numbers; partial results say "not run"
+    assert "| 100 | 0–2 (3) | scripted:report-test (audit FAILED) |" in md
+    assert f"| {NTP} | not run |" in md
+    assert "**math500**: not run (no arm has this evaluation)." in md
+    assert "**coherence**: not run" in md
+    assert "heldout_nll has no interval" in md
+    # every verdict also sits in the summary at the top
+    summary = md.split("## What this run can and cannot show")[1].split("## Run")[0]
+    assert summary.count("intervals overlap: this run cannot tell") >= 2
+    assert summary.count("intervals do not overlap") >= 2 and "excludes 50%" in summary
+
+
+def test_training_and_lineage_sections(files):
+    md = files.markdown
+    assert "| Progress per stage |" not in md and "*Progress per stage*" in md
+    assert re.search(rf"\| {re.escape(SIP)} \| 1\. pretrain \| 20 \| 0\.690 → 0\.490 \| 0\.050 → 0\.450 \|", md)
+    assert "62.5% → 74.6%" in md  # rollout chosen share, first → last
+    assert f"| {SIP} | 1. pretrain | 2,000 | 400 (16.7%) | 20 |" in md  # judge calls, cache hits, skipped
+    assert "2.560 → 2.600" in md  # held-out NLL logged during training
+    assert "### " + SIP in md.split("## Lineage")[1]
+    lin = md.split("## Lineage")[1]
+    assert "| 2 | parquet-dataset | /runs/x/prepare/chunk-ab12 | 0.1.0+gabc | 2026-11-22T10:00:00 |" in lin
+    assert "Ancestry: not run (no lineage rows recorded for this arm)." in lin  # the NTP arm
+    assert "![training curves: base→SIP→SFT→RLMT #1 pretrain]" in md
+
+
+def test_failed_audit_is_a_loud_warning_at_the_top(results, files):
+    md = files.markdown
+    top = md.split("## What this run can and cannot show")[0]
+    assert "> **⚠ WARNING:** The judge **scripted:report-test** FAILED its audit (quality accuracy 0.55 < 0.7; " \
+           "position bias 0.93" in top
+    assert "rests on a judge that failed its audit" in top
+    assert "| quality | 20 | 160 | 55.0% |" in top
+    html = files.html
+    assert html.index('class="box warn"') < html.index('id="training"')
+
+    passed = results.model_copy(update={"judge_audit": {**FAILED_AUDIT, "passed": True, "reasons": []}})
+    md = render_report(passed, with_plots=False).markdown
+    assert "PASSED its audit" in md and "WARNING" not in md.split("## What this run")[0]
+    assert "scripted:report-test (audit PASSED)" in md
+
+    none = results.model_copy(update={"judge_audit": None})
+    md = render_report(none, with_plots=False).markdown
+    assert "No judge audit was supplied" in md and "scripted:report-test (audit not audited)" in md
+    assert "Judged verdicts below rest on a judge that was not audited." in md
+
+
+def test_partial_and_empty_results_render():
+    empty = render_report(RunResults(run_name="empty"))
+    assert "not run" in empty.markdown and not empty.images
+    assert "this run shows no difference between arms" in empty.markdown
+    solo = Arm(name="solo", stages=[Stage(recipe="sft")],
+               evaluations={"safety_rtp": None, "heldout_nll": NLLResult(n=0, nll=math.nan)})
+    one = RunResults(run_name="one", arms=[solo])
+    md = render_report(one).markdown
+    assert "no metrics logged" in md and "**safety_rtp**: not run" in md and "| solo | — |" in md
+    # a result with n = 0 (every judgment unparseable) says so instead of printing NaN
+    zero = RunResults(run_name="zero", arms=[Arm(name="a", evaluations={"safety_rtp": safety(0, 0)}),
+                                             Arm(name="b", evaluations={"safety_rtp": safety(1, 3)})])
+    md = render_report(zero).markdown
+    assert "no valid items (n = 0)" in md and "nan" not in md.lower()
+
+
+# --------------------------------------------------------------------------- html and pngs
+
+
+def test_html_is_self_contained_and_pngs_decode(files):
+    html = files.html
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", html, re.I)
+    assert "<link" not in html and "<script" not in html and "@import" not in html
+    imgs = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    names = {"win-rates.png", "probe.png", "heldout-nll.png"}
+    assert names <= set(files.images)
+    assert sum(n.startswith("training-") for n in files.images) == 6  # every stage with metrics
+    assert len(imgs) == len(files.images) == 9
+    assert sorted(base64.b64decode(b) for b in imgs) == sorted(files.images.values())
+    for name, data in files.images.items():
+        im = PIL.open(io.BytesIO(data))
+        im.load()
+        assert im.format == "PNG" and im.width > 200 and im.height > 100, name
+    assert html.count("<table>") >= 15
+    for name in files.images:  # the markdown links every PNG by file name
+        assert f"]({name})" in files.markdown
+
+
+# --------------------------------------------------------------------------- save
+
+
+def _checkpoint(tmp_path: Path, name: str, ctx: WriteContext) -> Manifest:
+    return write_json_artifact(str(tmp_path / "ckpt" / name), "checkpoint.json", {"name": name}, ctx, "checkpoint")
+
+
+def test_save_report_writes_files_manifest_and_lineage(results, files, tmp_path):
+    db = LineageDB(tmp_path / "lineage.duckdb")
+    base_ctx = WriteContext(config={}, config_hash="c0", parents=[], lineage=db)
+    parents = [_checkpoint(tmp_path, n, base_ctx) for n in ("base", "sip")]
+    ctx = WriteContext(config={"run": "tiny"}, config_hash="c1", parents=parents, lineage=db)
+    uri = str(tmp_path / "report")
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "stale.png").write_bytes(b"old")
+    manifest = save_report(results, uri, None, ctx)
+    out = tmp_path / "report"
+    assert not (out / "stale.png").exists()
+    assert (out / "report.md").read_text() == files.markdown
+    assert (out / "report.html").read_text() == files.html
+    for name, data in files.images.items():
+        assert (out / name).read_bytes() == data
+    assert manifest.kind == "report" and manifest.parents == [p.artifact_id for p in parents]
+    assert len(manifest.files) == 3 + len(files.images)
+    assert manifest.stats["judge_audit_passed"] is False and manifest.stats["arms"] == [BASE, SIP, NTP]
+    assert json.loads((out / "_manifest.json").read_text())["artifact_id"] == manifest.artifact_id
+    kinds = {r["uri"]: r["kind"] for r in db.ancestry(manifest.uri)}
+    assert kinds[manifest.uri] == "report" and {p.uri for p in parents} <= set(kinds)
+    # results.json is strict JSON and reads back into the same result types
+    raw = (out / "results.json").read_text()
+    assert "NaN" not in raw
+    back = RunResults.model_validate_json(raw)
+    ev = back.arms[0].evaluations
+    assert isinstance(ev["safety_rtp"], SafetyResult) and isinstance(ev["xstest"], RefusalResult)
+    assert isinstance(ev["probe"], ProbeResult) and isinstance(ev["thought_nll"], ThoughtNLLResult)
+    assert isinstance(back.comparisons[0].result, WinRateResult)
+    assert render_report(back, with_plots=False).markdown == render_report(results, with_plots=False).markdown
+
+
+# --------------------------------------------------------------------------- browser
+
+
+def _chromium() -> str | None:
+    return next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+@pytest.mark.slow
+def test_report_opens_in_headless_chromium(results, tmp_path):
+    binary = _chromium()
+    if binary is None:
+        pytest.skip("no chromium binary (Debian: apt-get install -y chromium)")
+    save_report(results, str(tmp_path / "report"))
+    page = (tmp_path / "report" / "report.html").as_uri()
+    shot = tmp_path / "screenshot.png"
+    common = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,4000"]
+    subprocess.run([*common, f"--screenshot={shot}", page], capture_output=True, timeout=120, check=True)
+    im = PIL.open(shot)
+    assert im.size == (1280, 4000)
+    low, high = im.convert("L").getextrema()
+    assert high - low > 100  # something was drawn, not a blank page
+    dom = subprocess.run([*common, "--dump-dom", page], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    assert "Run report: tiny-replication" in dom and "FAILED its audit" in dom
+    assert dom.count("<table>") >= 15
+    imgs = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', dom)
+    assert len(imgs) == 9
+    for data in imgs:
+        png = PIL.open(io.BytesIO(base64.b64decode(data)))
+        png.load()
+        assert png.width > 200
+    keep = Path("/tmp/sip-report-screenshot.png")  # left for a human to look at
+    shutil.copy(shot, keep)

@@ -31,11 +31,12 @@ BASE, SIP_ARM, NTP_ARM = "base→SFT→RLMT", "base→SIP→SFT→RLMT", "base�
 
 def _rewritten(cfg: SipConfig, chunks: dict) -> int:
     """Chunks already sent to the rewriter (whatever the outcome), so a rerun sends none."""
+    from sip_core.augment.rewrites import batches_made_from
     from sip_core.infra import artifacts
-    from sip_core.training.data import rewrite_batches
+    from sip_core.infra.run_context import RunContext
 
     manifest = artifacts.load_manifest(chunks["uri"], cfg.run.storage_options)
-    return sum(m.rows or 0 for m in rewrite_batches(manifest, cfg.run.root, cfg.run.storage_options))
+    return sum(m.rows or 0 for m in batches_made_from(RunContext(cfg), manifest))
 
 
 @flow(name="lifecycle", log_prints=True)

@@ -48,20 +48,49 @@ def token_overlap(a: list[int], b: list[int]) -> float:
 
 
 def rewrite_root(env: RunContext, chunks: Manifest, llm: CachedLLM) -> str:
-    key = hashlib.sha256(f"{chunks.content_hash}|{llm.backend.model_id}|{load_prompt('rewrite').key}".encode())
-    return store.join(store.normalize(env.cfg.run.root), "rewrites", key.hexdigest()[:16])
+    """This rewriter's folder for these chunks: one per chunks + model + prompt version."""
+    return env.rewrites_uri(chunks.content_hash, llm.backend.model_id, load_prompt("rewrite").key)
 
 
-def committed_batches(root: str, storage_options: dict) -> list[Manifest]:
-    fs, path = store.filesystem(root, storage_options)
+def batches_made_from(env: RunContext, chunks: Manifest, root: str | None = None) -> list[Manifest]:
+    """Every committed rewrite batch made from these chunks (any rewriter, any night), or only
+    those under one rewriter's `root`."""
+    so = env.storage_options
+    base = root or env.rewrites_root()
+    fs, path = store.filesystem(base, so)
     if not fs.exists(path):
         return []
-    found = []
-    for entry in sorted(fs.ls(path, detail=False)):
-        name = entry.rstrip("/").rsplit("/", 1)[-1]
-        if name.startswith("batch-") and (m := artifacts.load_committed(store.join(root, name), storage_options)):
-            found.append(m)
-    return found
+    pattern = ("batch-*/" if root else "*/batch-*/") + artifacts.MANIFEST
+    batches = []
+    for marker in sorted(fs.glob(path.rstrip("/") + "/" + pattern)):
+        uri = store.join(base, *marker[len(path.rstrip("/")) + 1:].split("/")[:-1])
+        manifest = artifacts.load_committed(uri, so)
+        if manifest is not None and _made_from(manifest, chunks, so):
+            batches.append(manifest)
+    return batches
+
+
+def _made_from(batch: Manifest, chunks: Manifest, storage_options: dict) -> bool:
+    """Whether a rewrite batch came from these chunks: the same artifact, or one with the same
+    content (prepare's folder name includes the code version; the rows do not change with it)."""
+    if chunks.uri in batch.parent_uris:
+        return True
+    parents = (artifacts.load_committed(u, storage_options) for u in batch.parent_uris)
+    return any(p is not None and p.content_hash == chunks.content_hash for p in parents)
+
+
+def rewrites_for(env: RunContext, chunks: Manifest) -> tuple[dict[str, list[int]], list[Manifest]]:
+    """(chunk_id -> rewrite token ids, the batches they came from); rows with status ok that are
+    not a copy of the original."""
+    batches = batches_made_from(env, chunks)
+    found: dict[str, list[int]] = {}
+    for manifest in batches:
+        for f in manifest.files:
+            t = store.read_parquet(f, env.storage_options, columns=["chunk_id", "rewrite_ids", "status", "is_copy"])
+            for cid, ids, status, copy in zip(*(t[c].to_pylist() for c in t.column_names)):
+                if status == "ok" and ids and not copy:
+                    found.setdefault(cid, ids)
+    return found, batches
 
 
 def rewrite_next_batch(env: RunContext, chunks: Manifest, llm: CachedLLM, limit: int,
@@ -69,7 +98,7 @@ def rewrite_next_batch(env: RunContext, chunks: Manifest, llm: CachedLLM, limit:
     so = env.storage_options
     root = rewrite_root(env, chunks, llm)
     done = set()
-    for batch in committed_batches(root, so):
+    for batch in batches_made_from(env, chunks, root):
         for shard in batch.files:
             done.update(store.read_parquet(shard, so, columns=["chunk_id"])["chunk_id"].to_pylist())
     tables = [store.read_parquet(f, so) for f in artifacts.shard_uris(chunks, split)]

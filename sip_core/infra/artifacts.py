@@ -56,6 +56,24 @@ class Manifest(BaseModel):
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
 
+class ArtifactRef(BaseModel):
+    """What crosses a task boundary for an artifact: where it is and what it holds, never its rows."""
+
+    uri: str
+    content_hash: str
+    artifact_id: str
+    rows: int | None = None
+    stats: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> "ArtifactRef":
+        return cls(uri=manifest.uri, content_hash=manifest.content_hash, artifact_id=manifest.artifact_id,
+                   rows=manifest.rows, stats=manifest.stats)
+
+    def manifest(self, storage_options: dict[str, Any] | None = None) -> Manifest:
+        return load_manifest(self.uri, storage_options)
+
+
 def artifact_id(uri: str, content_hash: str) -> str:
     return hashlib.sha256(f"{uri}\n{content_hash}".encode()).hexdigest()[:20]
 

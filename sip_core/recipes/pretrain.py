@@ -18,6 +18,7 @@ import torch
 from sip_core.infra import artifacts
 from sip_core.infra.artifacts import Manifest, Provenance
 from sip_core.config import SipConfig
+from sip_core.augment.rewrites import rewrites_for
 from sip_core.judge.scoring import Candidate, CandidateSet, score_sets
 from sip_core.llm.factory import open_llm
 from sip_core.infra.models import resolve_model
@@ -42,7 +43,7 @@ def train(cfg: SipConfig, chunks: Manifest, provenance: Provenance = Provenance(
     env = RunContext(cfg, provenance)
     so = env.storage_options
     judge = open_llm(cfg, "judge", provenance) if pc.objective != "ntp" else None
-    rewrites, rewrite_batches = data.rewrites_for(chunks, cfg.run.root, so) if judge and pc.use_rewrites else ({}, [])
+    rewrites, rewrite_batches = rewrites_for(env, chunks) if judge and pc.use_rewrites else ({}, [])
     parents = [chunks, *rewrite_batches, artifacts.model_manifest(cfg.model.policy, resolve_model(cfg.model.policy, cfg.model.cache_dir))]
     if judge:
         parents.append(artifacts.config_manifest("judge", _judge_identity(cfg, judge.backend.model_id)))

@@ -54,12 +54,6 @@ def test_bad_files(tmp_path):
         load_config(typo)
 
 
-def test_section_hash_tracks_only_named_sections():
-    a, b = SipConfig(), load_config(None, ["filter.min_badwords=3"])
-    assert a.section_hash("data") == b.section_hash("data")
-    assert a.section_hash("filter") != b.section_hash("filter")
-
-
 def test_extends_merges_key_by_key(tmp_path):
     base = tmp_path / "base.yaml"
     base.write_text("data:\n  max_docs: 50\n  suffix_tokens: 64\nrun:\n  name: base\n")

@@ -1,0 +1,123 @@
+"""The config sections of the run, the data stage and the model roles (policy, judge, rewriter,
+teacher). Unknown keys are errors (extra="forbid"), so a typo fails loudly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sip_core.infra.paths import default_data_dir
+
+
+class Section(BaseModel):
+    """A config section: unknown keys and invalid assignments are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Section):
+    name: str = "default"
+    root: str = Field("runs/default", description="artifact root URI: a local path or s3://bucket/prefix")
+    state_dir: str | None = Field(
+        None, description="local dir for DuckDB lineage/cache files; default <root>/_state for a "
+        "local root, ~/.cache/sip/state/<hash of root> for a remote one (DuckDB needs a local file)")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options, e.g. endpoint_url")
+    task_runner: Literal["threads", "ray"] = Field(
+        "threads", description="where mapped per-shard tasks run: threads of the flow's process, or Ray "
+        "(prefect-ray's RayTaskRunner; pip install -e '.[ray]')")
+    ray_address: str | None = Field(None, description="Ray cluster to join, e.g. ray://head:10001; "
+                                    "default: start a local Ray")
+
+
+class DataConfig(Section):
+    source: str = Field("bundled:c4", description="local file/glob (JSONL, JSONL.gz, Parquet), "
+                        "`bundled:c4` / `bundled:redpajama`, or a Hugging Face dataset id")
+    hf_config: str | None = Field(None, description="HF dataset config name, e.g. sample-10BT")
+    hf_split: str = "train"
+    text_field: str = "text"
+    id_field: str | None = Field(None, description="field holding a document id; default: id, then url")
+    max_docs: int | None = Field(None, ge=1)
+    suffix_tokens: int = Field(128, ge=1, description="N: the suffix is exactly N tokens")
+    prefix_tokens: int = Field(1920, ge=1, description="max prefix length (left-truncated)")
+    min_prefix_tokens: int = Field(16, ge=1, description="documents with less context before the suffix are skipped")
+    split_point: Literal["random", "fixed"] = Field(
+        "random", description="random: the suffix starts at a random multiple of N (method §2.2); "
+        "fixed: it starts after min(prefix_tokens, doc_tokens - N) tokens ([repl]'s 384+128 layout)")
+    chunks_per_doc: int = Field(1, ge=1)
+    seed: int = 0
+    heldout_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    shard_rows: int = Field(2048, ge=1)
+    tokenize_batch: int = Field(256, ge=1)
+
+
+class FilterConfig(Section):
+    wordlists: str | None = Field(None, description="dir with ldnoobw/, surge_profanity/; default: shared data")
+    url_blocklist: str | None = None
+    min_badwords: int = Field(5, ge=1)
+    combine: Literal["or", "and"] = Field("or", description="badwords OR/AND blocklist hit; the paper's code uses AND")
+    min_words: int = 50
+    max_words: int = 100_000
+    min_mean_word_length: float = 3.0
+    max_mean_word_length: float = 10.0
+    max_symbol_word_ratio: float = 0.1
+    max_bullet_lines: float = 0.9
+    max_top_2gram: float = 0.2
+    chunk_excluded: bool = Field(False, description="also chunk documents a quality rule excluded")
+    llm_stage: bool = Field(False, description="stage 2: the judge confirms each rule-flagged document, "
+                            "unsafe only if all judge.safety_stage_seeds verdicts agree")
+
+
+class ModelConfig(Section):
+    policy: str = Field("bundled:smollm2-135m-instruct",
+                        description="a local HF folder, a hub id, or bundled:smollm2-135m-instruct")
+    cache_dir: str | None = Field(None, description="where converted bundled models live; default ~/.cache/sip/models")
+
+
+class LLMConfig(Section):
+    """One model role (judge, rewriter, teacher): which backend, which model, how to call it."""
+
+    backend: Literal["openai", "local", "proxy"] = "proxy"
+    model: str = Field("bundled:smollm2-135m-instruct", description="openai: the served model name; "
+                       "local: a model reference; proxy: the small LM whose likelihood scores quality")
+    base_url: str | list[str] = Field("http://127.0.0.1:8000/v1", description="one URL or several, used round-robin")
+    api_key_env: str = Field("OPENAI_API_KEY", description="env var holding the key (the key itself never "
+                             "goes into config, manifests or logs)")
+    api_key_block: str | None = Field(None, description="name of a Prefect Secret block holding the key")
+    concurrency: int = Field(32, ge=1, description="requests in flight at once (openai)")
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(5, ge=0, description="on timeouts, connection errors, 429 and 5xx")
+    backoff_s: float = Field(0.5, ge=0)
+    backoff_max_s: float = Field(30.0, ge=0)
+    batch_size: int = Field(16, ge=1, description="sequences per generate() call (local)")
+    device: str = Field("auto", description="local: auto, cpu or cuda")
+    temperature: float | None = Field(None, description="override the prompt's default")
+    top_p: float | None = None
+    max_tokens: int | None = None
+
+
+class JudgeConfig(LLMConfig):
+    seeds: int = Field(1, ge=1, description="samples per judgment (votes)")
+    parse_retries: int = Field(3, ge=0, description="re-asks with a new seed when an answer does not parse")
+    quality_mode: Literal["all_pairs", "pivot"] = "all_pairs"
+    criteria: dict[str, float] = Field(default_factory=lambda: {"quality": 1.0},
+                                       description="criteria summed into one score, with weights: quality, "
+                                       "safety, factuality (method §4.4)")
+    tie_break_seed: int = 0
+    prefill: bool = Field(False, description="send each judge prompt's answer_prefix as the start of the reply "
+                          "(vLLM and local backends): a weak judge then only has to pick")
+    safety_stage_seeds: int = Field(4, ge=1, description="filter stage 2: unsafe only if all seeds agree")
+    audit_items: int = Field(24, ge=1, description="chunks the judge audit corrupts into binary-choice items")
+    audit_seeds: int = Field(2, ge=1)
+    audit_llm_corruptions: bool = Field(False, description="also corrupt suffixes with the teacher (P4)")
+    audit_injection: bool = Field(True, description="also measure how often a document that instructs the "
+                                  "judge flips its verdict")
+    gate: Literal["enforce", "warn", "off"] = Field("warn", description="what training does when the audit fails")
+    gate_min_accuracy: float = Field(0.6, ge=0, le=1)
+    gate_max_position_bias: float = Field(0.2, ge=0, le=0.5, description="max |share of first-option wins - 0.5|")
+    gate_max_parse_failures: float = Field(0.2, ge=0, le=1)
+
+
+def resolve_wordlists(cfg: FilterConfig) -> Path:
+    return Path(cfg.wordlists) if cfg.wordlists else default_data_dir() / "safety" / "wordlists"

@@ -1,0 +1,55 @@
+"""`SipConfig`, the whole config as one validated tree, and dotted `key=value` overrides."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from pydantic import Field
+
+from sip_core.config.sections import DataConfig, FilterConfig, JudgeConfig, LLMConfig, ModelConfig, RunConfig, Section
+from sip_core.config.training import EvalConfig, LifecycleConfig, PretrainConfig, RLMTConfig, SFTConfig
+
+
+class SipConfig(Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    rewriter: LLMConfig = Field(default_factory=lambda: LLMConfig(backend="local"))
+    teacher: LLMConfig = Field(default_factory=lambda: LLMConfig(backend="local"))
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    rlmt: RLMTConfig = Field(default_factory=RLMTConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
+
+    def replace(self, values: dict[str, Any]) -> SipConfig:
+        """A validated copy with dotted keys changed, as `--set` would: {"sft.init": uri}."""
+        tree = self.model_dump()
+        for key, value in values.items():
+            set_dotted(tree, key, value)
+        return SipConfig.model_validate(tree)
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message is one line naming the culprit."""
+
+
+def set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`data.max_docs=100` -> ("data.max_docs", 100); values are parsed as YAML scalars."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value")
+    key, raw = item.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None

@@ -10,7 +10,6 @@ option wins), seed agreement, order consistency and parse failures, and a pass/f
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
@@ -179,8 +178,7 @@ def _gate(report: AuditReport, cfg: JudgeConfig) -> None:
 def save_report(env: RunContext, pairs: Manifest, report: AuditReport) -> Manifest:
     """Stored beside the run's other artifacts; training reads the newest one for its gate."""
     config = {"judge": env.cfg.judge.model_dump(mode="json", exclude={"api_key_block"}), "judge_id": report.judge}
-    key = hashlib.sha256(f"{pairs.content_hash}|{config}".encode()).hexdigest()[:16]
-    uri = store.join(store.normalize(env.cfg.run.root), "audits", f"audit-{key}")
+    uri = env.audit_uri(pairs.content_hash, config)
     return artifacts.write_json_artifact(uri, "audit.json", asdict(report), env.context(config, [pairs]), "audit")
 
 

@@ -102,13 +102,11 @@ class CachedLLM:
         self.flush_s, self.flush_rows = flush_s, flush_rows
         # Config-level sampling overrides are applied here, before keying, so that changing one
         # can never return answers cached under other sampling parameters.
-        self.overrides = {k: v for k, v in (sampling_overrides or {}).items() if v is not None}
+        self.overrides = dict(sampling_overrides or {})
         self.hits = self.misses = self.calls = 0
 
     def _apply(self, req: LLMRequest) -> LLMRequest:
-        if not self.overrides:
-            return req
-        return LLMRequest(req.messages, replace(req.sampling, **self.overrides), req.prompt, req.inputs)
+        return replace(req, sampling=req.sampling.override(self.overrides))
 
     def _row(self, key: str, req: LLMRequest, res: LLMResult) -> dict[str, Any]:
         status, value, parse_error = ("error", None, None) if not res.ok else _parse(req, res.text)
@@ -192,4 +190,4 @@ class CachedLLM:
 
 def _reseed(req: LLMRequest, attempt: int) -> LLMRequest:
     base = req.sampling.seed or 0
-    return LLMRequest(req.messages, req.sampling.with_seed(base + 1_000_003 * attempt), req.prompt, req.inputs)
+    return replace(req, sampling=req.sampling.with_seed(base + 1_000_003 * attempt))

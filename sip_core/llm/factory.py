@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sip_core.config import LLMConfig
-from sip_core.llm.types import LLMBackend
+from sip_core.llm.types import LLMBackend, role_sampling
 
 
 def make_backend(cfg: LLMConfig, api_key: str | None = None) -> LLMBackend:
@@ -25,10 +25,10 @@ def open_llm(cfg, role: str, provenance=None, api_key: str | None = None):
     """The cached runner for a role ("judge", "rewriter", "teacher") of a SipConfig; the cache
     lives beside the lineage DB in the run's state dir."""
     from sip_core.infra.artifacts import Provenance
+    from sip_core.infra.run_context import RunContext
     from sip_core.llm.cache import CachedLLM, JudgmentCache
-    from sip_core.infra.run_context import state_dir_for
 
-    cache = JudgmentCache(state_dir_for(cfg.run.root, cfg.run.state_dir) / "judgments.duckdb")
+    cache = JudgmentCache(RunContext(cfg).judgments_db)
     role_cfg = getattr(cfg, role)
-    overrides = {"temperature": role_cfg.temperature, "top_p": role_cfg.top_p, "max_tokens": role_cfg.max_tokens}
-    return CachedLLM(make_backend(role_cfg, api_key), cache, provenance or Provenance(), sampling_overrides=overrides)
+    return CachedLLM(make_backend(role_cfg, api_key), cache, provenance or Provenance(),
+                     sampling_overrides=role_sampling(role_cfg))

@@ -63,11 +63,11 @@ def _sampling_from(mapping: Mapping[str, Any], base: Sampling, where: str) -> Sa
     if unknown:
         raise PromptError(f"{where}: unknown sampling key {sorted(unknown)[0]!r}; "
                           f"known: {', '.join(sorted(_SAMPLING_KEYS))}")
-    values = {k: v for k, v in mapping.items() if v is not None}
-    if "stop" in values:
-        stop = values["stop"]
+    values = dict(mapping)
+    stop = values.get("stop")
+    if stop is not None:
         values["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
-    return dataclasses.replace(base, **values)
+    return base.override(values)
 
 
 @dataclass(frozen=True)

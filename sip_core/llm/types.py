@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 Progress = Callable[[int], None]  # called with the number of requests just finished
@@ -24,6 +24,21 @@ class Sampling:
 
     def with_seed(self, seed: int) -> Sampling:
         return Sampling(self.temperature, self.top_p, self.max_tokens, seed, self.stop)
+
+    def override(self, values: Mapping[str, Any]) -> Sampling:
+        """The one way sampling parameters are overridden (a render's `sampling_override`, a
+        role's config): a copy with each value that is not None in place of this one's."""
+        values = {k: v for k, v in values.items() if v is not None}
+        return replace(self, **values) if values else self
+
+
+ROLE_SAMPLING = ("temperature", "top_p", "max_tokens")  # what a role's LLMConfig may fix for every prompt
+
+
+def role_sampling(cfg: Any) -> dict[str, Any]:
+    """The sampling values a role's config fixes (an LLMConfig's temperature, top_p, max_tokens);
+    None there means "the prompt's default", so those are left out."""
+    return {k: v for k in ROLE_SAMPLING if (v := getattr(cfg, k)) is not None}
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sip_core.config import LLMConfig
-from sip_core.llm.types import LLMBackend, LLMRequest, LLMResult, Progress, ResultHook
+from sip_core.llm.types import LLMBackend, LLMRequest, LLMResult, Progress, ResultHook, role_sampling
 from sip_core.infra.models import cpu_decode_threads, fast_bf16, resolve_model
 
 
@@ -66,10 +66,8 @@ class LocalHFBackend(LLMBackend):
     def _generate_batch(self, batch: list[LLMRequest]) -> list[LLMResult]:
         import torch
 
-        s = batch[0].sampling
-        temperature = self.cfg.temperature if self.cfg.temperature is not None else s.temperature
-        top_p = self.cfg.top_p if self.cfg.top_p is not None else s.top_p
-        max_tokens = self.cfg.max_tokens or s.max_tokens
+        s = batch[0].sampling.override(role_sampling(self.cfg))
+        temperature, top_p, max_tokens = s.temperature, s.top_p, s.max_tokens
         started = time.perf_counter()
         enc = self.tokenizer([self._prompt_text(r) for r in batch], return_tensors="pt", padding=True,
                              add_special_tokens=False).to(self.device)

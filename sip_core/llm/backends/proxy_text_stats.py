@@ -27,19 +27,19 @@ _SENTENCE_STARTERS = frozenset("the a an this these those it in on at for and bu
                                "there they we he she its their our of to with as by from".split())
 _SENTENCE_END = re.compile(r"[.!?][\"'\u201d\u2019)\]]*$")
 _NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
-_STRIP = "\"'()[]{}<>.,;:!?\u201c\u201d\u2018\u2019*_-\u2013\u2014"
+PUNCTUATION = "\"'()[]{}<>.,;:!?\u201c\u201d\u2018\u2019*_-\u2013\u2014"
 
 
-def _sha(text: str) -> str:
+def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _distinct(words: list[str], n: int) -> float:
+def distinct_ratio(words: list[str], n: int) -> float:
     grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 1.0
 
 
-def _repeated_ngram_frac(words: list[str], n: int = 4) -> float:
+def repeated_ngram_frac(words: list[str], n: int = 4) -> float:
     """Share of n-gram positions whose n-gram already occurred earlier (loops)."""
     seen: set[tuple[str, ...]] = set()
     repeats = total = 0
@@ -51,7 +51,7 @@ def _repeated_ngram_frac(words: list[str], n: int = 4) -> float:
     return repeats / total if total else 0.0
 
 
-def _repeated_line_frac(text: str) -> float:
+def repeated_line_frac(text: str) -> float:
     lines = [" ".join(ln.split()).lower() for ln in text.splitlines()]
     lines = [ln for ln in lines if len(ln) > 3]
     if len(lines) < 2:
@@ -64,8 +64,8 @@ def repetition(text: str) -> float:
     words = normalize_words(text)
     if len(words) < 2:
         return 0.0
-    return ((1 - _distinct(words, 2)) + (1 - _distinct(words, 3)) + _repeated_ngram_frac(words)
-            + _repeated_line_frac(text)) / 4
+    return ((1 - distinct_ratio(words, 2)) + (1 - distinct_ratio(words, 3)) + repeated_ngram_frac(words)
+            + repeated_line_frac(text)) / 4
 
 
 def _impossible_pair(w: str, w2: str) -> bool:
@@ -85,7 +85,7 @@ def order_penalty(text: str) -> float:
     if len(tokens) < 4:
         return 0.0
     ends = lower_after_end = midcaps = bad_pairs = 0
-    bare = [t.strip(_STRIP) for t in tokens]
+    bare = [t.strip(PUNCTUATION) for t in tokens]
     line_start = {0}
     pos = 0
     for i, tok in enumerate(tokens):  # tokens that begin a line count as sentence starts
@@ -126,17 +126,17 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * p * r / (p + r)
 
 
-def _numbers(text: str) -> set[str]:
+def numbers_in(text: str) -> set[str]:
     return {m.group(0).replace(",", "").rstrip(".") for m in _NUMBER.finditer(text)}
 
 
-def _entities(text: str) -> set[str]:
+def entities_in(text: str) -> set[str]:
     """Capitalised words not at a sentence or line start (lowercased), "I" excluded."""
     out: set[str] = set()
     for line in text.splitlines():
         tokens = line.split()
         for i, tok in enumerate(tokens):
-            word = tok.strip(_STRIP)
+            word = tok.strip(PUNCTUATION)
             if i == 0 or _SENTENCE_END.search(tokens[i - 1]) or tokens[i - 1].endswith(":"):
                 continue
             if len(word) > 1 and word[0].isupper() and any(c.isalpha() for c in word):

@@ -1,0 +1,43 @@
+"""What the LLM-job tests (tests/augment, tests/judge) share: the smoke config with an optional
+OpenAI-compatible role, the smoke corpus's chunks, and readers of the prompts' fenced blocks."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from sip_core.config import SipConfig, load_config
+from sip_core.infra.run_context import RunContext
+
+ROOT = Path(__file__).resolve().parents[1]
+_BLOCK = re.compile(r"<<<BEGIN ([A-Z0-9 ]+)>>>\n?(.*?)\n?<<<END \1>>>", re.S)
+
+
+def blocks(messages) -> dict[str, str]:
+    return {name: body for name, body in _BLOCK.findall(messages[-1]["content"])}
+
+
+def copy_rewriter(messages) -> str:
+    """A rewriter that copies X after its first five words, as a good one does for safe text."""
+    x = blocks(messages)["CONTINUATION X"]
+    ending = messages[-1]["content"].rsplit("<<<BEGIN REWRITTEN CONTINUATION>>>\n", 1)[1]
+    return x[len(ending):] if x.startswith(ending) else x
+
+
+def smoke_config(root, url=None, *extra) -> SipConfig:
+    """configs/smoke.yaml rooted at `root`; with `url`, the rewriter is a fast-retrying openai backend there."""
+    role = [f"rewriter.base_url={url}", "rewriter.backend=openai", "rewriter.model=fake", "rewriter.max_retries=4",
+            "rewriter.backoff_s=0.01", "rewriter.backoff_max_s=0.05", "rewriter.timeout_s=2"] if url else []
+    return load_config(ROOT / "configs" / "smoke.yaml", [f"run.root={root}", *role, *extra])
+
+
+@pytest.fixture(scope="module")
+def chunks(tmp_path_factory):
+    """(run root, chunks manifest) of the smoke corpus, prepared once per test module."""
+    from sip_core.data.prepare import filter_documents, ingest_documents, materialize_chunks
+
+    root = tmp_path_factory.mktemp("llmjobs")
+    env = RunContext(smoke_config(root))
+    return root, materialize_chunks(env, filter_documents(env, ingest_documents(env)))

@@ -8,41 +8,41 @@ Filter and chunk work shard by shard: `filter_shard` / `chunk_shard` read one in
 their own parts (`<partition>/part-<shard>-<k>.parquet`, each written atomically, so many processes
 can write one dataset at once) and return only the parts' URIs, hashes and row counts plus their
 stats; `filter_documents` / `materialize_chunks` commit the parts into the one dataset manifest
-(merged stats, `_manifest.json` last). Called without parts they run every shard in this process.
-Files are listed partition by partition in input order, so each partition reads back in the same
-row order as an unsharded pass.
+(merged stats, `_manifest.json` last; see `data.shards`). Called without parts they run every
+shard in this process. Rules-only filter shards are labelled in forked workers (`data.rule_workers`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import multiprocessing
-import os
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from sip_core.infra import artifacts, store
-from sip_core.infra.artifacts import DatasetWriter, Manifest, Provenance, WriteContext
+from sip_core.config import resolve_wordlists
+from sip_core.data import rule_workers
 from sip_core.data.chunking import CHUNK_SCHEMA, make_chunks, tokenizer_fingerprint
-from sip_core.config import SipConfig, resolve_wordlists
 from sip_core.data.documents import Document
-from sip_core.data.rule_filters import (BulletLinesFilter, FilterStats, MeanWordLengthFilter, RuleStage, SymbolWordRatioFilter,
-                              Top2GramFilter, UnsafeRule, Verdict, WordCountFilter, run_stages)
+from sip_core.data.readers import SourceError, iter_documents, resolve_source
+from sip_core.data.rule_filters import (BulletLinesFilter, FilterStats, MeanWordLengthFilter, RuleStage,
+                                        SymbolWordRatioFilter, Top2GramFilter, UnsafeRule, Verdict, WordCountFilter,
+                                        run_stages)
+from sip_core.data.rule_workers import close_rule_pool, forkable, rule_pool
+from sip_core.data.rule_workers import worker_count as _rule_workers
+from sip_core.data.shards import commit_parts, complete
+from sip_core.data.signals import Lexicons
+from sip_core.infra import artifacts, store
+from sip_core.infra.artifacts import DatasetWriter, Manifest
 from sip_core.infra.models import load_tokenizer
 from sip_core.infra.run_context import RunContext
-from sip_core.data.signals import Lexicons
-from sip_core.data.readers import SourceError, iter_documents, resolve_source
+from sip_core.infra.writer import ShardWriter
 
 log = logging.getLogger("sip.prepare")
 
@@ -51,6 +51,18 @@ DOC_SCHEMA = pa.schema([("doc_id", pa.string()), ("source", pa.string()), ("text
 FILTERED_SCHEMA = pa.schema([*DOC_SCHEMA, ("label", pa.string()), ("reason", pa.string()),
                              ("stage", pa.string()), ("signals_json", pa.string())])
 INGEST_KEYS = ("source", "hf_config", "hf_split", "text_field", "id_field", "max_docs")
+
+
+def __getattr__(name: str):
+    if name == "_RULE_POOL":  # the rule workers' pool as it is now (it lives in rule_workers)
+        return rule_workers.current_pool()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _part_writer(env: RunContext, uri: str, index: int, schema: pa.Schema) -> ShardWriter:
+    """The writer of input shard `index`'s parts of the (uncommitted) dataset at `uri`."""
+    return ShardWriter(uri, env.storage_options, env.cfg.data.shard_rows, schema, index=index,
+                       task_run_id=env.provenance.task_run_id)
 
 
 def _reuse(env: RunContext, uri: str, stage: str) -> Manifest | None:
@@ -148,7 +160,7 @@ def filter_shard(env: RunContext, docs_hash: str, index: int, shard_uri: str, st
     stages = _filter_stages(env, stages)
     uri, _ = filter_plan(env, docs_hash, stages)
     table = store.read_parquet(shard_uri, env.storage_options)
-    pool = rule_pool() if parallel and table.num_rows >= PARALLEL_RULES_MIN_DOCS and _pure(stages) else None
+    pool = rule_pool() if parallel and table.num_rows >= PARALLEL_RULES_MIN_DOCS and forkable(stages) else None
     if pool is None:
         out, stats = label_documents(table, stages)
     else:
@@ -157,7 +169,7 @@ def filter_shard(env: RunContext, docs_hash: str, index: int, shard_uri: str, st
         except BrokenProcessPool:  # a worker died (killed, out of memory): the next try gets a new pool
             close_rule_pool()
             raise
-    with PartWriter(uri, index, env, FILTERED_SCHEMA) as writer:
+    with _part_writer(env, uri, index, FILTERED_SCHEMA) as writer:
         for label in FILTER_PARTITIONS:
             part = out.filter(pc.equal(out["label"], label))
             if part.num_rows:
@@ -180,10 +192,10 @@ def filter_documents(env: RunContext, docs: Manifest, stages: list | None = None
     if shards is None:
         store.remove_tree(uri, env.storage_options)  # an uncommitted leftover is never trusted
     # Rules-only shards run side by side, one per worker process, so every core labels documents.
-    threads = _rule_workers() if _pure(stages) else 1
+    threads = _rule_workers() if forkable(stages) else 1
     try:
-        results = _complete(shards or [], inputs, uri, env, "filter",
-                            lambda i, shard: filter_shard(env, docs.content_hash, i, shard, stages), threads)
+        results = complete(shards or [], inputs, uri, env.storage_options, "filter",
+                           lambda i, shard: filter_shard(env, docs.content_hash, i, shard, stages), threads)
     finally:
         close_rule_pool()
     stats = FilterStats()
@@ -197,49 +209,6 @@ def filter_documents(env: RunContext, docs: Manifest, stages: list | None = None
 # Below this many documents the rules take ~0.1 s: not worth a worker process. A flow maps shards
 # of ~2,000 documents onto threads, each shard labelled in a worker process.
 PARALLEL_RULES_MIN_DOCS = 512
-
-
-def _pure(stages: list) -> bool:
-    """Stages that can run in a forked worker: the rule stage alone (no LLM client, no judgment cache)."""
-    return all(type(s) is RuleStage for s in stages)
-
-
-def _rule_workers() -> int:
-    """Worker processes for rule labelling: one per core, or 0 to label in this process."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    usable = "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
-    return cores if usable and cores > 1 else 0
-
-
-_RULE_POOL: ProcessPoolExecutor | None = None
-_RULE_POOL_LOCK = threading.Lock()
-
-
-def rule_pool() -> ProcessPoolExecutor | None:
-    """This process's pool of rule workers (created on first use, kept until `close_rule_pool`), or
-    None on one core or without fork.
-
-    The rules are pure Python (~0.3 ms a document), so under the GIL they use one core; shards from
-    any thread of this process share the pool, so its workers stay busy across shard boundaries.
-    fork: a worker starts in milliseconds and never re-runs the caller's __main__ (spawn does: an
-    unguarded script would hang). Workers only compute: tables and stages in, tables out."""
-    global _RULE_POOL
-    workers = _rule_workers()
-    if not workers:
-        return None
-    with _RULE_POOL_LOCK:
-        if _RULE_POOL is None:
-            _RULE_POOL = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-        return _RULE_POOL
-
-
-def close_rule_pool() -> None:
-    """Stop the rule workers (the filter stage calls this when it commits)."""
-    global _RULE_POOL
-    with _RULE_POOL_LOCK:
-        pool, _RULE_POOL = _RULE_POOL, None
-    if pool is not None:
-        pool.shutdown()
 
 
 _TOKENIZERS: dict[tuple, tuple] = {}  # (policy, cache dir) -> (tokenizer, fingerprint), per process
@@ -291,7 +260,7 @@ def chunk_shard(env: RunContext, filtered_hash: str, index: int, shard_uri: str)
             for doc_id, source, text, label, reason in zip(*(table[c].to_pylist() for c in columns)))
     skips: Counter = Counter()
     counts: Counter = Counter()
-    with _CHUNK_TURN, PartWriter(uri, index, env, CHUNK_SCHEMA) as writer:
+    with _CHUNK_TURN, _part_writer(env, uri, index, CHUNK_SCHEMA) as writer:
         for chunks in make_chunks(docs, tokenizer, data, fingerprint, skips):
             for split in CHUNK_PARTITIONS:
                 part = chunks.filter(pc.equal(chunks["split"], split))
@@ -313,8 +282,8 @@ def materialize_chunks(env: RunContext, filtered: Manifest, shards: list[dict] |
         return done
     if shards is None:
         store.remove_tree(uri, env.storage_options)  # an uncommitted leftover is never trusted
-    results = _complete(shards or [], chunk_inputs(env, filtered), uri, env, "chunk",
-                        lambda i, shard: chunk_shard(env, filtered.content_hash, i, shard))
+    results = complete(shards or [], chunk_inputs(env, filtered), uri, env.storage_options, "chunk",
+                       lambda i, shard: chunk_shard(env, filtered.content_hash, i, shard))
     counts: Counter = Counter()
     skips: Counter = Counter()
     for r in results:
@@ -323,111 +292,3 @@ def materialize_chunks(env: RunContext, filtered: Manifest, shards: list[dict] |
     return commit_parts(uri, env.context(config, [filtered]), CHUNK_SCHEMA, results, CHUNK_PARTITIONS,
                         {"chunks": dict(counts), "skipped": dict(skips), "tokenizer": fingerprint,
                          "suffix_tokens": env.cfg.data.suffix_tokens})
-
-
-# ---------------------------------------------------------------------------------------------
-# Sharded writes: parts written by any process, committed once
-
-
-def part_name(index: int, k: int) -> str:
-    return f"part-{index:05d}-{k:05d}.parquet"
-
-
-class PartWriter:
-    """Rows of one input shard -> parts `<uri>/<partition>/part-<index>-<k>.parquet` of an uncommitted
-    dataset, each at most `data.shard_rows` rows and written atomically. The names are the shard's
-    own, so shards write side by side and a retried shard overwrites its earlier try. On an error
-    the shard's parts are removed."""
-
-    def __init__(self, uri: str, index: int, env: RunContext, schema: pa.Schema):
-        self.uri, self.index, self.env, self.schema = uri, index, env, schema
-        self.limit = env.cfg.data.shard_rows
-        self._tables: dict[str, list[pa.Table]] = {}
-        self._buffered: dict[str, int] = {}
-        self._counts: dict[str, int] = {}
-        self.parts: list[dict[str, Any]] = []
-
-    def __enter__(self) -> "PartWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            for part in self.parts:
-                fs, path = store.filesystem(part["uri"], self.env.storage_options)
-                if fs.exists(path):
-                    fs.rm(path)
-
-    def write(self, table: pa.Table, partition: str) -> None:
-        table = table.select(self.schema.names).cast(self.schema)
-        self._tables.setdefault(partition, []).append(table)
-        self._buffered[partition] = self._buffered.get(partition, 0) + table.num_rows
-        while self._buffered[partition] >= self.limit:
-            self._flush(partition, self.limit)
-
-    def _flush(self, partition: str, limit: int) -> None:
-        whole = pa.concat_tables(self._tables.pop(partition))
-        head, tail = whole.slice(0, limit), whole.slice(limit)
-        self._tables[partition] = [tail] if tail.num_rows else []
-        self._buffered[partition] = tail.num_rows
-        k = self._counts.get(partition, 0)
-        self._counts[partition] = k + 1
-        uri = store.join(self.uri, partition, part_name(self.index, k))
-        data = store.parquet_bytes(head.combine_chunks())
-        store.write_bytes(uri, data, self.env.storage_options)
-        self.parts.append({"uri": uri, "partition": partition, "k": k, "rows": head.num_rows,
-                           "content_hash": hashlib.sha256(data).hexdigest(),
-                           "task_run_id": self.env.provenance.task_run_id})
-
-    def close(self) -> list[dict[str, Any]]:
-        for partition in list(self._tables):
-            if self._buffered.get(partition):
-                self._flush(partition, self._buffered[partition])
-        return self.parts
-
-
-def _complete(shards: list[dict], inputs: list[str], uri: str, env: RunContext, stage: str,
-              run_one, threads: int = 1) -> list[dict]:
-    """One result per input shard, in input order: the given ones whose parts are all present
-    under `uri`, and the rest computed here (`run_one(index, shard_uri)`, on `threads` threads)."""
-    present = _files_under(uri, env.storage_options)
-    given = {r["index"]: r for r in shards if all(p["uri"] in present for p in r["parts"])}
-    missing = [i for i in range(len(inputs)) if i not in given]
-    if shards and missing:
-        log.info("%s: %d of %d shards have no usable parts; computing them here", stage, len(missing), len(inputs))
-    threads = min(threads, len(missing))
-    pool = ThreadPoolExecutor(threads, thread_name_prefix=stage) if threads > 1 else None
-    try:  # results in input order; the first error is raised and the shards not yet started are dropped
-        results = (pool.map if pool else map)(lambda i: run_one(i, inputs[i]), missing)
-        for i, result in zip(missing, tqdm(results, desc=stage, unit="shard", total=len(missing),
-                                           disable=None if len(missing) > 1 else True)):
-            given[i] = result
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    return [given[i] for i in range(len(inputs))]
-
-
-def _files_under(uri: str, storage_options: dict[str, Any]) -> set[str]:
-    fs, path = store.filesystem(uri, storage_options)
-    if not fs.exists(path):
-        return set()
-    base = store.normalize(uri)
-    return {store.join(base, f[len(path.rstrip("/")) + 1:]) for f in fs.find(path)}
-
-
-def commit_parts(uri: str, ctx: WriteContext, schema: pa.Schema, results: list[dict],
-                 partitions: tuple[str, ...], stats: dict[str, Any]) -> Manifest:
-    """Commit the parts of per-shard results as one dataset (`artifacts.commit_dataset`, as
-    `DatasetWriter.commit` does): files partition by partition, each in shard order. Files under
-    `uri` that no result names (a crashed earlier try) go first."""
-    order = {p: n for n, p in enumerate(partitions)}
-    parts = sorted(((p, r["index"]) for r in results for p in r["parts"]),
-                   key=lambda pi: (order.get(pi[0]["partition"], len(order)), pi[0]["partition"], pi[1], pi[0]["k"]))
-    parts = [p for p, _ in parts]
-    keep = {p["uri"] for p in parts}
-    fs, _ = store.filesystem(uri, ctx.storage_options)
-    for stale in _files_under(uri, ctx.storage_options) - keep:
-        fs.rm(store.filesystem(stale, ctx.storage_options)[1])
-    shards = [artifacts.new_manifest(ctx, p["uri"], "parquet-shard", p["content_hash"], p["rows"], schema,
-                                      task_run_id=p.get("task_run_id")) for p in parts]
-    return artifacts.commit_dataset(uri, ctx, shards, schema, stats)

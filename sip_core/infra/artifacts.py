@@ -1,4 +1,5 @@
-"""The one way to write an artifact: sharded Parquet datasets with manifests and lineage.
+"""The one way to write an artifact: its files first, then `commit` (shard manifests, lineage
+rows, `_manifest.json` last), for datasets, checkpoints, reports and JSON artifacts alike.
 
 Layout of a dataset at URI:
     URI/<partition>/part-00000.parquet            one shard, written atomically
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,6 +27,8 @@ from pydantic import BaseModel, Field
 from sip_core import __version__
 
 from sip_core.infra import store
+from sip_core.infra.writer import ShardWriter
+
 MANIFEST = "_manifest.json"
 
 
@@ -92,6 +96,15 @@ def code_version() -> str:
         return __version__
 
 
+def json_digest(payload: Any) -> str:
+    """sha256 of `payload` as JSON with sorted keys: the same config always hashes the same."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return json_digest(config)[:16]
+
+
 def columns_of(schema: pa.Schema) -> dict[str, str]:
     return {f.name: str(f.type) for f in schema}
 
@@ -143,60 +156,37 @@ def load_manifest(uri: str, storage_options: dict[str, Any] | None = None) -> Ma
     raise FileNotFoundError(f"no manifest for {uri}: not a committed sip artifact")
 
 
-class DatasetWriter:
-    """Buffers rows (pyarrow tables) per partition and flushes fixed-size shards."""
+class DatasetWriter(ShardWriter):
+    """A dataset written by one process: parts `<uri>/<partition>/part-<k>.parquet`, committed as
+    one dataset by `commit`. An uncommitted leftover at `uri` is cleared first, and a failed stage
+    leaves nothing behind, not even uncommitted parts."""
 
     def __init__(self, uri: str, ctx: WriteContext, kind: str = "parquet-dataset", shard_rows: int = 2048,
                  schema: pa.Schema | None = None):
-        self.uri, self.ctx, self.kind, self.shard_rows, self.schema = store.normalize(uri), ctx, kind, shard_rows, schema
-        self._buffers: dict[str, list[pa.Table]] = {}
-        self._buffered: dict[str, int] = {}
+        super().__init__(store.normalize(uri), ctx.storage_options, shard_rows, schema,
+                         task_run_id=ctx.provenance.task_run_id)
+        self.ctx, self.kind = ctx, kind
         self._shards: list[Manifest] = []
-        self._counts: dict[str, int] = {}
         self._first_schema: pa.Schema | None = None
         store.remove_tree(self.uri, ctx.storage_options)  # an uncommitted leftover is never trusted
 
-    def __enter__(self) -> "DatasetWriter":
-        return self
-
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:  # a failed stage leaves nothing behind, not even uncommitted shards
+        if exc_type is not None:
             store.remove_tree(self.uri, self.ctx.storage_options)
 
-    def write(self, table: pa.Table, partition: str = "") -> None:
-        if self.schema is not None:
-            table = table.select(self.schema.names).cast(self.schema)
-        self._buffers.setdefault(partition, []).append(table)
-        self._buffered[partition] = self._buffered.get(partition, 0) + table.num_rows
-        while self._buffered[partition] >= self.shard_rows:
-            self._flush(partition, self.shard_rows)
-
-    def _flush(self, partition: str, limit: int) -> None:
-        whole = pa.concat_tables(self._buffers.pop(partition))
-        head, tail = whole.slice(0, limit), whole.slice(limit)
-        self._buffers[partition] = [tail] if tail.num_rows else []
-        self._buffered[partition] = tail.num_rows
-        index = self._counts.get(partition, 0)
-        self._counts[partition] = index + 1
-        shard_uri = store.join(self.uri, partition, f"part-{index:05d}.parquet")
-        data = store.parquet_bytes(head.combine_chunks())
-        digest = hashlib.sha256(data).hexdigest()
-        store.write_bytes(shard_uri, data, self.ctx.storage_options)
-        self._first_schema = self._first_schema or head.schema
-        # The shard's manifest is written at commit, once the dataset id it belongs to is known.
-        self._shards.append(self._manifest(shard_uri, "parquet-shard", digest, head.num_rows, head.schema))
-
-    def _manifest(self, uri: str, kind: str, digest: str, rows: int, schema: pa.Schema | None, **extra) -> Manifest:
-        return new_manifest(self.ctx, uri, kind, digest, rows, schema, **extra)
+    def _flush(self, partition: str, limit: int) -> tuple[dict[str, Any], pa.Schema]:
+        part, schema = super()._flush(partition, limit)
+        self._first_schema = self._first_schema or schema
+        # The shard's manifest file is written at commit, once the dataset id it belongs to is known.
+        self._shards.append(shard_manifest(self.ctx, part, schema))
+        return part, schema
 
     def commit(self, stats: dict[str, Any] | None = None) -> Manifest:
-        for partition in list(self._buffers):
-            if self._buffered.get(partition):
-                self._flush(partition, self._buffered[partition])
+        self.close()
         return commit_dataset(self.uri, self.ctx, self._shards, self.schema or self._first_schema, stats, self.kind)
 
 
-def new_manifest(ctx: WriteContext, uri: str, kind: str, digest: str, rows: int, schema: pa.Schema | None,
+def new_manifest(ctx: WriteContext, uri: str, kind: str, digest: str, rows: int | None, schema: pa.Schema | None,
                  task_run_id: str | None = None, **extra) -> Manifest:
     """A manifest for an artifact written under `ctx` (config, parents, provenance, code version)."""
     return Manifest(
@@ -207,15 +197,20 @@ def new_manifest(ctx: WriteContext, uri: str, kind: str, digest: str, rows: int,
         parent_uris=[p.uri for p in ctx.parents], **extra)
 
 
-def commit_dataset(uri: str, ctx: WriteContext, shards: list[Manifest], schema: pa.Schema | None,
-                   stats: dict[str, Any] | None = None, kind: str = "parquet-dataset") -> Manifest:
-    """Commit shard files already written under `uri` as one dataset: the shard manifests, the
-    lineage records, and `_manifest.json` last, so a reader never trusts a half-committed dataset.
-    The dataset's content hash is over its shards' hashes, in the given order."""
+def shard_manifest(ctx: WriteContext, part: dict[str, Any], schema: pa.Schema | None) -> Manifest:
+    """The manifest of one written part (a `ShardWriter` record), by the task run that wrote it."""
+    return new_manifest(ctx, part["uri"], "parquet-shard", part["content_hash"], part["rows"], schema,
+                        task_run_id=part.get("task_run_id"))
+
+
+def commit(uri: str, ctx: WriteContext, kind: str, digest: str, files: list[str], rows: int | None = None,
+           schema: pa.Schema | None = None, stats: dict[str, Any] | None = None,
+           shards: list[Manifest] = ()) -> Manifest:
+    """The one commit of every artifact whose files are already written under `uri`: the shards'
+    manifests, the lineage rows (parents, the artifact, its shards), then `_manifest.json` last, so
+    a reader never trusts a half-committed artifact."""
     uri = store.normalize(uri)
-    digest = hashlib.sha256("\n".join(s.content_hash for s in shards).encode()).hexdigest()
-    manifest = new_manifest(ctx, uri, kind, digest, sum(s.rows or 0 for s in shards), schema,
-                            files=[s.uri for s in shards], stats=stats or {})
+    manifest = new_manifest(ctx, uri, kind, digest, rows, schema, files=files, stats=stats or {})
     for shard in shards:
         shard.part_of = manifest.artifact_id
         store.write_json(f"{shard.uri}.manifest.json", shard.model_dump(), ctx.storage_options)
@@ -223,6 +218,15 @@ def commit_dataset(uri: str, ctx: WriteContext, shards: list[Manifest], schema: 
         ctx.lineage.record([*ctx.parents, manifest, *shards])
     store.write_json(store.join(uri, MANIFEST), manifest.model_dump(), ctx.storage_options)
     return manifest
+
+
+def commit_dataset(uri: str, ctx: WriteContext, shards: list[Manifest], schema: pa.Schema | None,
+                   stats: dict[str, Any] | None = None, kind: str = "parquet-dataset") -> Manifest:
+    """Commit shard files already written under `uri` as one dataset. Its content hash is over its
+    shards' hashes, in the given order."""
+    digest = hashlib.sha256("\n".join(s.content_hash for s in shards).encode()).hexdigest()
+    return commit(uri, ctx, kind, digest, [s.uri for s in shards], sum(s.rows or 0 for s in shards), schema,
+                  stats, shards)
 
 
 def shard_uris(manifest: Manifest, partition: str | None = None) -> list[str]:
@@ -235,29 +239,16 @@ def shard_uris(manifest: Manifest, partition: str | None = None) -> list[str]:
 def write_json_artifact(uri: str, name: str, payload: dict[str, Any], ctx: WriteContext,
                         kind: str = "report") -> Manifest:
     """A small JSON artifact (a report, an audit) with the same manifest and lineage as datasets."""
-    import json
-
     uri = store.normalize(uri)
     data = json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
     file_uri = store.join(uri, name)
     store.write_bytes(file_uri, data, ctx.storage_options)
-    digest = hashlib.sha256(data).hexdigest()
-    manifest = Manifest(artifact_id=artifact_id(uri, digest), uri=uri, kind=kind, content_hash=digest,
-                        config_hash=ctx.config_hash, config=ctx.config, code_version=code_version(),
-                        flow_run_id=ctx.provenance.flow_run_id, task_run_id=ctx.provenance.task_run_id,
-                        parents=[p.artifact_id for p in ctx.parents], parent_uris=[p.uri for p in ctx.parents],
-                        files=[file_uri], stats=payload)
-    if ctx.lineage is not None:
-        ctx.lineage.record([manifest])
-    store.write_json(store.join(uri, MANIFEST), manifest.model_dump(), ctx.storage_options)
-    return manifest
+    return commit(uri, ctx, kind, hashlib.sha256(data).hexdigest(), [file_uri], stats=payload)
 
 
 def config_manifest(name: str, payload: dict[str, Any]) -> Manifest:
     """A configuration as a lineage node (e.g. the judge a model was trained against)."""
-    import json
-
-    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    digest = json_digest(payload)
     uri = f"config://{name}/{digest[:16]}"
     return Manifest(artifact_id=artifact_id(uri, digest), uri=uri, kind="config", content_hash=digest,
                     code_version=code_version(), config=payload)
@@ -265,7 +256,5 @@ def config_manifest(name: str, payload: dict[str, Any]) -> Manifest:
 
 def model_manifest(ref: str, folder: str) -> Manifest:
     """A base model as a lineage root: its reference plus a hash of its local files."""
-    from pathlib import Path
-
     files = sorted(str(p) for p in Path(folder).iterdir() if p.is_file())
     return source_manifest(files, {"model": ref, "kind": "model"})

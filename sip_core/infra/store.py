@@ -88,3 +88,18 @@ def remove_tree(uri: str, storage_options: dict[str, Any] | None = None) -> None
     fs, path = filesystem(uri, storage_options)
     if fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+def files_under(uri: str, storage_options: dict[str, Any] | None = None) -> set[str]:
+    """Every file below `uri` (none if it does not exist), spelled as `join(uri, ...)` spells them."""
+    fs, path = filesystem(uri, storage_options)
+    if not fs.exists(path):
+        return set()
+    base = normalize(uri)
+    return {join(base, f[len(path.rstrip("/")) + 1:]) for f in fs.find(path)}
+
+
+def remove_file(uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    fs, path = filesystem(uri, storage_options)
+    if fs.exists(path):
+        fs.rm(path)

@@ -19,6 +19,9 @@ is sent as the Bearer token and nowhere else: not in `model_id`, `repr`, log rec
 Clients and connection pools belong to one event loop. `agenerate` keeps them per loop until
 `aclose()` or the loop's shutdown (asyncio.run finalizes them); `generate()` (a fresh loop per
 call) opens and closes its own within the call.
+
+This module holds the batching and retry loop; one HTTP attempt and its failure kinds are in
+`openai_http`, keeping the key out of texts in `openai_redact`.
 """
 
 from __future__ import annotations

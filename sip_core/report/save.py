@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from typing import Any
 
-from sip_core.infra import store
-from sip_core.infra.artifacts import MANIFEST, Manifest, WriteContext, artifact_id, code_version
+from sip_core.infra import artifacts, store
+from sip_core.infra.artifacts import Manifest, WriteContext
 from sip_core.report.models import RunResults
 from sip_core.report.judge import JudgeView
 from sip_core.report.render import render_report
@@ -28,9 +29,10 @@ def save_report(results: RunResults | dict, uri: str, storage_options: dict[str,
     if not isinstance(results, RunResults):
         results = RunResults.model_validate(results)
     if ctx is None:
-        digest = hashlib.sha256(json.dumps(results.config, sort_keys=True, default=str).encode()).hexdigest()
-        ctx = WriteContext(config=results.config, config_hash=digest[:16], parents=[])
-    options = storage_options if storage_options is not None else ctx.storage_options
+        ctx = WriteContext(config=results.config, config_hash=artifacts.config_hash(results.config), parents=[])
+    if storage_options is not None:  # the files and the commit go where the caller says
+        ctx = replace(ctx, storage_options=storage_options)
+    options = ctx.storage_options
     uri = store.normalize(uri)
     files = render_report(results)
     payload: dict[str, bytes] = {"report.md": files.markdown.encode(), "report.html": files.html.encode(),
@@ -47,12 +49,5 @@ def save_report(results: RunResults | dict, uri: str, storage_options: dict[str,
              "judge": view.judge, "judge_audit_passed": view.passed,
              "evaluations": {a.name: sorted(k for k, v in a.evaluations.items() if v is not None)
                              for a in results.arms}}
-    manifest = Manifest(artifact_id=artifact_id(uri, digest), uri=uri, kind="report", content_hash=digest,
-                        config_hash=ctx.config_hash, config=ctx.config, code_version=code_version(),
-                        flow_run_id=ctx.provenance.flow_run_id, task_run_id=ctx.provenance.task_run_id,
-                        parents=[p.artifact_id for p in ctx.parents], parent_uris=[p.uri for p in ctx.parents],
-                        files=[store.join(uri, name) for name in sorted(payload)], stats=stats)
-    if ctx.lineage is not None:
-        ctx.lineage.record([manifest])
-    store.write_json(store.join(uri, MANIFEST), manifest.model_dump(), options)
-    return manifest
+    written = [store.join(uri, name) for name in sorted(payload)]
+    return artifacts.commit(uri, ctx, "report", digest, written, stats=stats)

@@ -73,15 +73,7 @@ def save(uri: str, model, tokenizer, state: dict[str, Any] | None, ctx: WriteCon
             torch.save(state, local / "trainer_state.pt")
         content = _model_digest(local)
         files = _publish(local, uri, so)
-    manifest = Manifest(artifact_id=artifacts.artifact_id(uri, content), uri=store.normalize(uri), kind="checkpoint",
-                        content_hash=content, config_hash=ctx.config_hash, config=ctx.config,
-                        code_version=artifacts.code_version(), flow_run_id=ctx.provenance.flow_run_id,
-                        task_run_id=ctx.provenance.task_run_id, parents=[p.artifact_id for p in ctx.parents],
-                        parent_uris=[p.uri for p in ctx.parents], files=files, stats=stats or {})
-    if ctx.lineage is not None:
-        ctx.lineage.record([manifest])
-    store.write_json(store.join(uri, MANIFEST), manifest.model_dump(), so)  # the commit point
-    return manifest
+    return artifacts.commit(uri, ctx, "checkpoint", content, files, stats=stats)
 
 
 def committed_steps(run_dir: str, storage_options: dict) -> list[int]:

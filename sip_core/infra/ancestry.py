@@ -6,8 +6,7 @@ import json
 
 from sip_core.infra import artifacts, store
 from sip_core.config import SipConfig
-from sip_core.infra.lineage import LineageDB
-from sip_core.infra.run_context import state_dir_for
+from sip_core.infra.run_context import RunContext
 
 
 def _dataset_of(shard_uri: str, storage_options: dict) -> str:
@@ -44,7 +43,7 @@ def _from_manifests(uri: str, storage_options: dict) -> list[dict]:
 
 def ancestry(uri: str, cfg: SipConfig) -> list[dict]:
     uri = store.normalize(uri)
-    rows = LineageDB(state_dir_for(cfg.run.root, cfg.run.state_dir) / "lineage.duckdb").ancestry(uri)
+    rows = RunContext(cfg).lineage().ancestry(uri)
     return rows or _from_manifests(uri, cfg.run.storage_options)
 
 

@@ -40,3 +40,16 @@ def default_data_dir() -> Path:
 
 def cache_home() -> Path:
     return Path(os.environ.get("SIP_CACHE_DIR", Path.home() / ".cache" / "sip"))
+
+
+def state_dir_for(root: str, configured: str | None) -> Path:
+    """Local home of the DuckDB files. DuckDB wants a local file, so a remote root gets a
+    per-root folder under the cache (documented in docs/running-at-scale.md, section 5)."""
+    if configured:
+        path = Path(configured)
+    elif "://" not in root or root.startswith("file://"):
+        path = Path(root.removeprefix("file://")) / "_state"
+    else:
+        path = cache_home() / "state" / hashlib.sha256(root.encode()).hexdigest()[:16]
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -17,7 +17,6 @@ disagree about what a stage's output depends on.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,26 +25,13 @@ from sip_core.config import SipConfig
 from sip_core.infra import artifacts, store
 from sip_core.infra.artifacts import Manifest, Provenance, WriteContext
 from sip_core.infra.lineage import LineageDB
-from sip_core.infra.paths import cache_home
+from sip_core.infra.paths import state_dir_for
 
 
 def content_key(*parts: Any, code: bool = True) -> str:
     """16 hex digits over `parts` (JSON, sorted keys), plus the code version unless `code=False`."""
     payload = [*parts, artifacts.code_version()] if code else list(parts)
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def state_dir_for(root: str, configured: str | None) -> Path:
-    """Local home of the DuckDB files. DuckDB wants a local file, so a remote root gets a
-    per-root folder under the cache (documented in docs/running-at-scale.md, section 5)."""
-    if configured:
-        path = Path(configured)
-    elif not store.is_remote(root):
-        path = Path(root.removeprefix("file://")) / "_state"
-    else:
-        path = cache_home() / "state" / hashlib.sha256(root.encode()).hexdigest()[:16]
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return artifacts.json_digest(payload)[:16]
 
 
 @dataclass
@@ -109,6 +95,5 @@ class RunContext:
 
     # ------------------------------------------------------------------ writes
     def context(self, config: dict[str, Any], parents: list[Manifest]) -> WriteContext:
-        digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        return WriteContext(config=config, config_hash=digest, parents=parents, provenance=self.provenance,
+        return WriteContext(config=config, config_hash=artifacts.config_hash(config), parents=parents, provenance=self.provenance,
                             storage_options=self.storage_options, lineage=self.lineage())

@@ -58,7 +58,7 @@ def cmd_prepare(args) -> int:
     _quiet_prefect_tracebacks()
     started = time.perf_counter()
     out = prepare(cfg)
-    docs, filt, chunks = out["docs"]["stats"], out["filtered"]["stats"], out["chunks"]["stats"]
+    docs, filt, chunks = out["docs"].stats, out["filtered"].stats, out["chunks"].stats
     labels = filt.get("labels", {})
     skipped = sum(docs.get("skipped", {}).values())
     split = chunks.get("chunks", {})
@@ -66,7 +66,7 @@ def cmd_prepare(args) -> int:
           f"rest {labels.get('rest', 0)}, excluded {labels.get('excluded', 0)} -> {split.get('train', 0)} train + "
           f"{split.get('heldout', 0)} held-out chunks of {chunks.get('suffix_tokens')} suffix tokens "
           f"({chunks.get('skipped', {}).get('too_short', 0)} docs too short) in {time.perf_counter() - started:.1f}s "
-          f"-> {out['chunks']['uri']}")
+          f"-> {out['chunks'].uri}")
     return 0
 
 
@@ -101,27 +101,27 @@ def cmd_thoughts(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from flows.llm_jobs import audit_markdown
+    from sip_core.report.summaries import audit_markdown
 
     out = _run_job(args, "AuditParams", "audit")
-    print(audit_markdown(out["report"]))
-    print(f"audit-judge: {'passed' if out['report']['passed'] else 'FAILED'} gate, {out['calls']} calls "
-          f"({out['cache_hits']} cached) -> {out['audit']['uri']}")
+    print(audit_markdown(out.report))
+    print(f"audit-judge: {'passed' if out.report['passed'] else 'FAILED'} gate, {out.calls} calls "
+          f"({out.cache_hits} cached) -> {out.audit.uri}")
     return 0
 
 
-def _train_summary(name: str, out: dict) -> None:
-    stats = out["stats"]
+def _train_summary(name: str, out) -> None:
+    stats = out.stats
     extra = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()
                       if k.startswith(("final_", "after_", "before_")))
-    print(f"{name}: {stats.get('steps')} steps{', ' + extra if extra else ''} -> {out['uri']} "
+    print(f"{name}: {stats.get('steps')} steps{', ' + extra if extra else ''} -> {out.uri} "
           f"(metrics: {stats.get('metrics_uri')})")
 
 
 def cmd_pretrain(args) -> int:
     objective = getattr(args, "objective", None)
     out = _run_job(args, "PretrainParams", "pretrain", "flows.train", objective=objective)
-    _train_summary(f"pretrain ({objective or 'config objective'})", out)
+    _train_summary(f"pretrain ({objective or 'config objective'})", out["pretrain"])
     return 0
 
 
@@ -135,17 +135,17 @@ def cmd_midtrain(args, stage: str | None = None) -> int:
 
 def cmd_evaluate(args) -> int:
     out = _run_job(args, "EvaluateParams", "evaluate", "flows.evaluate", model=args.model, against=args.against)
-    from flows.evaluate import results_markdown
+    from sip_core.report.summaries import results_markdown
 
-    print(results_markdown(args.model, out["model"]["results"]))
-    print(f"evaluate: -> {out['model']['uri']}")
+    print(results_markdown(args.model, out["model"].results))
+    print(f"evaluate: -> {out['model'].uri}")
     return 0
 
 
 def cmd_lifecycle(args) -> int:
     preset = None if args.config else args.preset
     out = _run_job(args, "LifecycleParams", "lifecycle", "flows.lifecycle", preset=preset)
-    print(f"report: {out['report']['html']}")
+    print(f"report: {out['report'].html}")
     return 0
 
 
@@ -178,78 +178,57 @@ def cmd_lineage(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sip", description="Self-improving pretraining workflows")
-    sub = parser.add_subparsers(dest="command", required=True)
+def arg(*flags: str, **options) -> tuple[tuple[str, ...], dict]:
+    """One argument of a command, as `add_argument` takes it."""
+    return flags, options
 
-    p = sub.add_parser("prepare", help="run the data flow: ingest, rule filter, chunk + split")
+
+def _command(sub, name: str, text: str, func, *arguments: tuple, **defaults) -> None:
+    """A subcommand: its own arguments, then --config / --set; `func` runs it."""
+    p = sub.add_parser(name, help=text)
+    for flags, options in arguments:
+        p.add_argument(*flags, **options)
     _config_args(p)
-    p.set_defaults(func=cmd_prepare)
+    p.set_defaults(func=func, **defaults)
 
-    p = sub.add_parser("config", help="config tools")
-    csub = p.add_subparsers(dest="config_command", required=True)
-    show = csub.add_parser("show", help="print the effective config")
-    _config_args(show)
-    show.set_defaults(func=cmd_config_show)
 
-    p = sub.add_parser("rewrite", help="rewrite the next suffixes not yet rewritten (the nightly job)")
-    p.add_argument("--limit", type=int, default=64, help="chunks to rewrite in this run")
-    p.add_argument("--split", choices=["train", "heldout"], default="train")
-    _config_args(p)
-    p.set_defaults(func=cmd_rewrite)
-
-    p = sub.add_parser("thoughts", help="insert thoughts into chunks with the teacher, integrity-gated")
-    p.add_argument("--limit", type=int, default=64)
-    p.add_argument("--match", choices=["exact", "normalized"], default="exact")
-    _config_args(p)
-    p.set_defaults(func=cmd_thoughts)
-
-    p = sub.add_parser("audit-judge", help="score the configured judge on corrupted-vs-original items")
-    _config_args(p)
-    p.set_defaults(func=cmd_audit)
-
-    p = sub.add_parser("pretrain", help="self-improving pretraining: Online DPO over {original, rewrite, K rollouts}")
-    p.add_argument("--objective", choices=["dpo", "rf_nll", "ntp"], help="override pretrain.objective")
-    _config_args(p)
-    p.set_defaults(func=cmd_pretrain)
-
-    p = sub.add_parser("baseline", help="the next-token baseline: pretrain with objective ntp on the same data")
-    _config_args(p)
-    p.set_defaults(func=cmd_pretrain, objective="ntp")
-
+def _training_commands(sub) -> None:
+    _command(sub, "pretrain", "self-improving pretraining: Online DPO over {original, rewrite, K rollouts}",
+             cmd_pretrain, arg("--objective", choices=["dpo", "rf_nll", "ntp"], help="override pretrain.objective"))
+    _command(sub, "baseline", "the next-token baseline: pretrain with objective ntp on the same data", cmd_pretrain,
+             objective="ntp")
+    init = arg("--init", help="starting checkpoint (e.g. a pretrain run's final/)")
     for stage, text in (("sft", "thinking SFT on integrity-gated thought data"),
                         ("rlmt", "RLMT: thought -> predicted suffix -> judged reward, DrGRPO"),
                         ("midtrain", "thinking mid-training: SFT then RLMT")):
-        p = sub.add_parser(stage, help=text)
-        p.add_argument("--init", help="starting checkpoint (e.g. a pretrain run's final/)")
-        _config_args(p)
-        p.set_defaults(func=lambda a, s=stage: cmd_midtrain(a, "both" if s == "midtrain" else s))
+        _command(sub, stage, text, lambda a, s=stage: cmd_midtrain(a, "both" if s == "midtrain" else s), init)
 
-    p = sub.add_parser("evaluate", help="evaluate a model (a checkpoint URI or model ref), optionally against another")
-    p.add_argument("--model", default="bundled:smollm2-135m-instruct")
-    p.add_argument("--against", help="a second model for the pairwise win rate")
-    _config_args(p)
-    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("run", help="run a whole workflow")
-    rsub = p.add_subparsers(dest="workflow", required=True)
-    lc = rsub.add_parser("lifecycle", help="both lineages + the NTP control, evaluations and one report")
-    lc.add_argument("--preset", choices=["smoke", "tiny"], default="tiny",
-                    help="configs/<preset>.yaml (ignored when --config is given)")
-    _config_args(lc)
-    lc.set_defaults(func=cmd_lifecycle)
-
-    p = sub.add_parser("cache", help="judgment cache tools")
-    csub2 = p.add_subparsers(dest="cache_command", required=True)
-    stats = csub2.add_parser("stats", help="hits, misses, parse failures and tokens per prompt version")
-    _config_args(stats)
-    stats.set_defaults(func=cmd_cache_stats)
-
-    p = sub.add_parser("lineage", help="print an artifact's ancestry back to its sources")
-    p.add_argument("uri", help="a dataset folder or a shard file")
-    p.add_argument("--verbose", "-v", action="store_true", help="also print each artifact's config")
-    _config_args(p)
-    p.set_defaults(func=cmd_lineage)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sip", description="Self-improving pretraining workflows")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _command(sub, "prepare", "run the data flow: ingest, rule filter, chunk + split", cmd_prepare)
+    config = sub.add_parser("config", help="config tools").add_subparsers(dest="config_command", required=True)
+    _command(config, "show", "print the effective config", cmd_config_show)
+    _command(sub, "rewrite", "rewrite the next suffixes not yet rewritten (the nightly job)", cmd_rewrite,
+             arg("--limit", type=int, default=64, help="chunks to rewrite in this run"),
+             arg("--split", choices=["train", "heldout"], default="train"))
+    _command(sub, "thoughts", "insert thoughts into chunks with the teacher, integrity-gated", cmd_thoughts,
+             arg("--limit", type=int, default=64), arg("--match", choices=["exact", "normalized"], default="exact"))
+    _command(sub, "audit-judge", "score the configured judge on corrupted-vs-original items", cmd_audit)
+    _training_commands(sub)
+    _command(sub, "evaluate", "evaluate a model (a checkpoint URI or model ref), optionally against another",
+             cmd_evaluate, arg("--model", default="bundled:smollm2-135m-instruct"),
+             arg("--against", help="a second model for the pairwise win rate"))
+    run = sub.add_parser("run", help="run a whole workflow").add_subparsers(dest="workflow", required=True)
+    _command(run, "lifecycle", "both lineages + the NTP control, evaluations and one report", cmd_lifecycle,
+             arg("--preset", choices=["smoke", "tiny"], default="tiny",
+                 help="configs/<preset>.yaml (ignored when --config is given)"))
+    cache = sub.add_parser("cache", help="judgment cache tools").add_subparsers(dest="cache_command", required=True)
+    _command(cache, "stats", "hits, misses, parse failures and tokens per prompt version", cmd_cache_stats)
+    _command(sub, "lineage", "print an artifact's ancestry back to its sources", cmd_lineage,
+             arg("uri", help="a dataset folder or a shard file"),
+             arg("--verbose", "-v", action="store_true", help="also print each artifact's config"))
     return parser
 
 

@@ -8,38 +8,24 @@ from prefect.artifacts import create_markdown_artifact
 from flows.prepare import prepare
 from flows.train import judge_gate
 from sip_core.config import EvaluateParams
+from sip_core.report.summaries import results_markdown
 from tasks.evaluate import compare_task, evaluate_task
-
-
-def _value(v):
-    """A number, or an interval's estimate."""
-    if isinstance(v, dict) and "estimate" in v:
-        return float(v["estimate"])
-    return float(v) if isinstance(v, float) else None
-
-
-def results_markdown(name: str, results: dict) -> str:
-    lines = [f"# Evaluation of `{name}`", "", "| evaluation | n | headline | judge |", "|---|---|---|---|"]
-    for key, r in sorted(results.items()):
-        headline = ", ".join(f"{k} {_value(v):.4g}" for k, v in r.items()
-                             if isinstance(_value(v), float) and k not in ("n", "calls"))[:120]
-        lines.append(f"| {key} | {r.get('n')} | {headline} | {r.get('judge') or '-'} |")
-    return "\n".join(lines)
 
 
 @flow(name="evaluate", log_prints=True)
 def evaluate(params: EvaluateParams = EvaluateParams()) -> dict:
+    """{"model": ModelEvaluation, and with `against`: "against": ModelEvaluation, "comparison": PairComparison}."""
     cfg = params.load()
     chunks = prepare(cfg)["chunks"]
     audit = judge_gate(cfg, chunks)
     a = evaluate_task(cfg, params.model, chunks, audit)
     out = {"model": a}
-    create_markdown_artifact(results_markdown(params.model, a["results"]), key="evaluation")
+    create_markdown_artifact(results_markdown(params.model, a.results), key="evaluation")
     if params.against:
         b = evaluate_task(cfg, params.against, chunks, audit)
         out["against"] = b
         out["comparison"] = compare_task(cfg, a, b, chunks, audit)
-        wr = out["comparison"]["results"].get("winrate", {})
+        wr = out["comparison"].results.get("winrate", {})
         print(f"win rate of {params.model} vs {params.against}: {wr.get('win_rate')} (n={wr.get('n')})")
-    print(f"evaluate: {len(a['results'])} evaluations of {params.model} -> {a['uri']}")
+    print(f"evaluate: {len(a.results)} evaluations of {params.model} -> {a.uri}")
     return out

@@ -18,95 +18,103 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from flows.prepare import prepare
 from flows.train import judge_gate, publish_metrics
-from sip_core.infra import store
 from sip_core.config import LifecycleParams, SipConfig
+from sip_core.infra.artifacts import ArtifactRef
 from sip_core.infra.models import torch_threads
-from tasks.evaluate import compare_task, evaluate_task, report_task, stage_view
-from tasks.llm_jobs import rewrite_task, thoughts_task
+from sip_core.report.assemble import ReportRef
+from tasks.evaluate import compare_task, evaluate_task, report_task
+from tasks.llm_jobs import ThoughtsResult, rewrite_task, thoughts_task
 from tasks.slots import threads_per_slot
 from tasks.train import pretrain_task, rlmt_task, sft_task
 
 BASE, SIP_ARM, NTP_ARM = "base→SFT→RLMT", "base→SIP→SFT→RLMT", "base→NTP"
+PAIRS = [(SIP_ARM, BASE), ("base→SIP", NTP_ARM), ("base→SIP", "base"), (NTP_ARM, "base")]
+PUBLISHED = ("sip", "ntp", "base-rlmt", "sip-rlmt")  # the stages whose metrics become Prefect tables
 
 
-def _rewritten(cfg: SipConfig, chunks: dict) -> int:
+def _rewritten(cfg: SipConfig, chunks: ArtifactRef) -> int:
     """Chunks already sent to the rewriter (whatever the outcome), so a rerun sends none."""
     from sip_core.augment.rewrites import batches_made_from
-    from sip_core.infra import artifacts
     from sip_core.infra.run_context import RunContext
 
-    manifest = artifacts.load_manifest(chunks["uri"], cfg.run.storage_options)
+    manifest = chunks.manifest(cfg.run.storage_options)
     return sum(m.rows or 0 for m in batches_made_from(RunContext(cfg), manifest))
+
+
+def shared_stages(cfg: SipConfig, chunks: ArtifactRef, calls: dict[str, int]) -> tuple[dict | None, ThoughtsResult]:
+    """The judge audit, the rewrites still missing, and the thought data: what every arm shares."""
+    audit_calls: list[int] = []
+    audit = judge_gate(cfg, chunks, audit_calls)
+    calls["audit"] = sum(audit_calls)
+    if cfg.lifecycle.rewrite_limit > _rewritten(cfg, chunks):  # a rerun rewrites nothing new
+        calls["rewrite"] = rewrite_task(cfg, chunks, cfg.lifecycle.rewrite_limit - _rewritten(cfg, chunks),
+                                        "train").calls
+    thoughts = thoughts_task(cfg, chunks, cfg.lifecycle.thought_limit, "exact")
+    calls["thoughts"] = thoughts.calls
+    return audit, thoughts
+
+
+def submit_training(cfg: SipConfig, chunks: ArtifactRef, thoughts: ThoughtsResult) -> dict:
+    """Every training stage, submitted in dependency order (futures, by stage name)."""
+    sip = pretrain_task.submit(cfg.replace({"pretrain.objective": "dpo"}), chunks)
+    ntp = pretrain_task.submit(cfg.replace({"pretrain.objective": "ntp"}), chunks)
+    base_sft = sft_task.submit(cfg, thoughts)
+    base_rlmt = rlmt_task.submit(cfg, chunks, thoughts, base_sft)
+    sip_sft = sft_task.submit(cfg, thoughts, sip)
+    sip_rlmt = rlmt_task.submit(cfg, chunks, thoughts, sip_sft)
+    return {"sip": sip, "ntp": ntp, "base-sft": base_sft, "base-rlmt": base_rlmt, "sip-sft": sip_sft,
+            "sip-rlmt": sip_rlmt}
+
+
+def arm_stages(stage: dict) -> dict[str, list[tuple[str, object]]]:
+    """Each arm's (recipe, stage) pairs in training order; the base model has none."""
+    return {"base": [], BASE: [("sft", stage["base-sft"]), ("rlmt", stage["base-rlmt"])],
+            SIP_ARM: [("pretrain-dpo", stage["sip"]), ("sft", stage["sip-sft"]), ("rlmt", stage["sip-rlmt"])],
+            NTP_ARM: [("pretrain-ntp", stage["ntp"])], "base→SIP": [("pretrain-dpo", stage["sip"])]}
+
+
+def publish_report(cfg: SipConfig, report: ReportRef) -> None:
+    create_markdown_artifact(report.read_markdown(cfg.run.storage_options), key="lifecycle-report",
+                             description=f"lifecycle report {report.uri}")
+    create_link_artifact(report.html, key="lifecycle-report-html", link_text="report.html")
 
 
 @flow(name="lifecycle", log_prints=True)
 def lifecycle(params: LifecycleParams = LifecycleParams()) -> dict:
     started = time.perf_counter()
     cfg = params.load()
-    log = get_run_logger()
     chunks = prepare(cfg)["chunks"]
     calls: dict[str, int] = {}
-    audit_calls: list[int] = []
-    audit = judge_gate(cfg, chunks, audit_calls)
-    calls["audit"] = sum(audit_calls)
-    if cfg.lifecycle.rewrite_limit > _rewritten(cfg, chunks):  # a rerun rewrites nothing new
-        calls["rewrite"] = rewrite_task(cfg, chunks, cfg.lifecycle.rewrite_limit - _rewritten(cfg, chunks),
-                                        "train")["calls"]
-    thoughts = thoughts_task(cfg, chunks, cfg.lifecycle.thought_limit, "exact")
-    calls["thoughts"] = thoughts["calls"]
+    audit, thoughts = shared_stages(cfg, chunks, calls)
 
     # The arms train, and the five models are evaluated, as their inputs are ready: up to
-    # lifecycle.parallel stages at once (tasks/slots.py). Submitted in dependency order.
+    # lifecycle.parallel stages at once (tasks/slots.py).
     with torch_threads(threads_per_slot(cfg.lifecycle.parallel)):  # evaluations run in this process
-        sip_f = pretrain_task.submit(cfg.replace({"pretrain.objective": "dpo"}), chunks)
-        ntp_f = pretrain_task.submit(cfg.replace({"pretrain.objective": "ntp"}), chunks)
-        base_sft_f = sft_task.submit(cfg, thoughts)
-        base_rlmt_f = rlmt_task.submit(cfg, chunks, thoughts, base_sft_f)
-        sip_sft_f = sft_task.submit(cfg, thoughts, sip_f)
-        sip_rlmt_f = rlmt_task.submit(cfg, chunks, thoughts, sip_sft_f)
-        finals_f = {"base": cfg.model.policy, BASE: base_rlmt_f, SIP_ARM: sip_rlmt_f, NTP_ARM: ntp_f,
-                    "base→SIP": sip_f}
-        eval_f = {name: evaluate_task.submit(cfg, ref, chunks, audit, thoughts) for name, ref in finals_f.items()}
-        sip, ntp, base_sft, base_rlmt, sip_sft, sip_rlmt = (
-            f.result() for f in (sip_f, ntp_f, base_sft_f, base_rlmt_f, sip_sft_f, sip_rlmt_f))
-        evals = {name: f.result() for name, f in eval_f.items()}
-    trained = [sip, ntp, base_sft, base_rlmt, sip_sft, sip_rlmt]
-    calls["training"] = sum(r["judge_calls"] for r in trained)
-    for name, result in (("sip", sip), ("ntp", ntp), ("base-rlmt", base_rlmt), ("sip-rlmt", sip_rlmt)):
-        publish_metrics(result, f"{name}-metrics", cfg)
-    finals = {"base": cfg.model.policy, BASE: base_rlmt["uri"], SIP_ARM: sip_rlmt["uri"], NTP_ARM: ntp["uri"],
-              "base→SIP": sip["uri"]}
-    pairs = [(SIP_ARM, BASE), ("base→SIP", NTP_ARM), ("base→SIP", "base"), (NTP_ARM, "base")]
-    comparisons = [(a, b, compare_task(cfg, evals[a], evals[b], chunks, audit)) for a, b in pairs]
+        training = submit_training(cfg, chunks, thoughts)
+        evaluations = {name: evaluate_task.submit(cfg, stages[-1][1] if stages else cfg.model.policy, chunks, audit,
+                                                  thoughts) for name, stages in arm_stages(training).items()}
+        trained = {name: f.result() for name, f in training.items()}
+        evals = {name: f.result() for name, f in evaluations.items()}
+    calls["training"] = sum(r.judge_calls for r in trained.values())
+    for name in PUBLISHED:
+        publish_metrics(trained[name], f"{name}-metrics", cfg)
+    arms = arm_stages(trained)
+    comparisons = [(a, b, compare_task(cfg, evals[a], evals[b], chunks, audit)) for a, b in PAIRS]
+    report = report_task(cfg, params.preset, arms, evals, comparisons, audit, [trained[k].uri for k in PUBLISHED])
+    calls["evaluation"] = sum(e.judge_calls for e in evals.values()) + sum(c.judge_calls for _, _, c in comparisons)
+    publish_report(cfg, report)
+    finals = {name: stages[-1][1].uri if stages else cfg.model.policy for name, stages in arms.items()}
+    return summarize(report, time.perf_counter() - started, calls, finals, list(trained.values()), evals)
 
-    stages = {"base": [], BASE: [("sft", base_sft), ("rlmt", base_rlmt)],
-              SIP_ARM: [("pretrain-dpo", sip), ("sft", sip_sft), ("rlmt", sip_rlmt)],
-              NTP_ARM: [("pretrain-ntp", ntp)], "base→SIP": [("pretrain-dpo", sip)]}
-    label = f"{cfg.eval.prefixes} held-out prefixes, greedy {cfg.eval.continuation_tokens} tokens"
-    results = {
-        "run_name": cfg.run.name,
-        "config": {"preset": params.preset, "policy": cfg.model.policy, "judge": cfg.judge.backend,
-                   "data": cfg.data.source, "pretrain_steps": cfg.pretrain.steps, "sft_steps": cfg.sft.steps,
-                   "rlmt_steps": cfg.rlmt.steps, "k_rollouts": cfg.pretrain.k_rollouts},
-        "arms": [{"name": name, "stages": [stage_view(cfg, recipe, r) for recipe, r in stages[name]],
-                  "evaluations": evals[name]["results"]} for name in finals],
-        "comparisons": [{"a": a, "b": b, "label": label, "result": c["results"][kind]}
-                        for a, b, c in comparisons for kind in ("winrate", "coherence") if kind in c["results"]],
-        "judge_audit": audit,
-        "notes": [f"judge backend: {cfg.judge.backend} ({cfg.judge.model}); a proxy judge is a stand-in, "
-                  "not evidence about the method" if cfg.judge.backend == "proxy" else f"judge: {cfg.judge.model}"],
-    }
-    report = report_task(cfg, results, [r["uri"] for r in (sip, ntp, base_rlmt, sip_rlmt)])
-    calls["evaluation"] = sum(e["judge_calls"] for e in evals.values()) + sum(c["judge_calls"] for _, _, c in comparisons)
+
+def summarize(report: ReportRef, seconds: float, calls: dict[str, int], finals: dict[str, str], trained: list,
+              evals: dict) -> dict:
+    """Log and print what the run did; the flow's result."""
     judge_calls = sum(calls.values())
-    md = store.read_bytes(report["markdown"], cfg.run.storage_options).decode()
-    create_markdown_artifact(md, key="lifecycle-report", description=f"lifecycle report {report['uri']}")
-    create_link_artifact(report["html"], key="lifecycle-report-html", link_text="report.html")
-    seconds = time.perf_counter() - started
-    log.info("lifecycle finished in %.0fs; model calls this run: %s", seconds, calls)
-    print(f"lifecycle: report -> {report['html']} (markdown {report['markdown']}); {seconds:.0f}s, "
+    reused, cached = sum(r.reused for r in trained), sum(e.cached for e in evals.values())
+    get_run_logger().info("lifecycle finished in %.0fs; model calls this run: %s", seconds, calls)
+    print(f"lifecycle: report -> {report.html} (markdown {report.markdown}); {seconds:.0f}s, "
           f"{judge_calls} model calls ({', '.join(f'{k} {v}' for k, v in calls.items())}); "
-          f"{sum(r['reused'] for r in trained)}/{len(trained)} training stages reused, "
-          f"{sum(e['cached'] for e in evals.values())}/{len(evals)} evaluations cached")
+          f"{reused}/{len(trained)} training stages reused, {cached}/{len(evals)} evaluations cached")
     return {"report": report, "seconds": seconds, "judge_calls": judge_calls, "calls": calls, "finals": finals,
-            "reused_stages": sum(r["reused"] for r in trained), "cached_evals": sum(e["cached"] for e in evals.values())}
+            "reused_stages": reused, "cached_evals": cached}

@@ -7,61 +7,35 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.prepare import prepare
 from sip_core.config import AuditParams, RewriteParams, ThoughtParams
-from tasks.llm_jobs import audit_task, rewrite_task, thoughts_task
+from sip_core.report.summaries import audit_markdown  # noqa: F401  (tests/llm/test_vllm.py imports it here)
+from tasks.llm_jobs import AuditResult, RewriteResult, ThoughtsResult, audit_task, rewrite_task, thoughts_task
+
+
+def _job(job_task, params, *args):
+    """Run `job_task` over the (cached) prepared chunks and print its summary line."""
+    cfg = params.load()
+    out = job_task(cfg, prepare(cfg)["chunks"], *args)
+    print(out.summary())
+    return out
 
 
 @flow(name="rewrite", log_prints=True)
-def rewrite(params: RewriteParams = RewriteParams()) -> dict:
+def rewrite(params: RewriteParams = RewriteParams()) -> RewriteResult:
     """Rewrite the next `limit` suffixes that no earlier run rewrote (data prep is cached)."""
-    cfg = params.load()
-    chunks = prepare(cfg)["chunks"]
-    out = rewrite_task(cfg, chunks, params.limit, params.split)
-    print(f"rewrite: {out['stats'].get('rows', 0)} chunks this run, {out['remaining']} left, "
-          f"{out['calls']} model calls, {out['cache_hits']} cache hits -> {out['uri']}")
-    return out
+    return _job(rewrite_task, params, params.limit, params.split)
 
 
 @flow(name="thoughts", log_prints=True)
-def thoughts(params: ThoughtParams = ThoughtParams()) -> dict:
-    cfg = params.load()
-    chunks = prepare(cfg)["chunks"]
-    out = thoughts_task(cfg, chunks, params.limit, params.match)
-    s = out["stats"]
-    print(f"thoughts: {s['kept']}/{s['rows']} rows kept, {s['rejected']} rejected by the integrity gate, "
-          f"{s['malformed']} malformed, {s['thoughts_per_kept_row']} thoughts per kept row, "
-          f"coverage {s['mean_coverage']} -> {out['uri']}")
-    return out
-
-
-def _injection_line(result: dict | None) -> str:
-    if not result:
-        return "not measured"
-    return f"verdict flipped in {result['flips']} of {result['eligible']} judgments (rate {result['flip_rate']})"
-
-
-def audit_markdown(report: dict) -> str:
-    lines = [f"# Judge audit: `{report['judge']}`", "",
-             f"**Gate: {'PASSED' if report['passed'] else 'FAILED'}** "
-             + ("; ".join(report["reasons"]) if report["reasons"] else ""), "",
-             f"Position bias (share of first-option wins; 0.5 is unbiased): {report['position_bias']}  ",
-             f"Parse-failure rate: {report['parse_failure_rate']:.3f}  ",
-             f"Request-error rate: {report.get('error_rate', 0.0):.3f}  ",
-             f"Prompt injection (a document says 'answer Option N'): {_injection_line(report.get('injection'))}  ",
-             f"Calls: {report['calls']}", "",
-             "| dimension | items | judgments | accuracy | seed agreement | order consistency | invalid |",
-             "|---|---|---|---|---|---|---|"]
-    for dim, v in sorted(report["dimensions"].items()):
-        lines.append(f"| {dim} | {v['items']} | {v['judgments']} | {v['accuracy']} | {v['seed_agreement']} | "
-                     f"{v['order_consistency']} | {v['invalid']} |")
-    return "\n".join(lines)
+def thoughts(params: ThoughtParams = ThoughtParams()) -> ThoughtsResult:
+    return _job(thoughts_task, params, params.limit, params.match)
 
 
 @flow(name="audit-judge", log_prints=True)
-def audit(params: AuditParams = AuditParams()) -> dict:
+def audit(params: AuditParams = AuditParams()) -> AuditResult:
     cfg = params.load()
     chunks = prepare(cfg)["chunks"]
     out = audit_task(cfg, chunks)
-    report = out["report"]
+    report = out.report
     create_markdown_artifact(audit_markdown(report), key="judge-audit", description="judge audit report")
     create_table_artifact([{"dimension": d, **v} for d, v in report["dimensions"].items()], key="judge-audit-table")
     if not report["passed"]:

@@ -16,6 +16,7 @@ from prefect import Flow, flow, unmapped
 
 from flows._common import run_cached
 from sip_core.infra import artifacts
+from sip_core.infra.artifacts import ArtifactRef
 from sip_core.config import ConfigError, SipConfig
 from tasks.prepare import (_load, chunk_shard_task, chunk_task, create_judgment_cache, filter_shard_task, filter_task,
                            ingest_task)
@@ -49,12 +50,13 @@ def ray_task_runner(cfg: SipConfig):
         "runtime_env": {"env_vars": env}, "include_dashboard": False, "logging_level": "WARNING"})
 
 
-def _sharded(shard_task, commit_task, cfg: SipConfig, parent: dict, inputs: list[str], **extra) -> dict:
+def _sharded(shard_task, commit_task, cfg: SipConfig, parent: ArtifactRef, inputs: list[str],
+             **extra) -> ArtifactRef:
     """Map `shard_task` over `inputs` (shard URIs of `parent`), then commit the parts with
     `commit_task`; like run_cached, a cache hit whose artifact is gone is redone (all of it)."""
     version = artifacts.code_version()
 
-    def run(refresh: bool) -> dict:
+    def run(refresh: bool) -> ArtifactRef:
         shard, commit = ((shard_task.with_options(refresh_cache=True), commit_task.with_options(refresh_cache=True))
                          if refresh else (shard_task, commit_task))
         parts = shard.map(unmapped(cfg), unmapped(parent), range(len(inputs)), inputs, unmapped(version),
@@ -63,7 +65,7 @@ def _sharded(shard_task, commit_task, cfg: SipConfig, parent: dict, inputs: list
         return commit(cfg, parent, version, parts)
 
     result = run(False)
-    if artifacts.load_committed(result["uri"], cfg.run.storage_options) is None:
+    if artifacts.load_committed(result.uri, cfg.run.storage_options) is None:
         result = run(True)
     return result
 
@@ -84,7 +86,7 @@ class _RunnerFromConfig(Flow):
 
 
 @flow(name="prepare", log_prints=True)
-def prepare(config: SipConfig = SipConfig()) -> dict:
+def prepare(config: SipConfig = SipConfig()) -> dict[str, ArtifactRef]:
     from sip_core.infra.run_context import RunContext
     from sip_core.data.prepare import chunk_inputs
 

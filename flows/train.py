@@ -8,14 +8,15 @@ from prefect.artifacts import create_table_artifact
 
 from flows.llm_jobs import thoughts
 from flows.prepare import prepare
-from sip_core.infra import store
 from sip_core.config import MidtrainParams, PretrainParams, SipConfig, ThoughtParams
+from sip_core.infra.artifacts import ArtifactRef
+from sip_core.report.assemble import metrics_rows
 from sip_core.training import JudgeGateFailed
 from tasks.llm_jobs import audit_task
-from tasks.train import pretrain_task, rlmt_task, sft_task
+from tasks.train import TrainResult, pretrain_task, rlmt_task, sft_task
 
 
-def judge_gate(cfg: SipConfig, chunks: dict, calls: list[int] | None = None) -> dict | None:
+def judge_gate(cfg: SipConfig, chunks: ArtifactRef, calls: list[int] | None = None) -> dict | None:
     """Audit the judge before training against it (cached: a rerun makes no calls) and return
     the audit report. With judge.gate=enforce a failed audit stops the run; with warn it is
     logged and reported. `calls`, when given, receives the judge calls the audit made."""
@@ -23,8 +24,8 @@ def judge_gate(cfg: SipConfig, chunks: dict, calls: list[int] | None = None) -> 
         return None
     out = audit_task(cfg, chunks)
     if calls is not None:
-        calls.append(out["calls"])
-    report = out["report"]
+        calls.append(out.calls)
+    report = out.report
     if not report["passed"]:
         message = f"judge {report['judge']} failed its audit: {'; '.join(report['reasons'])}"
         if cfg.judge.gate == "enforce":
@@ -33,13 +34,10 @@ def judge_gate(cfg: SipConfig, chunks: dict, calls: list[int] | None = None) -> 
     return report
 
 
-def publish_metrics(result: dict, key: str, cfg: SipConfig) -> None:
-    uri = result["stats"].get("metrics_uri")
-    if not uri or not store.exists(uri, cfg.run.storage_options):
-        return
-    rows = store.read_parquet(uri, cfg.run.storage_options).to_pylist()
-    rows = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if v is not None} for r in rows]
-    create_table_artifact(rows, key=key, description=f"per-step metrics of {result['uri']}")
+def publish_metrics(result: TrainResult, key: str, cfg: SipConfig) -> None:
+    rows = metrics_rows(result, cfg.run.storage_options, digits=4)
+    if rows is not None:
+        create_table_artifact(rows, key=key, description=f"per-step metrics of {result.uri}")
 
 
 @flow(name="pretrain", log_prints=True)
@@ -53,8 +51,8 @@ def pretrain(params: PretrainParams = PretrainParams()) -> dict:
     audit = judge_gate(cfg, chunks) if cfg.pretrain.objective != "ntp" else None
     out = pretrain_task(cfg, chunks)
     publish_metrics(out, f"pretrain-{cfg.pretrain.objective}-metrics".replace("_", "-"), cfg)
-    print(f"pretrain ({cfg.pretrain.objective}): {cfg.pretrain.steps} steps -> {out['uri']}")
-    return {**out, "chunks": chunks, "audit": audit}
+    print(f"pretrain ({cfg.pretrain.objective}): {cfg.pretrain.steps} steps -> {out.uri}")
+    return {"pretrain": out, "chunks": chunks, "audit": audit}
 
 
 @flow(name="midtrain", log_prints=True)
@@ -69,11 +67,11 @@ def midtrain(params: MidtrainParams = MidtrainParams()) -> dict:
         cfg.sft.init = init
         out["sft"] = sft_task(cfg, thought_data)
         publish_metrics(out["sft"], "sft-metrics", cfg)
-        init = out["sft"]["uri"]
+        init = out["sft"].uri
     if params.stage in ("rlmt", "both"):
         out["audit"] = judge_gate(cfg, chunks)
         cfg.rlmt.init = init
         out["rlmt"] = rlmt_task(cfg, chunks, thought_data)
         publish_metrics(out["rlmt"], "rlmt-metrics", cfg)
-    print("midtrain: " + ", ".join(f"{k} -> {out[k]['uri']}" for k in ("sft", "rlmt") if k in out))
+    print("midtrain: " + ", ".join(f"{k} -> {out[k].uri}" for k in ("sft", "rlmt") if k in out))
     return out

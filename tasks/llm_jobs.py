@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-from prefect import task
-from prefect.runtime import flow_run, task_run
+from typing import Any
 
-from sip_core.infra import artifacts, store
-from sip_core.infra.artifacts import Provenance
+from prefect import task
+from pydantic import BaseModel
+
+from sip_core.infra import store
+from sip_core.infra.artifacts import ArtifactRef
 from sip_core.judge.audit import AuditReport, audit_judge, build_pairs, save_report
 from sip_core.config import SipConfig
 from sip_core.llm.factory import open_llm
-from sip_core.infra.run_context import RunContext
 from sip_core.augment.rewrites import rewrite_next_batch
 from sip_core.augment.thought_insertion import insert_thoughts
-from tasks.prepare import ref, transient
-
-
-def provenance() -> Provenance:
-    return Provenance(str(flow_run.id) if flow_run.id else None, str(task_run.id) if task_run.id else None)
+from tasks.runs import provenance, run_context, transient
 
 
 def api_key(cfg: SipConfig, role: str) -> str | None:
@@ -34,8 +31,42 @@ def _llm(cfg: SipConfig, role: str):
     return open_llm(cfg, role, provenance(), api_key(cfg, role))
 
 
-def _chunks(cfg: SipConfig, chunks: dict):
-    return artifacts.load_manifest(chunks["uri"], cfg.run.storage_options)
+class LLMJobResult(BaseModel):
+    """Model calls a job made, and the judgment-cache hits that spared others."""
+
+    calls: int = 0
+    cache_hits: int = 0
+
+
+class RewriteResult(LLMJobResult):
+    batch: ArtifactRef | None = None  # None: nothing left to rewrite
+    remaining: int = 0
+    done_before: int = 0
+
+    def summary(self) -> str:
+        rows, uri = (self.batch.stats.get("rows", 0), self.batch.uri) if self.batch else (0, None)
+        return (f"rewrite: {rows} chunks this run, {self.remaining} left, {self.calls} model calls, "
+                f"{self.cache_hits} cache hits -> {uri}")
+
+
+class ThoughtsResult(LLMJobResult, ArtifactRef):
+    """The thought data (an artifact reference), with the teacher's calls."""
+
+    def summary(self) -> str:
+        s = self.stats
+        return (f"thoughts: {s['kept']}/{s['rows']} rows kept, {s['rejected']} rejected by the integrity gate, "
+                f"{s['malformed']} malformed, {s['thoughts_per_kept_row']} thoughts per kept row, "
+                f"coverage {s['mean_coverage']} -> {self.uri}")
+
+
+class AuditResult(LLMJobResult):
+    pairs: ArtifactRef
+    audit: ArtifactRef
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """The audit report (`AuditReport` as a dict: judge, passed, reasons, dimensions, ...)."""
+        return self.audit.stats
 
 
 # No Prefect result cache here: the judgment cache already makes a rerun free of model calls,
@@ -44,29 +75,30 @@ OPTIONS = dict(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=transi
 
 
 @task(name="rewrite-batch", **OPTIONS)
-def rewrite_task(cfg: SipConfig, chunks: dict, limit: int, split: str) -> dict:
+def rewrite_task(cfg: SipConfig, chunks: ArtifactRef, limit: int, split: str) -> RewriteResult:
     llm = _llm(cfg, "rewriter")
-    batch = rewrite_next_batch(RunContext(cfg, provenance()), _chunks(cfg, chunks), llm, limit, split)
-    out = ref(batch.manifest) if batch.manifest else {"uri": None, "stats": {}}
-    return {**out, "remaining": batch.remaining, "done_before": batch.done_before, "calls": llm.calls,
-            "cache_hits": llm.hits}
+    batch = rewrite_next_batch(run_context(cfg), chunks.manifest(cfg.run.storage_options), llm, limit,
+                               split)
+    return RewriteResult(batch=ArtifactRef.of(batch.manifest) if batch.manifest else None, remaining=batch.remaining,
+                         done_before=batch.done_before, calls=llm.calls, cache_hits=llm.hits)
 
 
 @task(name="insert-thoughts", **OPTIONS)
-def thoughts_task(cfg: SipConfig, chunks: dict, limit: int | None, match: str) -> dict:
+def thoughts_task(cfg: SipConfig, chunks: ArtifactRef, limit: int | None, match: str) -> ThoughtsResult:
     llm = _llm(cfg, "teacher")
-    manifest = insert_thoughts(RunContext(cfg, provenance()), _chunks(cfg, chunks), llm, limit, match)
-    return {**ref(manifest), "calls": llm.calls, "cache_hits": llm.hits}
+    manifest = insert_thoughts(run_context(cfg), chunks.manifest(cfg.run.storage_options), llm, limit,
+                               match)
+    return ThoughtsResult(**ArtifactRef.of(manifest).model_dump(), calls=llm.calls, cache_hits=llm.hits)
 
 
 @task(name="judge-audit", **OPTIONS)
-def audit_task(cfg: SipConfig, chunks: dict) -> dict:
-    env = RunContext(cfg, provenance())
+def audit_task(cfg: SipConfig, chunks: ArtifactRef) -> AuditResult:
+    env = run_context(cfg)
     judge = _llm(cfg, "judge")
     teacher = _llm(cfg, "teacher") if cfg.judge.audit_llm_corruptions else None
-    pairs = build_pairs(env, _chunks(cfg, chunks), cfg.judge.audit_items, teacher)
+    pairs = build_pairs(env, chunks.manifest(cfg.run.storage_options), cfg.judge.audit_items, teacher)
     rows = [r for f in pairs.files for r in store.read_parquet(f, cfg.run.storage_options).to_pylist()]
     report: AuditReport = audit_judge(rows, judge, cfg.judge)
     saved = save_report(env, pairs, report)
-    return {"pairs": ref(pairs), "audit": ref(saved), "report": saved.stats, "calls": judge.calls,
-            "cache_hits": judge.hits}
+    return AuditResult(pairs=ArtifactRef.of(pairs), audit=ArtifactRef.of(saved), calls=judge.calls,
+                       cache_hits=judge.hits)

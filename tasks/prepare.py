@@ -1,4 +1,4 @@
-"""Data-stage tasks. Each passes artifact references (URI + content hash), never data frames.
+"""Data-stage tasks. Each passes artifact references (`ArtifactRef`), never data frames.
 
 Filter and chunk come in two kinds: a per-shard task (`filter-shard`, `chunk-shard`, mapped over the
 input dataset's shards; it writes its own parts and returns their URIs and hashes) and the stage
@@ -12,33 +12,21 @@ import json
 import threading
 
 from prefect import task
-from prefect.runtime import flow_run, task_run
 
-from sip_core.infra import artifacts
-from sip_core.infra.artifacts import Manifest, Provenance
 from sip_core.config import SipConfig
+from sip_core.data.prepare import (INGEST_KEYS, chunk_plan, chunk_shard, filter_documents, filter_plan, filter_shard,
+                                   ingest_documents, materialize_chunks)
+from sip_core.infra.artifacts import ArtifactRef, Manifest
 from sip_core.infra.run_context import RunContext
-from sip_core.data.prepare import (INGEST_KEYS, chunk_shard, filter_documents, filter_shard, ingest_documents,
-                              materialize_chunks)
-
-
-def transient(task, task_run, state) -> bool:
-    """Retry I/O hiccups (an object store, a network filesystem); bad input fails at once."""
-    try:
-        state.result()
-    except FileNotFoundError:
-        return False
-    except (OSError, TimeoutError):
-        return True
-    except Exception:
-        return False
-    return False
+from tasks.runs import run_context as _env
+from tasks.runs import transient
 
 
 def _source_fingerprint(cfg: SipConfig) -> list:
-    """Names, sizes and mtimes of the source files: an edited corpus is not a cache hit."""
-    from sip_core.infra import store
+    """Names, sizes and mtimes of the source files: an edited corpus is not a cache hit (the
+    library's docs key hashes the files' contents, too slow for a cache lookup)."""
     from sip_core.data.readers import resolve_source
+    from sip_core.infra import store
 
     src = resolve_source(cfg.data, cfg.run.storage_options)
     out = []
@@ -52,30 +40,38 @@ def _source_fingerprint(cfg: SipConfig) -> list:
     return out
 
 
+def _filter_stage_types(cfg: SipConfig) -> list[type]:
+    """The filter's stage classes (each names itself): the plan needs their names, not loaded stages."""
+    from sip_core.data.llm_safety_filter import LLMSafetyStage
+    from sip_core.data.rule_filters import RuleStage
+
+    return [RuleStage, LLMSafetyStage] if cfg.filter.llm_stage else [RuleStage]
+
+
 STAGE_OF = {"filter-shard": "filter-documents", "chunk-shard": "materialize-chunks"}
 
 
-def _stage_inputs(task_name: str, cfg: SipConfig, params: dict) -> list:
-    """What a stage's output depends on: its own config sections (not the whole config, so
-    changing the filter does not re-run ingest), its parent's content hash, and the code."""
-    data = cfg.data.model_dump(mode="json")
-    stage = STAGE_OF.get(task_name, task_name)
+def planned_output(stage: str, cfg: SipConfig, parent_hash: str | None) -> list:
+    """What a stage's output depends on, as the library plans it: the output URI (over its own
+    config sections, its parent's content hash and the code) and what that URI leaves out."""
+    env = RunContext(cfg)
     if stage == "ingest-documents":
-        section = [{k: data[k] for k in INGEST_KEYS}, _source_fingerprint(cfg)]
-    elif stage == "filter-documents":
+        return [env.stage_uri("docs", _source_fingerprint(cfg), {k: getattr(cfg.data, k) for k in INGEST_KEYS})]
+    if stage == "filter-documents":
         judge = cfg.judge.model_dump(mode="json", exclude={"api_key_block"}) if cfg.filter.llm_stage else None
-        section = [cfg.filter.model_dump(mode="json"), judge]
-    else:
-        section = [{k: v for k, v in data.items() if k not in INGEST_KEYS}, cfg.model.policy,
-                   cfg.filter.chunk_excluded]
-    parent = next((v["content_hash"] for v in params.values() if isinstance(v, dict) and "content_hash" in v), None)
-    shard = [params["index"], params["shard_uri"]] if "shard_uri" in params else None  # a per-shard task
-    return [task_name, cfg.run.root, cfg.run.storage_options, section, parent, shard, params.get("code_version")]
+        return [filter_plan(env, parent_hash, _filter_stage_types(cfg))[0], judge]
+    # The tokenizer's fingerprint would cost a tokenizer load per lookup; the policy names it.
+    return [chunk_plan(env, parent_hash, None)[0]]
 
 
 def stage_cache_key(context, params: dict) -> str:
     name = context.task.name
-    payload = json.dumps(_stage_inputs(name, params["cfg"], params), sort_keys=True, default=str)
+    cfg: SipConfig = params["cfg"]
+    parent = next((v.content_hash for v in params.values() if isinstance(v, ArtifactRef)), None)
+    shard = [params["index"], params["shard_uri"]] if "shard_uri" in params else None  # a per-shard task
+    inputs = [name, planned_output(STAGE_OF.get(name, name), cfg, parent), cfg.run.storage_options, shard,
+              params.get("code_version")]
+    payload = json.dumps(inputs, sort_keys=True, default=str)
     return f"{name}-{hashlib.sha256(payload.encode()).hexdigest()[:32]}"
 
 
@@ -84,23 +80,13 @@ OPTIONS = dict(cache_key_fn=stage_cache_key, persist_result=True, retries=2, ret
                retry_condition_fn=transient)
 
 
-def ref(m: Manifest) -> dict:
-    return {"uri": m.uri, "content_hash": m.content_hash, "artifact_id": m.artifact_id, "rows": m.rows,
-            "stats": m.stats}
-
-
-def _env(cfg: SipConfig) -> RunContext:
-    return RunContext(cfg, Provenance(flow_run_id=str(flow_run.id) if flow_run.id else None,
-                                    task_run_id=str(task_run.id) if task_run.id else None))
-
-
-def _load(parent: dict, cfg: SipConfig) -> Manifest:
-    return artifacts.load_manifest(parent["uri"], cfg.run.storage_options)
+def _load(parent: ArtifactRef, cfg: SipConfig) -> Manifest:
+    return parent.manifest(cfg.run.storage_options)
 
 
 @task(name="ingest-documents", **OPTIONS)
-def ingest_task(cfg: SipConfig, code_version: str) -> dict:
-    return ref(ingest_documents(_env(cfg)))
+def ingest_task(cfg: SipConfig, code_version: str) -> ArtifactRef:
+    return ArtifactRef.of(ingest_documents(_env(cfg)))
 
 
 def _filter_stages(cfg: SipConfig, env: RunContext) -> list | None:
@@ -125,39 +111,40 @@ def create_judgment_cache(cfg: SipConfig) -> None:
     concurrent CREATEs of one table)."""
     if cfg.filter.llm_stage:
         from sip_core.llm.cache import JudgmentCache
-        from sip_core.infra.run_context import state_dir_for
 
-        JudgmentCache(state_dir_for(cfg.run.root, cfg.run.state_dir) / "judgments.duckdb")
+        JudgmentCache(RunContext(cfg).judgments_db)
 
 
 @task(name="filter-shard", **OPTIONS)
-def filter_shard_task(cfg: SipConfig, docs: dict, index: int, shard_uri: str, code_version: str,
+def filter_shard_task(cfg: SipConfig, docs: ArtifactRef, index: int, shard_uri: str, code_version: str,
                       parallel: bool = True) -> dict:
     """One docs shard -> its parts of the filtered dataset: {"index", "parts" (URIs, hashes, rows), "stats"}."""
     return _filter_shard(cfg, docs, index, shard_uri, parallel)
 
 
-def _filter_shard(cfg: SipConfig, docs: dict, index: int, shard_uri: str, parallel: bool) -> dict:
+def _filter_shard(cfg: SipConfig, docs: ArtifactRef, index: int, shard_uri: str, parallel: bool) -> dict:
     # A plain function: a task's own function travels to Ray by value, with the globals it uses (no locks).
     env = _env(cfg)
     with _LLM_STAGE if cfg.filter.llm_stage else contextlib.nullcontext():
-        return filter_shard(env, docs["content_hash"], index, shard_uri, _filter_stages(cfg, env), parallel)
+        return filter_shard(env, docs.content_hash, index, shard_uri, _filter_stages(cfg, env), parallel)
 
 
 @task(name="filter-documents", **OPTIONS)
-def filter_task(cfg: SipConfig, docs: dict, code_version: str, shards: list[dict] | None = None) -> dict:
+def filter_task(cfg: SipConfig, docs: ArtifactRef, code_version: str,
+                shards: list[dict] | None = None) -> ArtifactRef:
     """Commit the filter-shard results (any shard missing is filtered here; none given: all of them)."""
     env = _env(cfg)
-    return ref(filter_documents(env, _load(docs, cfg), _filter_stages(cfg, env), shards))
+    return ArtifactRef.of(filter_documents(env, _load(docs, cfg), _filter_stages(cfg, env), shards))
 
 
 @task(name="chunk-shard", **OPTIONS)
-def chunk_shard_task(cfg: SipConfig, filtered: dict, index: int, shard_uri: str, code_version: str) -> dict:
+def chunk_shard_task(cfg: SipConfig, filtered: ArtifactRef, index: int, shard_uri: str, code_version: str) -> dict:
     """One filtered shard -> its parts of the chunk dataset: {"index", "parts" (URIs, hashes, rows), "stats"}."""
-    return chunk_shard(_env(cfg), filtered["content_hash"], index, shard_uri)
+    return chunk_shard(_env(cfg), filtered.content_hash, index, shard_uri)
 
 
 @task(name="materialize-chunks", **OPTIONS)
-def chunk_task(cfg: SipConfig, filtered: dict, code_version: str, shards: list[dict] | None = None) -> dict:
+def chunk_task(cfg: SipConfig, filtered: ArtifactRef, code_version: str,
+               shards: list[dict] | None = None) -> ArtifactRef:
     """Commit the chunk-shard results (any shard missing is chunked here; none given: all of them)."""
-    return ref(materialize_chunks(_env(cfg), _load(filtered, cfg), shards))
+    return ArtifactRef.of(materialize_chunks(_env(cfg), _load(filtered, cfg), shards))

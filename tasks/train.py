@@ -15,10 +15,18 @@ import yaml
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run, task_run
 
-from sip_core.infra import artifacts
 from sip_core.config import SipConfig
+from sip_core.infra import artifacts
+from sip_core.infra.artifacts import ArtifactRef
 from sip_core.training import RecipeFailed
 from tasks.slots import compute_slot, threads_per_slot
+
+
+class TrainResult(ArtifactRef):
+    """A recipe's final checkpoint, whether it was reused (already trained), and the judge calls made."""
+
+    reused: bool = False
+    judge_calls: int = 0
 
 
 def recipe_command(module: str, config_path: str, nproc: int, args: list[str]) -> list[str]:
@@ -27,14 +35,14 @@ def recipe_command(module: str, config_path: str, nproc: int, args: list[str]) -
     return [*launcher, "-m", module, "--config", config_path, *args]
 
 
-def run_recipe(module: str, cfg: SipConfig, nproc: int, args: list[str], log=print) -> dict:
+def run_recipe(module: str, cfg: SipConfig, nproc: int, args: list[str], log=print) -> TrainResult:
     """Run one recipe to completion (in one of `lifecycle.parallel` slots); returns the final
     checkpoint's manifest reference."""
     with compute_slot(cfg.lifecycle.parallel):
         return _run_recipe(module, cfg, nproc, args, log)
 
 
-def _run_recipe(module: str, cfg: SipConfig, nproc: int, args: list[str], log) -> dict:
+def _run_recipe(module: str, cfg: SipConfig, nproc: int, args: list[str], log) -> TrainResult:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         os.chmod(f.name, 0o600)  # storage options may hold credentials
         yaml.safe_dump(cfg.model_dump(mode="json"), f)
@@ -64,9 +72,8 @@ def _run_recipe(module: str, cfg: SipConfig, nproc: int, args: list[str], log) -
         os.unlink(f.name)
     if rc != 0 or final is None:
         raise RecipeFailed(f"{module} exited with {rc}: {tail[-1] if tail else 'no output'}")
-    m = artifacts.load_manifest(final, cfg.run.storage_options)
-    return {"uri": m.uri, "content_hash": m.content_hash, "artifact_id": m.artifact_id, "stats": m.stats,
-            "reused": reused, "judge_calls": judge_calls}
+    ref = ArtifactRef.of(artifacts.load_manifest(final, cfg.run.storage_options))
+    return TrainResult(**ref.model_dump(), reused=reused, judge_calls=judge_calls)
 
 
 def _logger_line():
@@ -79,28 +86,30 @@ OPTIONS = dict(retries=1, retry_delay_seconds=10)
 
 
 @task(name="pretrain", **OPTIONS)
-def pretrain_task(cfg: SipConfig, chunks: dict) -> dict:
-    return run_recipe("sip_core.recipes.pretrain", cfg, cfg.pretrain.nproc_per_node, ["--chunks", chunks["uri"]],
+def pretrain_task(cfg: SipConfig, chunks: ArtifactRef) -> TrainResult:
+    return run_recipe("sip_core.recipes.pretrain", cfg, cfg.pretrain.nproc_per_node, ["--chunks", chunks.uri],
                       _logger_line())
 
 
-def with_init(cfg: SipConfig, section: str, init: dict | str | None) -> SipConfig:
+def with_init(cfg: SipConfig, section: str, init: ArtifactRef | str | None) -> SipConfig:
     """cfg with `<section>.init` set to a checkpoint (a training task's result or a URI)."""
     if init is None:
         return cfg
-    return cfg.replace({f"{section}.init": init["uri"] if isinstance(init, dict) else init})
+    return cfg.replace({f"{section}.init": init.uri if isinstance(init, ArtifactRef) else init})
 
 
 @task(name="sft", **OPTIONS)
-def sft_task(cfg: SipConfig, thoughts: dict, init: dict | str | None = None) -> dict:
-    """Thinking SFT from `init` (a pretrain task's result, a URI, or None: cfg.sft.init)."""
+def sft_task(cfg: SipConfig, thoughts: ArtifactRef, init: ArtifactRef | str | None = None) -> TrainResult:
+    """Thinking SFT from `init` (a pretrain task's result, a URI, or None: cfg.sft.init). It reads
+    the thought data alone (no chunks)."""
     cfg = with_init(cfg, "sft", init)
-    return run_recipe("sip_core.recipes.sft", cfg, cfg.sft.nproc_per_node, ["--thoughts", thoughts["uri"]],
+    return run_recipe("sip_core.recipes.sft", cfg, cfg.sft.nproc_per_node, ["--thoughts", thoughts.uri],
                       _logger_line())
 
 
 @task(name="rlmt", **OPTIONS)
-def rlmt_task(cfg: SipConfig, chunks: dict, thoughts: dict | None, init: dict | str | None = None) -> dict:
+def rlmt_task(cfg: SipConfig, chunks: ArtifactRef, thoughts: ArtifactRef | None,
+              init: ArtifactRef | str | None = None) -> TrainResult:
     cfg = with_init(cfg, "rlmt", init)
-    args = ["--chunks", chunks["uri"], *(["--thoughts", thoughts["uri"]] if thoughts else [])]
+    args = ["--chunks", chunks.uri, *(["--thoughts", thoughts.uri] if thoughts else [])]
     return run_recipe("sip_core.recipes.rlmt", cfg, cfg.rlmt.nproc_per_node, args, _logger_line())

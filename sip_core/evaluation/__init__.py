@@ -1,4 +1,4 @@
-"""Evaluation functions (issue 5): a pure library, no Prefect. Each returns a pydantic result with
+"""Evaluation functions: a pure library, no Prefect. Each returns a pydantic result with
 the numbers and their metadata (n, seeds, judge model id, and an `audit` slot the caller fills
 with the judge audit it ran under: `attach_audit(result, report)`).
 
@@ -12,6 +12,8 @@ with the judge audit it ran under: `attach_audit(result, report)`).
 | reasoning     | GSM8K / MATH-500, Mean@k and Pass@k, checked with Math-Verify             |
 | nll           | suffix_nll, thought-token vs text-token NLL                               |
 | rlmt          | reward_gate, thought-use probe                                            |
+| suite         | evaluate_model (every configured evaluation of one model), compare       |
+| store         | EvaluationStore (one model's evaluations, a cached artifact), compare_evaluations |
 """
 
 from sip_core.evaluation.factuality import (

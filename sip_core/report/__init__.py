@@ -1,8 +1,12 @@
-"""Run report (issue 5): a pure library (no Prefect) that turns a run's results into Markdown,
+"""Run report: a pure library (no Prefect) that turns a run's results into Markdown,
 a self-contained HTML page and PNG plots, and saves them as an artifact with lineage.
 
     files = render_report(RunResults(...))           # ReportFiles: markdown, html, images
     manifest = save_report(results, uri, storage_options, ctx)
+
+`assemble` builds a run's `RunResults` from its stages and evaluations and saves it
+content-addressed (`run_results`, `save_run_report`); `summaries` renders one job's short
+Markdown (an evaluation table, a judge audit).
 
 The report puts the judge and its audit verdict first, says for every comparison and every
 metric measured on several arms whether the 95% intervals overlap, shows n and seeds beside

@@ -78,8 +78,8 @@ def first_run(tmp_path_factory, corpus):
 
 def test_chunks_have_exactly_n_suffix_tokens_and_split_by_document(first_run):
     _, out = first_run
-    chunks = pl.read_parquet(f"{out['chunks']['uri']}/*/*.parquet")
-    assert chunks.height == out["chunks"]["rows"] > 100
+    chunks = pl.read_parquet(f"{out['chunks'].uri}/*/*.parquet")
+    assert chunks.height == out["chunks"].rows > 100
     assert chunks["suffix_ids"].list.len().unique().to_list() == [N]
     assert chunks["chunk_id"].n_unique() == chunks.height
     train = set(chunks.filter(pl.col("split") == "train")["doc_id"])
@@ -89,25 +89,25 @@ def test_chunks_have_exactly_n_suffix_tokens_and_split_by_document(first_run):
 
 def test_bad_records_are_counted_not_fatal(first_run):
     _, out = first_run
-    assert out["docs"]["stats"]["skipped"] == {"non_utf8": 1, "malformed_json": 1, "empty_text": 1,
+    assert out["docs"].stats["skipped"] == {"non_utf8": 1, "malformed_json": 1, "empty_text": 1,
                                                "missing_text": 1}
-    assert out["docs"]["stats"]["documents"] == 154
+    assert out["docs"].stats["documents"] == 154
 
 
 def test_unsafe_partition_holds_every_badword_document_that_passes_quality(first_run):
     _, out = first_run
-    filtered = pl.read_parquet(f"{out['filtered']['uri']}/*/*.parquet")
+    filtered = pl.read_parquet(f"{out['filtered'].uri}/*/*.parquet")
     unsafe = filtered.filter(pl.col("label") == "unsafe")
     assert {f"planted-unsafe-{j}" for j in range(3)} <= set(unsafe["doc_id"])
     for signals in unsafe["signals_json"]:
         assert json.loads(signals)["rps_doc_ldnoobw_words"] >= 5
     short = filtered.filter(pl.col("doc_id") == "planted-short").row(0, named=True)
     assert short["label"] == "excluded" and short["reason"].startswith("word_count<")
-    stats = out["filtered"]["stats"]
+    stats = out["filtered"].stats
     assert stats["labels"]["unsafe"] == unsafe.height
     assert sum(stats["labels"].values()) == filtered.height == 154
     # unsafe documents are flagged on their chunks too
-    chunks = pl.read_parquet(f"{out['chunks']['uri']}/*/*.parquet")
+    chunks = pl.read_parquet(f"{out['chunks'].uri}/*/*.parquet")
     assert set(chunks.filter(pl.col("filter_label") == "unsafe")["doc_id"]) <= set(unsafe["doc_id"])
 
 
@@ -115,11 +115,11 @@ def test_manifests_carry_hashes_schema_config_code_and_run_ids(first_run):
     from sip_core.infra.artifacts import load_manifest
 
     _, out = first_run
-    m = load_manifest(out["chunks"]["uri"])
-    assert m.rows == out["chunks"]["rows"] and len(m.content_hash) == 64
+    m = load_manifest(out["chunks"].uri)
+    assert m.rows == out["chunks"].rows and len(m.content_hash) == 64
     assert m.columns["suffix_ids"] == "list<item: int32>" and m.config["data"]["suffix_tokens"] == N
     assert m.flow_run_id and m.task_run_id and m.code_version.startswith("0.")
-    assert m.parents == [out["filtered"]["artifact_id"]]
+    assert m.parents == [out["filtered"].artifact_id]
     shard = load_manifest(m.files[0])
     assert shard.kind == "parquet-shard" and shard.part_of == m.artifact_id
 
@@ -129,7 +129,7 @@ def test_rerun_is_a_cache_hit_and_a_changed_config_is_not(first_run, corpus):
 
     cfg, out = first_run
     again = prepare(cfg, return_state=True)
-    assert again.result()["chunks"]["uri"] == out["chunks"]["uri"]
+    assert again.result()["chunks"].uri == out["chunks"].uri
     assert set(_task_states(again).values()) == {"Cached"}
     changed = cfg.model_copy(deep=True)
     changed.filter.min_badwords = 3
@@ -138,7 +138,7 @@ def test_rerun_is_a_cache_hit_and_a_changed_config_is_not(first_run, corpus):
     assert states["ingest_task:ingest-documents"] == "Cached"
     assert states["filter_task:filter-documents"] == "Completed"
     assert states["filter_shard_task:filter-shard"] == "Completed"
-    assert state.result()["filtered"]["uri"] != out["filtered"]["uri"]
+    assert state.result()["filtered"].uri != out["filtered"].uri
 
 
 def test_filter_and_chunk_are_mapped_over_shards(first_run):
@@ -147,7 +147,7 @@ def test_filter_and_chunk_are_mapped_over_shards(first_run):
     from sip_core.infra.artifacts import load_manifest
 
     _, out = first_run
-    docs, filtered, chunks = (load_manifest(out[k]["uri"]) for k in ("docs", "filtered", "chunks"))
+    docs, filtered, chunks = (load_manifest(out[k].uri) for k in ("docs", "filtered", "chunks"))
     assert len(docs.files) == 4  # 154 documents, 40 per shard
     writers = {load_manifest(f).task_run_id for f in filtered.files}
     assert len(writers) == len(docs.files) and filtered.task_run_id not in writers
@@ -167,15 +167,15 @@ def test_ids_are_identical_across_runs_into_fresh_roots(first_run, corpus, tmp_p
     env = RunContext(_cfg(tmp_path / "other", corpus))
     again = materialize_chunks(env, filter_documents(env, ingest_documents(env)))
     ids = lambda uri: pl.read_parquet(f"{uri}/*/*.parquet").sort("chunk_id")["chunk_id"].to_list()
-    assert ids(again.uri) == ids(out["chunks"]["uri"])
-    assert again.uri != out["chunks"]["uri"]
+    assert ids(again.uri) == ids(out["chunks"].uri)
+    assert again.uri != out["chunks"].uri
 
 
 def test_lineage_names_the_source_file_and_config(first_run, corpus):
     cfg, out = first_run
     from sip_core.infra.artifacts import load_manifest
 
-    shard = load_manifest(out["chunks"]["uri"]).files[0]
+    shard = load_manifest(out["chunks"].uri).files[0]
     res = subprocess.run([sys.executable, "-m", "flows.cli", "lineage", "--set", f"run.root={cfg.run.root}", shard],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
@@ -217,11 +217,11 @@ def test_llm_stage_2_plugs_in_after_the_rules(corpus, tmp_path):
 
     cfg = _cfg(tmp_path, corpus, "filter.llm_stage=true", "judge.model=none", "judge.safety_stage_seeds=3")
     out = prepare(cfg)
-    filtered = pl.read_parquet(f"{out['filtered']['uri']}/*/*.parquet")
+    filtered = pl.read_parquet(f"{out['filtered'].uri}/*/*.parquet")
     unsafe = filtered.filter(pl.col("label") == "unsafe")
     assert {f"planted-unsafe-{j}" for j in range(3)} <= set(unsafe["doc_id"])
     assert set(unsafe["stage"]) == {"llm-safety"} and set(unsafe["reason"]) == {"llm-unanimous-3"}
-    assert out["filtered"]["stats"]["labels"]["excluded"] >= 1  # stage 1's verdicts pass through unchanged
+    assert out["filtered"].stats["labels"]["excluded"] >= 1  # stage 1's verdicts pass through unchanged
 
 
 _TEST_PROCESS = os.getpid()
@@ -253,8 +253,8 @@ def test_rule_workers_label_exactly_as_this_process(first_run, corpus, tmp_path,
     _, expected = first_run
     out = prepare(_cfg(tmp_path, corpus))
     assert len(pools) == 4 and all(p is pools[0] for p in pools)  # one per shard, one pool for all
-    assert out["filtered"]["content_hash"] == expected["filtered"]["content_hash"]
-    assert out["filtered"]["stats"] == expected["filtered"]["stats"]
+    assert out["filtered"].content_hash == expected["filtered"].content_hash
+    assert out["filtered"].stats == expected["filtered"].stats
     assert library._RULE_POOL is None  # the workers stop when the stage commits
 
 

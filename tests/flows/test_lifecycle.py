@@ -31,8 +31,8 @@ def test_first_run_trains_every_arm_and_writes_the_report(runs):
     root, first, _ = runs
     assert first["judge_calls"] > 0 and first["calls"]["training"] > 0
     assert first["reused_stages"] == 0 and first["cached_evals"] == 0
-    html = Path(first["report"]["html"])
-    md = Path(first["report"]["markdown"]).read_text()
+    html = Path(first["report"].html)
+    md = Path(first["report"].markdown).read_text()
     assert html.is_file()
     for arm in ("base→SFT→RLMT", "base→SIP→SFT→RLMT", "base→NTP"):
         assert arm in md
@@ -53,7 +53,7 @@ def test_rerun_reuses_every_stage_and_calls_no_model(runs):
     assert second["reused_stages"] == 6 and second["cached_evals"] == 5
     assert second["finals"] == first["finals"]
     # same numbers in the new report (only the call counts differ: the rerun made none)
-    a, b = (json.loads((Path(r["report"]["html"]).parent / "results.json").read_text()) for r in (first, second))
+    a, b = (json.loads((Path(r["report"].html).parent / "results.json").read_text()) for r in (first, second))
     assert [arm["evaluations"]["heldout_nll"]["nll"] for arm in a["arms"]] == \
         [arm["evaluations"]["heldout_nll"]["nll"] for arm in b["arms"]]
     assert [c["result"].get("win_rate") for c in a["comparisons"]] == [c["result"].get("win_rate") for c in b["comparisons"]]

@@ -56,7 +56,7 @@ def _task_runs(flow_state) -> list:
 
 def _shard_task_run_ids(out: dict, stage: str) -> set[str]:
     """The task runs that wrote the parts of a stage's dataset (from the shard manifests)."""
-    m = artifacts.load_manifest(out[stage]["uri"])
+    m = artifacts.load_manifest(out[stage].uri)
     return {artifacts.load_manifest(f).task_run_id for f in m.files}
 
 
@@ -80,15 +80,15 @@ def test_prepare_on_ray_equals_the_default_run(tmp_path, data_dir, local_ray):
     on_ray = ray_state.result()
     print(f"ray flow: {time.time() - t0:.1f}s")
 
-    assert len(artifacts.load_manifest(default["docs"]["uri"]).files) == 3  # 120 documents, 40 per shard
+    assert len(artifacts.load_manifest(default["docs"].uri).files) == 3  # 120 documents, 40 per shard
     for stage in ("docs", "filtered", "chunks"):
-        assert on_ray[stage]["content_hash"] == default[stage]["content_hash"], stage
-        assert on_ray[stage]["rows"] == default[stage]["rows"] and on_ray[stage]["stats"] == default[stage]["stats"]
-    chunks = _rows(on_ray["chunks"]["uri"], "chunk_id")
-    assert chunks.height == default["chunks"]["rows"] > 0
-    assert chunks.equals(_rows(default["chunks"]["uri"], "chunk_id"))
-    assert chunks["chunk_id"].to_list() == _rows(default["chunks"]["uri"], "chunk_id")["chunk_id"].to_list()
-    assert _rows(on_ray["filtered"]["uri"], "doc_id").equals(_rows(default["filtered"]["uri"], "doc_id"))
+        assert on_ray[stage].content_hash == default[stage].content_hash, stage
+        assert on_ray[stage].rows == default[stage].rows and on_ray[stage].stats == default[stage].stats
+    chunks = _rows(on_ray["chunks"].uri, "chunk_id")
+    assert chunks.height == default["chunks"].rows > 0
+    assert chunks.equals(_rows(default["chunks"].uri, "chunk_id"))
+    assert chunks["chunk_id"].to_list() == _rows(default["chunks"].uri, "chunk_id")["chunk_id"].to_list()
+    assert _rows(on_ray["filtered"].uri, "doc_id").equals(_rows(default["filtered"].uri, "doc_id"))
 
     # Each filter/chunk part was written by its own mapped shard task, on Ray in worker processes.
     for out, state in ((default, default_state), (on_ray, ray_state)):

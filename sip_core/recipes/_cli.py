@@ -1,27 +1,42 @@
-"""The command line every recipe shares (what the Prefect task passes to torchrun)."""
+"""The command line every recipe shares (what the Prefect task passes to torchrun):
+
+    python -m sip_core.recipes.<name> --config FILE [--set KEY=VALUE ...] --chunks URI [--thoughts URI]
+        [--flow-run-id ID] [--task-run-id ID]
+
+Input artifacts are committed URIs; a missing or unreadable one is one line on stderr naming it
+and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
+from sip_core.config import ConfigError, SipConfig, load_config
 from sip_core.infra import artifacts
 from sip_core.infra.artifacts import Manifest, Provenance
-from sip_core.config import ConfigError, SipConfig, load_config
+from sip_core.training.runtime import shutdown
 
 
-def parse(description: str, extra_args: tuple[str, ...] = ()) -> tuple[SipConfig, argparse.Namespace]:
-    parser = argparse.ArgumentParser(description=description)
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage block
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse(description: str, required: tuple[str, ...] = (), optional: tuple[str, ...] = (),
+          ) -> tuple[SipConfig, argparse.Namespace, _Parser]:
+    parser = _Parser(description=description)
     parser.add_argument("--config")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--chunks", help="URI of the committed chunk artifact (default: run prepare)")
+    for name in (*required, *optional):
+        parser.add_argument(f"--{name}", required=name in required, metavar="URI",
+                            help=f"URI of the committed {name} artifact")
     parser.add_argument("--flow-run-id")
     parser.add_argument("--task-run-id")
-    for name in extra_args:
-        parser.add_argument(name)
     args = parser.parse_args()
     try:
-        return load_config(args.config, args.overrides), args
+        return load_config(args.config, args.overrides), args, parser
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
 
@@ -30,12 +45,20 @@ def provenance(args: argparse.Namespace) -> Provenance:
     return Provenance(args.flow_run_id, args.task_run_id)
 
 
-def chunk_manifest(cfg: SipConfig, uri: str | None, prov: Provenance) -> Manifest:
-    """The chunk artifact named on the command line, or the one prepare makes (cached)."""
-    if uri:
+def load_input(parser: _Parser, cfg: SipConfig, name: str, uri: str | None) -> Manifest | None:
+    """The committed artifact an input option names (None when it is absent)."""
+    if uri is None:
+        return None
+    try:
         return artifacts.load_manifest(uri, cfg.run.storage_options)
-    from sip_core.infra.run_context import RunContext
-    from sip_core.data.prepare import filter_documents, ingest_documents, materialize_chunks
+    except (OSError, ValueError) as exc:
+        parser.error(f"--{name} {uri}: {next(iter(str(exc).splitlines()), type(exc).__name__)}")
 
-    env = RunContext(cfg, prov)
-    return materialize_chunks(env, filter_documents(env, ingest_documents(env)))
+
+def main(doc: str, train: Callable[[SipConfig, dict[str, Manifest | None], Provenance], Manifest],
+         required: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> None:
+    """Parse the command line, load the input artifacts, run `train`, end the process group."""
+    cfg, args, parser = parse(doc.splitlines()[0], required, optional)
+    inputs = {name: load_input(parser, cfg, name, getattr(args, name)) for name in (*required, *optional)}
+    train(cfg, inputs, provenance(args))
+    shutdown()

@@ -7,89 +7,79 @@ after, on rows of the RL half (never trained on here).
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from sip_core.infra import artifacts
-from sip_core.infra.artifacts import Manifest, Provenance
 from sip_core.config import SipConfig
 from sip_core.evaluation.nll import thought_text_nll, thought_token_masks
+from sip_core.infra.artifacts import Manifest, Provenance
 from sip_core.infra.run_context import RunContext
-from sip_core.training import data
+from sip_core.recipes import _cli
+from sip_core.training.data import thought_rows
 from sip_core.training.logprobs import pack, token_logprobs
-from sip_core.training.session import TrainSession
+from sip_core.training.recipe import Recipe, Timers
 
-THOUGHT_COLUMNS = ["chunk_id", "half", "augmented_text", "status"]
+__all__ = ["NoThoughtData", "Sft", "thought_rows", "train"]  # thought_rows: tasks.evaluate reads it here
 
 
 class NoThoughtData(ValueError):
     pass
 
 
-def thought_rows(thoughts: Manifest, half: str, storage_options: dict) -> list[str]:
-    rows = data.read_rows(thoughts, None, storage_options, THOUGHT_COLUMNS)
-    return [t for t, h, s in zip(rows.columns.get("augmented_text", []), rows.columns.get("half", []),
-                                 rows.columns.get("status", [])) if s == "ok" and h == half]
+class Sft(Recipe):
+    def __init__(self, cfg: SipConfig, thoughts: Manifest, provenance: Provenance = Provenance()):
+        sc, env = cfg.sft, RunContext(cfg, provenance)
+        self.texts = thought_rows(thoughts, "sft", env.storage_options)
+        if not self.texts:
+            raise NoThoughtData(f"thought artifact {thoughts.uri} has no gated rows in its SFT half; "
+                                "run `sip thoughts` with more rows or a stronger teacher")
+        self.heldout = thought_rows(thoughts, "rl", env.storage_options)[: sc.heldout_rows]
+        super().__init__("sft", env, sc, [thoughts])
 
+    def setup(self) -> None:
+        self.encoded = [thought_token_masks(t, self.tok, True, self.tc.max_tokens) for t in self.texts]
+        self.before = self.heldout_nll() if self.session.start_step == 0 else {}
 
-def train(cfg: SipConfig, thoughts: Manifest, provenance: Provenance = Provenance()) -> Manifest:
-    sc = cfg.sft
-    env = RunContext(cfg, provenance)
-    so = env.storage_options
-    texts = thought_rows(thoughts, "sft", so)
-    if not texts:
-        raise NoThoughtData(f"thought artifact {thoughts.uri} has no gated rows in its SFT half; "
-                            "run `sip thoughts` with more rows or a stronger teacher")
-    heldout = thought_rows(thoughts, "rl", so)[: sc.heldout_rows]
-    session = TrainSession("sft", env, sc, [thoughts])
-    if done := session.reused():
-        return done
-    env.lineage().record([thoughts])
-    model, tok = session.load_policy()
-    rt = session.rt
-    encoded = [thought_token_masks(t, tok, True, sc.max_tokens) for t in texts]
+    def train_step(self, step: int) -> dict:
+        sc, rt, timers = self.tc, self.rt, Timers()
+        losses, parts = [], {"thought": [0.0, 0], "text": [0.0, 0]}
+        with timers("update"):
+            for micro, indices in self.session.micro_batches(len(self.encoded), step):
+                batch = [self.encoded[i] for i in indices]
+                ids, attn, _ = pack([[] for _ in batch], [b[0] for b in batch], self.tok.pad_token_id, rt.device)
+                thought = _mask([b[1] for b in batch], ids.shape[1], rt.device)
+                text = _mask([b[2] for b in batch], ids.shape[1], rt.device)
+                with self.session.accumulating(micro), rt.autocast():
+                    per_token = token_logprobs(self.model, ids, attn)
+                    weights = sc.thought_loss_weight * thought + text
+                    loss = -(per_token * weights).sum() / weights.sum().clamp(min=1)
+                    self.session.backward(loss)
+                losses.append(float(loss.detach()))
+                for name, mask in (("thought", thought), ("text", text)):
+                    parts[name][0] += float(-(per_token.detach() * mask).sum())
+                    parts[name][1] += int(mask.sum())
+        return {"loss": sum(losses) / len(losses),
+                "thought_nll": parts["thought"][0] / max(parts["thought"][1], 1),
+                "text_nll": parts["text"][0] / max(parts["text"][1], 1), **timers.metrics()}
 
-    def nll() -> dict:
-        if not heldout:
+    def heldout_nll(self) -> dict:
+        if not self.heldout:
             return {}
-        with rt.autocast():
-            r = thought_text_nll(getattr(model, "module", model), tok, heldout, rt.device, sc.max_tokens)
+        with self.rt.autocast():
+            r = thought_text_nll(self.session.module, self.tok, self.heldout, self.rt.device, self.tc.max_tokens)
         return {"heldout_thought_nll": r.thought_nll, "heldout_text_nll": r.text_nll}
 
-    before = nll() if session.start_step == 0 else {}
-    global_batch = sc.batch_size * sc.grad_accum * rt.world
-    for step in session.steps():
-        t = time.perf_counter()
-        indices = data.step_indices(len(encoded), step, global_batch, sc.seed, rt.rank, rt.world)
-        losses, parts = [], {"thought": [0.0, 0], "text": [0.0, 0]}
-        for micro in range(sc.grad_accum):
-            batch = [encoded[i] for i in indices[micro * sc.batch_size:(micro + 1) * sc.batch_size]]
-            ids, attn, _ = pack([[] for _ in batch], [b[0] for b in batch], tok.pad_token_id, rt.device)
-            thought = _mask([b[1] for b in batch], ids.shape[1], rt.device)
-            text = _mask([b[2] for b in batch], ids.shape[1], rt.device)
-            with session.accumulating(micro), rt.autocast():
-                per_token = token_logprobs(model, ids, attn)
-                weights = sc.thought_loss_weight * thought + text
-                loss = -(per_token * weights).sum() / weights.sum().clamp(min=1)
-                session.backward(loss)
-            losses.append(float(loss.detach()))
-            for name, mask in (("thought", thought), ("text", text)):
-                parts[name][0] += float(-(per_token.detach() * mask).sum())
-                parts[name][1] += int(mask.sum())
-        metrics = {"loss": sum(losses) / len(losses),
-                   "thought_nll": parts["thought"][0] / max(parts["thought"][1], 1),
-                   "text_nll": parts["text"][0] / max(parts["text"][1], 1),
-                   "time_update_s": round(time.perf_counter() - t, 3)}
-        if step == session.start_step:
-            metrics.update(before)
+    def evaluate(self, step: int) -> dict:
+        sc = self.tc
+        out = dict(self.before) if step == self.session.start_step else {}
         if (step + 1) % sc.eval_every == 0 or step + 1 == sc.steps:
-            metrics.update(nll())
-        session.update(step, metrics)
-    after = nll()
-    return session.finish({"rows": len(texts), "heldout_rows": len(heldout),
-                           **{f"before_{k}": v for k, v in before.items()},
-                           **{f"after_{k}": v for k, v in after.items()}})
+            out.update(self.heldout_nll())
+        return out
+
+    def summary(self) -> dict:
+        after = self.heldout_nll()
+        return {"rows": len(self.texts), "heldout_rows": len(self.heldout),
+                **{f"before_{k}": v for k, v in self.before.items()},
+                **{f"after_{k}": v for k, v in after.items()}}
 
 
 def _mask(masks: list[list[bool]], width: int, device) -> torch.Tensor:
@@ -100,13 +90,12 @@ def _mask(masks: list[list[bool]], width: int, device) -> torch.Tensor:
     return out[:, 1:].to(device)
 
 
-def main() -> None:
-    from sip_core.recipes import _cli
-    from sip_core.training.runtime import shutdown
+def train(cfg: SipConfig, thoughts: Manifest, provenance: Provenance = Provenance()) -> Manifest:
+    return Sft(cfg, thoughts, provenance).run()
 
-    cfg, args = _cli.parse(__doc__.splitlines()[0], ("--thoughts",))
-    train(cfg, artifacts.load_manifest(args.thoughts, cfg.run.storage_options), _cli.provenance(args))
-    shutdown()
+
+def main() -> None:
+    _cli.main(__doc__, lambda cfg, inputs, prov: train(cfg, inputs["thoughts"], prov), required=("thoughts",))
 
 
 if __name__ == "__main__":

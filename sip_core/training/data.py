@@ -1,4 +1,5 @@
-"""Training data: chunk rows from the prepare artifact, in a deterministic order.
+"""Training data: chunk rows from the prepare artifact, in a deterministic order, and the texts of
+the thought artifact's halves.
 
 The order is a function of (seed, epoch) only, and step s reads global positions
 [s*B, (s+1)*B) of it, so a resumed run continues exactly where the killed one stopped, and each
@@ -18,6 +19,7 @@ from sip_core.infra import artifacts, store
 from sip_core.infra.artifacts import Manifest
 
 CHUNK_COLUMNS = ["chunk_id", "prefix_ids", "suffix_ids", "prefix_text", "suffix_text"]
+THOUGHT_COLUMNS = ["chunk_id", "half", "augmented_text", "status"]
 
 
 @dataclass
@@ -75,3 +77,18 @@ def cap_suffixes(rows: Rows, n_tokens: int, tokenizer) -> Rows:
 
 def truncate_prefix(ids: list[int], max_tokens: int | None) -> list[int]:
     return list(ids[-max_tokens:]) if max_tokens else list(ids)
+
+
+def thought_rows(thoughts: Manifest, half: str, storage_options: dict) -> list[str]:
+    """The texts (with `<think>` spans) of the thought artifact's gated rows in one half (sft / rl)."""
+    rows = read_rows(thoughts, None, storage_options, THOUGHT_COLUMNS)
+    return [t for t, h, s in zip(rows.columns.get("augmented_text", []), rows.columns.get("half", []),
+                                 rows.columns.get("status", [])) if s == "ok" and h == half]
+
+
+def rl_chunk_ids(thoughts: Manifest | None, storage_options: dict) -> set[str] | None:
+    """The RL half of the thought data (method: data flow B); None = every train chunk."""
+    if thoughts is None:
+        return None
+    rows = read_rows(thoughts, None, storage_options, ["chunk_id", "half"])
+    return {c for c, h in zip(rows.columns["chunk_id"], rows.columns["half"]) if h == "rl"}

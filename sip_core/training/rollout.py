@@ -142,3 +142,14 @@ class VLLMRolloutEngine(RolloutEngine):
         result = [[list(c.token_ids) for c in o.outputs] for o in outs]
         self.generated_tokens += sum(len(c) for r in result for c in r)
         return result
+
+
+def snapshot_weights(model, tokenizer, run_dir: str, step: int) -> str:
+    """A local folder with the current weights, for an engine that holds its own copy (vLLM)."""
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.gettempdir()) / "sip-rollout-weights" / f"{abs(hash(run_dir))}-{step}"
+    getattr(model, "module", model).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)

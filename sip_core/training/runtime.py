@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from sip_core.infra.models import fast_bf16, resolve_model
+from sip_core.infra.models import autocast_dtype, load_causal_lm, resolve_device
 
 
 @dataclass
@@ -48,22 +48,17 @@ class Runtime:
 
 
 def setup(device: str = "auto", precision: str = "auto") -> Runtime:
-    """Read torchrun's env (RANK, WORLD_SIZE, LOCAL_RANK) and start the process group:
-    NCCL on CUDA, gloo on CPU. precision auto = bf16 autocast where bf16 is native (CUDA,
-    AMX/AVX512-BF16 CPUs), fp32 elsewhere (emulated bf16 is ~4x slower on AVX2 CPUs)."""
+    """Read torchrun's env (RANK, WORLD_SIZE, LOCAL_RANK) and start the process group: NCCL on
+    CUDA, gloo on CPU. Device and precision settings mean what `models.resolve_device` and
+    `models.autocast_dtype` say."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(f"cuda:{local_rank}" if device == "cuda" else device)
+    dev = resolve_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    if precision == "auto":
-        precision = "bf16" if fast_bf16(dev.type) else "fp32"
-    dtype = torch.bfloat16 if precision == "bf16" else None
-    return Runtime(dev, dtype, rank, world, local_rank)
+    return Runtime(dev, autocast_dtype(precision, dev), rank, world, local_rank)
 
 
 def seed_everything(seed: int) -> None:
@@ -88,19 +83,8 @@ def set_rng_state(state: dict) -> None:
 
 
 def load_model(ref: str, rt: Runtime, cache_dir: str | None = None, trainable: bool = True):
-    """(model, tokenizer) from a model reference; weights stay fp32 (autocast does the bf16 math,
-    the optimizer keeps fp32 master weights)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = resolve_model(ref, cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(rt.device)
-    model.train(trainable)
-    if not trainable:
-        model.requires_grad_(False)
-    return model, tokenizer
+    """(model, tokenizer) on the runtime's device, fp32 weights (`models.load_causal_lm`)."""
+    return load_causal_lm(ref, rt.device, cache_dir, trainable=trainable)
 
 
 def wrap_ddp(model, rt: Runtime):
@@ -109,10 +93,6 @@ def wrap_ddp(model, rt: Runtime):
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
-
-
-def unwrap(model):
-    return getattr(model, "module", model)
 
 
 def shutdown() -> None:

@@ -1,23 +1,22 @@
-"""What every recipe's loop shares: run folder, resume, optimizer and schedule, gradient
-accumulation, metrics, checkpoints with lineage. Recipes keep only their method's own logic.
+"""What every recipe's loop shares: run folder, resume, optimizer and schedule, the step's
+micro-batches, gradient accumulation, metrics, checkpoints with lineage. `training.recipe.Recipe`
+drives it; recipes keep only their method's own logic.
 
-    session = TrainSession("pretrain-dpo", cfg, cfg.pretrain, parents, run_key)
+    session = TrainSession("pretrain-dpo", env, cfg.pretrain, parents)
+    model, tokenizer = session.load_policy()
     for step in session.steps():
-        for micro in range(session.tc.grad_accum):
+        for micro, rows in session.micro_batches(n_rows, step):
             with session.accumulating(micro):
                 loss = ...; session.backward(loss)
-        session.update(step, {"loss": ...})
+        session.log(step, {"loss": ...}, session.optimizer_step())
+        session.checkpoint_if_due(step)
     return session.finish()
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import logging
-import math
-import sys
 import time
 from typing import Any
 
@@ -26,30 +25,29 @@ import torch
 
 from sip_core.infra import artifacts, store
 from sip_core.infra.artifacts import Manifest
-from sip_core.config import SipConfig, TrainConfig
+from sip_core.config import TrainConfig
 from sip_core.infra.run_context import RunContext
-from sip_core.training import checkpoint, runtime
+from sip_core.training import checkpoint, data, runtime
 from sip_core.training.runtime import Runtime
 
-log = logging.getLogger("sip.train")
+# What is kept on disk does not change the model, so it is not part of the run folder's key.
+BOOKKEEPING = {"keep_checkpoints", "keep_after_finish"}
 
 
-def run_dir_for(cfg: SipConfig, recipe: str, section: TrainConfig, parents: list[Manifest], extra: Any = None) -> str:
-    """Content-addressed: same recipe, config and parents -> same folder, so a killed run resumes
-    and a finished one is reused. The code version is deliberately not in the key (it is in every
-    checkpoint's manifest): fixing a bug and rerunning resumes instead of starting over."""
-    bookkeeping = {"keep_checkpoints", "keep_after_finish"}  # what is kept on disk does not change the model
-    key = json.dumps({"recipe": recipe, "train": section.model_dump(mode="json", exclude=bookkeeping), "data": cfg.data.model_dump(mode="json"),
-                      "policy": cfg.model.policy, "parents": [p.content_hash for p in parents], "extra": extra},
-                     sort_keys=True, default=str)
-    return store.join(store.normalize(cfg.run.root), "train", f"{recipe}-{hashlib.sha256(key.encode()).hexdigest()[:16]}")
+def run_key(env: RunContext, recipe: str, section: TrainConfig, parents: list[Manifest]) -> dict[str, Any]:
+    """What a run folder is keyed on: same recipe, config and parents -> same folder, so a killed
+    run resumes and a finished one is reused."""
+    cfg = env.cfg
+    return {"recipe": recipe, "train": section.model_dump(mode="json", exclude=BOOKKEEPING),
+            "data": cfg.data.model_dump(mode="json"), "policy": cfg.model.policy,
+            "parents": [p.content_hash for p in parents]}
 
 
 class TrainSession:
-    def __init__(self, recipe: str, env: RunContext, tc: TrainConfig, parents: list[Manifest], extra: Any = None):
+    def __init__(self, recipe: str, env: RunContext, tc: TrainConfig, parents: list[Manifest]):
         self.recipe, self.env, self.cfg, self.tc, self.parents = recipe, env, env.cfg, tc, parents
         self.so = env.storage_options
-        self.run_dir = run_dir_for(self.cfg, recipe, tc, parents, extra)
+        self.run_dir = env.train_uri(recipe, run_key(env, recipe, tc, parents))
         self.rt: Runtime = runtime.setup(tc.device, tc.precision)
         runtime.seed_everything(tc.seed + self.rt.rank)
         self.metrics: list[dict[str, Any]] = []
@@ -71,8 +69,8 @@ class TrainSession:
         source = checkpoint.step_dir(self.run_dir, steps[-1]) if steps else None
         ref = checkpoint.local_copy(source, self.so) if source else self.init_ref()
         model, tokenizer = runtime.load_model(ref, self.rt, self.cfg.model.cache_dir)
+        self.module, self.tokenizer = model, tokenizer  # module: the model itself, DDP wrapper or not
         self.model = runtime.wrap_ddp(model, self.rt)
-        self.tokenizer = tokenizer
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=self.tc.lr, weight_decay=self.tc.weight_decay)
         warmup = self.tc.warmup_steps
@@ -102,6 +100,14 @@ class TrainSession:
     def steps(self):
         return range(self.start_step, self.tc.steps)
 
+    def micro_batches(self, n_rows: int, step: int):
+        """(micro, row indices) for each micro-batch of this rank at optimizer step `step`."""
+        tc, rt = self.tc, self.rt
+        global_batch = tc.batch_size * tc.grad_accum * rt.world
+        indices = data.step_indices(n_rows, step, global_batch, tc.seed, rt.rank, rt.world)
+        for micro in range(tc.grad_accum):
+            yield micro, indices[micro * tc.batch_size:(micro + 1) * tc.batch_size]
+
     def accumulating(self, micro: int):
         """Skip DDP's gradient all-reduce on all but the last micro-batch of a step."""
         last = micro == self.tc.grad_accum - 1
@@ -120,26 +126,32 @@ class TrainSession:
         ids = torch.full((1, 2), self.tokenizer.pad_token_id, dtype=torch.long, device=self.rt.device)
         self.backward(self.model(input_ids=ids).logits.sum() * 0.0)
 
-    def update(self, step: int, metrics: dict[str, Any]) -> None:
-        """Clip, step optimizer and schedule, log, and checkpoint when due."""
+    def optimizer_step(self) -> float:
+        """Clip, step optimizer and schedule; returns the gradient norm before clipping."""
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        return float(grad_norm)
+
+    def log(self, step: int, metrics: dict[str, Any], grad_norm: float) -> None:
+        """The step's metrics row (floats averaged over ranks), kept and emitted."""
         row = {"step": step + 1, **{k: self.rt.all_mean(v) if isinstance(v, float) else v for k, v in metrics.items()},
-               "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
+               "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0],
                "elapsed_s": round(time.perf_counter() - self._t0, 2)}
         self.metrics.append(row)
         self.emit(row)
+
+    def checkpoint_if_due(self, step: int) -> None:
         if (step + 1) % self.tc.checkpoint_every == 0 and step + 1 < self.tc.steps:
             self.save_checkpoint(step + 1)
 
     def emit(self, row: dict[str, Any]) -> None:
         """One JSON line per event on stdout: the Prefect task streams these into its log."""
         if self.rt.is_main:
-            print(json.dumps({"recipe": self.recipe, **row}, default=_finite), flush=True)
+            print(json.dumps({"recipe": self.recipe, **row}, default=str), flush=True)
 
-    def context(self, stats: dict[str, Any] | None = None):
+    def context(self):
         config = {"recipe": self.recipe, "train": self.tc.model_dump(mode="json"), "policy": self.cfg.model.policy}
         return self.env.context(config, self.parents)
 
@@ -174,12 +186,3 @@ class TrainSession:
         self.rt.barrier()
         return final
 
-
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return str(value)
-
-
-def redirect_logs_to_stderr() -> None:
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -80,6 +80,17 @@ def think_then_predict(engine, tokenizer, prompts: Sequence[Sequence[int]], n: i
     return samples
 
 
+def unmask_forced(mask, prompts, samples):
+    """Drop the close-tag tokens the sampler forced from the loss mask of `completion_logprobs`
+    (column j of the mask scores token j + 1): the policy never sampled them."""
+    mask = mask.clone()
+    for i, (prompt, sample) in enumerate(zip(prompts, samples)):
+        if sample.forced:
+            a, b = sample.forced
+            mask[i, len(prompt) + a - 1:len(prompt) + b - 1] = False
+    return mask
+
+
 @dataclass
 class Rewards:
     values: list[float]

@@ -1,75 +1,22 @@
-"""Training library and recipes (issue 4): losses against hand values and TRL, log-probs against a
-per-token computation, batched vs unbatched generation, a rigged judge that must move the policy,
-kill -9 and resume, DDP on CPU, checkpoints with lineage, and the SFT/RLMT recipes end to end.
+"""The training library: losses against hand values and TRL, log-probs against a per-token
+computation, batched vs unbatched generation, checkpoints with lineage, the thought format's forced
+close, the objective table and the judged pairs. The recipes themselves are tested in tests/recipes.
 
-Everything runs on the CPU in fp32 on tiny settings (60 documents, 32-token prefixes, 16-token
-suffixes); each test has its own run root, and they share one chunk artifact built once.
+Everything runs on the CPU in fp32.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
 from conftest import POLICY
-from sip_core.llm.types import LLMBackend, LLMResult
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "configs" / "tiny.yaml")
-TARGET = " Purple elephants dance quietly under the silver moon."
-
-DATA = ["data.max_docs=60", "data.prefix_tokens=64", "data.suffix_tokens=16", "data.min_prefix_tokens=16"]
-TRAIN = ["device=cpu", "precision=fp32", "heldout_rows=2", "max_prefix_tokens=32"]
-
-
-def overrides(root, *extra: str) -> list[str]:
-    sections = [f"{s}.{kv}" for s in ("pretrain", "sft", "rlmt") for kv in TRAIN if not (
-        s == "sft" and kv.startswith("max_prefix"))]
-    return [f"run.root={root}", *DATA, "judge.model=none", "teacher.model=none", "pretrain.k_rollouts=1",
-            "pretrain.batch_size=2", "pretrain.checkpoint_every=100", "pretrain.eval_every=100", *sections, *extra]
-
-
-def tiny_cfg(root, *extra: str):
-    from sip_core.config import load_config
-
-    return load_config(CONFIG, overrides(root, *extra))
-
-
-def cli_args(root, chunks_uri: str, *extra: str) -> list[str]:
-    args = ["--config", CONFIG, "--chunks", chunks_uri]
-    for kv in overrides(root, *extra):
-        args += ["--set", kv]
-    return args
-
-
-def env_vars() -> dict:
-    return {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
-
-
-def read_metrics(final_manifest) -> list[dict]:
-    return pq.read_table(final_manifest.stats["metrics_uri"]).to_pylist()
-
-
-@pytest.fixture(scope="session")
-def chunks(tmp_path_factory):
-    """One small chunk artifact (bundled C4), shared by every test that trains."""
-    from sip_core.infra.artifacts import Provenance
-    from sip_core.recipes._cli import chunk_manifest
-
-    cfg = tiny_cfg(tmp_path_factory.mktemp("chunks"))
-    manifest = chunk_manifest(cfg, None, Provenance())
-    assert manifest.stats.get("partitions", {}) or manifest.files
-    return manifest
 
 
 @pytest.fixture(scope="session")
@@ -232,8 +179,9 @@ def test_checkpoint_round_trip_and_lineage(tokenizer, tmp_path):
     from sip_core.infra.run_context import RunContext
     from sip_core.training import checkpoint
 
-    cfg = tiny_cfg(tmp_path / "run")
-    env = RunContext(cfg)
+    from sip_core.config import load_config
+
+    env = RunContext(load_config(CONFIG, [f"run.root={tmp_path / 'run'}"]))
     model = tiny_llama(len(tokenizer), 3)
     parent = artifacts.config_manifest("test-parent", {"x": 1})
     env.lineage().record([parent])  # recipes record their inputs; save records the checkpoint + edges
@@ -259,223 +207,57 @@ def test_checkpoint_round_trip_and_lineage(tokenizer, tmp_path):
     assert checkpoint.committed_steps(run_dir, {}) == [4]
 
 
-# --------------------------------------------------------------------------- rigged judge
+# --------------------------------------------------------------------------- objectives and judged pairs
 
 
-class RiggedBackend(LLMBackend):
-    """A judge that always prefers the option holding the target string (pairs without it: option 1
-    in both orders, i.e. a tie)."""
-
-    kind, model_id = "rigged", "rigged"
-
-    def __init__(self, target: str):
-        self.target, self.seen = target.strip(), 0
-
-    async def agenerate(self, requests, progress=None, on_result=None):
-        out = []
-        for i, req in enumerate(requests):
-            assert req.prompt.startswith("quality@"), req.prompt
-            a, b = req.inputs["option_1"], req.inputs["option_2"]
-            pick = 2 if self.target in b and self.target not in a else 1
-            out.append(LLMResult(f"Both read fine.\nConclusion: Option {pick}"))
-            if on_result:
-                on_result(i, out[-1])
-        self.seen += len(requests)
-        return out
-
-
-def _write_target_rewrites(cfg, chunks, target_ids: list[int]) -> None:
-    """A committed rewrite batch (the real rewrite artifact layout) whose every rewrite is TARGET."""
-    from sip_core.infra import artifacts, store
-    from sip_core.infra.artifacts import DatasetWriter
-    from sip_core.infra.run_context import RunContext
-    from sip_core.augment.rewrites import REWRITE_SCHEMA
-
-    env = RunContext(cfg)
-    rows = pa.concat_tables([store.read_parquet(f, {}) for f in artifacts.shard_uris(chunks, "train")]).to_pylist()
-    n = len(rows)
-    cols = dict(chunk_id=[r["chunk_id"] for r in rows], doc_id=[r["doc_id"] for r in rows],
-                filter_label=[r["filter_label"] for r in rows], suffix_text=[r["suffix_text"] for r in rows],
-                rewrite_text=[TARGET] * n, rewrite_ids=[target_ids] * n, token_overlap=[0.0] * n,
-                is_copy=[False] * n, status=["ok"] * n, error=[None] * n, judgment_key=["k"] * n,
-                prompt=["rewrite@test"] * n, model_id=["rigged"] * n)
-    uri = store.join(str(cfg.run.root), "rewrites", "rigged", "batch-0000")
-    with DatasetWriter(uri, env.context({"test": "rigged"}, [chunks]), schema=REWRITE_SCHEMA) as writer:
-        writer.write(pa.Table.from_pydict(cols, schema=REWRITE_SCHEMA))
-        writer.commit({})
-
-
-def _target_logprob(model, tok, prefixes: list[list[int]], target_ids: list[int]) -> float:
+def test_objective_table_and_dpo_objective_match_the_loss(tokenizer):
     from sip_core.training.logprobs import completion_logprobs
+    from sip_core.training.losses import dpo_loss
+    from sip_core.training.objectives import OBJECTIVES, Pairs
 
+    assert set(OBJECTIVES) == {"dpo", "rf_nll", "ntp"}
+    assert not OBJECTIVES["ntp"].judged and OBJECTIVES["rf_nll"].judged and OBJECTIVES["dpo"].reference
+    assert OBJECTIVES["rf_nll"].loss is OBJECTIVES["ntp"].loss  # one NLL: on the best candidate vs the original
+    model, ref = tiny_llama(len(tokenizer), 0, init=0.5), tiny_llama(len(tokenizer), 1, init=0.5)
+    pairs = Pairs([[5, 6, 7], [8, 9]], [[10, 11], [12]], [[13], [14, 15, 16]])
     with torch.no_grad():
-        summed, _, _ = completion_logprobs(model, prefixes, [target_ids] * len(prefixes), tok.pad_token_id)
-    return float(summed.mean())
+        loss, extra = OBJECTIVES["dpo"].loss(model, pairs, 0, "cpu", reference=ref, beta=0.1)
+        logp = [completion_logprobs(m, pairs.prompts, c, 0)[0] for m in (model, ref)
+                for c in (pairs.chosen, pairs.rejected)]
+        per_pair, chosen, rejected = dpo_loss(*logp, 0.1)
+    assert float(loss) == pytest.approx(float(per_pair.mean()))
+    assert extra == pytest.approx({"dpo_margin": float((chosen - rejected).mean()),
+                                   "reward_accuracy": float((chosen > rejected).float().mean())})
 
 
-def test_rigged_judge_raises_target_likelihood(chunks, policy, tmp_path, monkeypatch):
-    from transformers import AutoModelForCausalLM
+def test_judged_pairs_best_vs_worst_with_stats(tokenizer):
+    from sip_core.judge.scoring import SetScores
+    from sip_core.training.judged_pairs import PairStats, candidates
 
-    from sip_core.llm.cache import CachedLLM, JudgmentCache
-    from sip_core.recipes import pretrain
-    from sip_core.training import checkpoint, data
-
-    base, tok = policy
-    cfg = tiny_cfg(tmp_path / "run", "pretrain.steps=5", "pretrain.lr=1e-4", "pretrain.beta=0.1")
-    target_ids = tok(TARGET, add_special_tokens=False)["input_ids"]
-    assert len(target_ids) <= 16
-    _write_target_rewrites(cfg, chunks, target_ids)
-    backend = RiggedBackend(TARGET)
-    monkeypatch.setattr(pretrain, "open_llm", lambda cfg, role, prov=None: CachedLLM(
-        backend, JudgmentCache(tmp_path / "judgments.duckdb")))
-    rows = data.read_rows(chunks, "heldout", {}, data.CHUNK_COLUMNS).take(range(2))
-    rows += data.read_rows(chunks, "train", {}, data.CHUNK_COLUMNS).take(range(2))
-    prefixes = [data.truncate_prefix(r["prefix_ids"], 32) for r in rows]
-    before = _target_logprob(base, tok, prefixes, target_ids)
-
-    final = pretrain.train(cfg, chunks)
-    metrics = read_metrics(final)
-    assert backend.seen > 0
-    assert [m["step"] for m in metrics] == list(range(1, 6))
-    assert all(m["chosen_share_rewrite"] == 1.0 for m in metrics)  # the judge really is rigged
-    assert all(m["rejected_share_rewrite"] == 0.0 for m in metrics)
-    trained = AutoModelForCausalLM.from_pretrained(checkpoint.local_copy(final.uri, {})).eval()
-    after = _target_logprob(trained, tok, prefixes, target_ids)
-    print(f"log p(target | prefix): before {before:.2f}, after {after:.2f}")
-    assert after - before > 5.0, (before, after)  # nats over ~11 tokens, also on held-out prefixes
-    assert metrics[-1]["dpo_margin"] > 0 and metrics[-1]["reward_accuracy"] == 1.0
+    rows = [{"chunk_id": f"c{i}", "suffix_ids": [1, 2, 3], "prefix_text": "p", "suffix_text": "s"} for i in range(3)]
+    cands = candidates(rows, [[[4, 5]], [[6]], [[7]]], {"c0": [8, 9, 10, 11]}, 3, 7, tokenizer)
+    assert [[o for o, _ in c] for c in cands.ids] == [["original", "rewrite", "rollout"], ["original", "rollout"],
+                                                      ["original", "rollout"]]
+    assert cands.ids[0][1][1] == [8, 9, 10] and cands.sets[1].set_id == "c1:7"  # rewrites cut to n tokens
+    scored = [SetScores("a", [0, 1, 2], {}, 3, 1, chosen=1, rejected=2), SetScores("b", [1, 1], {}, 1, 0),
+              SetScores("c", [0, 1], {}, 1, 0, chosen=0, rejected=1)]
+    stats = PairStats()
+    pairs = stats.pairs([[100], [101], [102]], cands, scored)
+    assert pairs.prompts == [[100], [102]] and pairs.chosen == [[8, 9, 10], [1, 2, 3]]
+    assert pairs.rejected == [[4, 5], [7]]
+    m = stats.metrics()
+    assert (m["sets"], m["skipped_all_equal"], m["invalid_judgments"]) == (3, 1, 1)
+    assert m["chosen_share_rewrite"] == m["chosen_share_original"] == 0.5 and m["rejected_share_rollout"] == 1.0
+    assert math.isnan(PairStats().metrics()["chosen_share_original"])  # nothing paired: no share
 
 
-# --------------------------------------------------------------------------- kill -9 and resume
-
-
-@pytest.mark.slow
-def test_kill_and_resume_dpo(chunks, tmp_path):
-    from sip_core.infra import artifacts
-    from sip_core.recipes import pretrain
-
-    version = artifacts.code_version()  # part of the run folder's key
-    sets = ("pretrain.steps=6", "pretrain.checkpoint_every=2", "pretrain.suffix_tokens=8", "pretrain.lr=1e-4")
-    cmd = [sys.executable, "-m", "sip_core.recipes.pretrain", *cli_args(tmp_path / "run", chunks.uri, *sets)]
-    log = open(tmp_path / "first.stderr", "w")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT, env=env_vars())
-    first = []
-    try:
-        for line in proc.stdout:
-            if line.startswith("{"):
-                first.append(json.loads(line))
-            # step 5 was judged (and cached) after the step-4 checkpoint: kill before it is saved
-            if first and first[-1].get("step") == 5 and "event" not in first[-1]:
-                proc.send_signal(signal.SIGKILL)
-                break
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL, (tmp_path / "first.stderr").read_text()[-2000:]
-    assert {"event": "checkpoint", "step": 4} in [{k: r.get(k) for k in ("event", "step")} for r in first]
-    assert not any(r.get("event") == "done" for r in first)
-
-    second = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env_vars(), timeout=600)
-    assert second.returncode == 0, second.stderr[-2000:]
-    out = [json.loads(line) for line in second.stdout.splitlines() if line.startswith("{")]
-    resumed = [r for r in out if r.get("event") == "resumed"]
-    versions = {json.loads(m.read_text())["code_version"]
-                for m in (tmp_path / "run" / "train").glob("*/step-*/_manifest.json")}
-    if not resumed and (artifacts.code_version() != version or len(versions) > 1):
-        pytest.skip("the checkout changed (commit or edit) between the two runs: a new run folder, by design")
-    assert len(resumed) == 1 and resumed[0]["step"] == 4 and resumed[0]["from"].endswith("step-000004")
-    assert [r["step"] for r in out if "event" not in r] == [5, 6]
-    replayed = next(r for r in out if r.get("step") == 5 and "event" not in r)
-    assert replayed["judge_calls"] == 0 and replayed["judge_cache_hits"] > 0  # step 5 was judged before the kill
-    done = next(r for r in out if r.get("event") == "done")
-    final = artifacts.load_manifest(done["final"], {})
-    metrics = read_metrics(final)
-    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
-    killed = {r["step"]: r for r in first if "event" not in r}
-    for m in metrics[:4]:  # steps 1-4 came back from the checkpoint
-        assert m["loss"] == pytest.approx(killed[m["step"]]["loss"])
-    assert replayed["loss"] == pytest.approx(killed[5]["loss"], rel=1e-4, abs=1e-6)
-
-    clean = read_metrics(pretrain.train(tiny_cfg(tmp_path / "clean", *sets), chunks))
-    assert [m["step"] for m in clean] == [1, 2, 3, 4, 5, 6]
-    for key in ("loss", "dpo_margin", "chosen_share_original", "chosen_share_rollout"):
-        got = [m[key] for m in metrics]
-        want = [m[key] for m in clean]
-        assert got == pytest.approx(want, rel=1e-4, abs=1e-6, nan_ok=True), key
-    assert metrics[-1]["heldout_nll"] == pytest.approx(clean[-1]["heldout_nll"], rel=1e-4)
-
-
-# --------------------------------------------------------------------------- DDP
-
-
-@pytest.mark.slow
-def test_ddp_two_ranks_ntp(chunks, tmp_path):
-    """torchrun with 2 CPU ranks (gloo): each rank takes its half of the global batch and DDP
-    averages the gradients, so the run matches one process with the whole batch (the NTP loss
-    is a mean over equally long suffixes), step for step."""
-    from sip_core.infra import artifacts
-    from sip_core.recipes import pretrain
-    from sip_core.training import checkpoint
-
-    sets = ("pretrain.objective=ntp", "pretrain.steps=2", "pretrain.checkpoint_every=1", "pretrain.lr=1e-4")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "sip_core.recipes.pretrain", *cli_args(tmp_path / "ddp", chunks.uri, *sets)]
-    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env_vars(), timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
-    done = [r for r in out if r.get("event") == "done"]
-    assert len(done) == 1  # only rank 0 logs
-    final = artifacts.load_manifest(done[0]["final"], {})
-    run_dir = final.uri.rsplit("/", 1)[0]
-    state = checkpoint.load_state(checkpoint.step_dir(run_dir, 1), {})
-    assert len(state["rng"]) == 2  # both ranks' RNG states were gathered into the checkpoint
-    ddp = read_metrics(final)
-    assert [m["step"] for m in ddp] == [1, 2]
-
-    whole = read_metrics(pretrain.train(tiny_cfg(tmp_path / "one", *sets, "pretrain.batch_size=4"), chunks))
-    half = read_metrics(pretrain.train(tiny_cfg(tmp_path / "half", *sets), chunks))
-    assert [m["loss"] for m in ddp] == pytest.approx([m["loss"] for m in whole], rel=1e-4)
-    assert ddp[0]["loss"] != pytest.approx(half[0]["loss"], rel=1e-4)  # rank 1's rows count too
-
-
-# --------------------------------------------------------------------------- SFT and RLMT
-
-
-def test_sft_and_rlmt_recipes_run(chunks, tmp_path):
-    from sip_core.llm.factory import open_llm
-    from sip_core.infra.run_context import RunContext
-    from sip_core.recipes import rlmt, sft
-    from sip_core.augment.thought_insertion import insert_thoughts
-
-    cfg = tiny_cfg(tmp_path / "run", "teacher.backend=proxy", "sft.steps=2", "sft.batch_size=1",
-                   "sft.max_tokens=64", "sft.heldout_rows=1", "rlmt.steps=2", "rlmt.batch_size=1",
-                   "rlmt.group_size=2", "rlmt.thought_tokens=8", "rlmt.predict_tokens=8", "rlmt.rollout_batch=4")
-    thoughts = insert_thoughts(RunContext(cfg), chunks, open_llm(cfg, "teacher"), limit=16)
-    assert thoughts.stats["kept"] > 0 and thoughts.stats["halves"]["sft"] > 0
-    final = sft.train(cfg, thoughts)
-    metrics = read_metrics(final)
-    assert [m["step"] for m in metrics] == [1, 2]
-    for m in metrics:
-        assert math.isfinite(m["thought_nll"]) and math.isfinite(m["text_nll"]) and m["thought_nll"] > 0
-    assert "before_heldout_thought_nll" in final.stats and "after_heldout_text_nll" in final.stats
-
-    final = rlmt.train(cfg, chunks, thoughts)
-    metrics = read_metrics(final)
-    assert [m["step"] for m in metrics] == [1, 2]
-    for m in metrics:
-        assert 0.0 <= m["reward_mean"] <= 1.0
-        assert 0 <= m["no_signal_groups"] <= m["groups"] == 1
-        assert m["judge_calls"] >= 0
-        # budget forcing: every sample reaches a prediction, so none is a format failure
-        assert m["format_failures"] == 0 and 0 <= m["forced_closes"] <= 2
+# --------------------------------------------------------------------------- thought format and pruning
 
 
 def test_think_then_predict_forces_close_and_masks_it(tokenizer):
     """A thought the policy closes is cut at `</think>`; an unclosed one gets the tag from the
     sampler, marked forced, and `unmask_forced` drops exactly those tokens from the loss mask."""
-    from sip_core.recipes.rlmt import unmask_forced
-    from sip_core.training.think_then_predict import THINK_CLOSE, think_then_predict
+    from sip_core.training.think_then_predict import THINK_CLOSE, think_then_predict, unmask_forced
     from sip_core.training.logprobs import pack
 
     enc = lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731

@@ -10,6 +10,7 @@ import pytest
 
 from sip_core.infra import artifacts, store
 from sip_core.config import SipConfig
+from recipe_fixtures import prepare_chunks
 
 try:
     from s3_server import S3Bucket, moto_server, s3  # noqa: F401  (fixtures)
@@ -20,11 +21,10 @@ pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
 
 def test_prepare_rewrite_pretrain_on_s3(s3: S3Bucket, tmp_path: Path) -> None:
-    from sip_core.infra.artifacts import Provenance
     from sip_core.evaluation.suite import load_eval_model
     from sip_core.llm.factory import open_llm
     from sip_core.infra.run_context import RunContext
-    from sip_core.recipes import _cli, pretrain
+    from sip_core.recipes import pretrain
     from sip_core.augment.rewrites import rewrite_next_batch
     from sip_core.training import runtime
 
@@ -37,7 +37,7 @@ def test_prepare_rewrite_pretrain_on_s3(s3: S3Bucket, tmp_path: Path) -> None:
                      "heldout_rows": 2, "eval_every": 2},
     })
     so = cfg.run.storage_options
-    chunks = _cli.chunk_manifest(cfg, None, Provenance())
+    chunks = prepare_chunks(cfg)
     llm = open_llm(cfg, "rewriter")
     batch = rewrite_next_batch(RunContext(cfg), chunks, llm, limit=64)
     assert batch.manifest is not None and batch.manifest.uri.startswith(s3.uri("run/rewrites"))

@@ -1,0 +1,85 @@
+"""The skeleton every recipe shares: torchtune's setup / train / save, nanochat's loop.
+
+A recipe names its run and its parents (`__init__`), builds what it trains with once the policy
+is loaded (`setup`), and runs one optimizer step's forward/backward (`train_step`, returning the
+step's metrics). `Recipe.run` is the rest, written once: reuse of a finished run, the lineage of
+the inputs, loading (or resuming) the policy, the loop, held-out metrics when due, the update,
+logging, checkpoints and the final model.
+
+    class Sft(Recipe):
+        def __init__(self, cfg, thoughts, provenance):
+            super().__init__("sft", RunContext(cfg, provenance), cfg.sft, [thoughts])
+        def setup(self): ...
+        def train_step(self, step): ...
+    final = Sft(cfg, thoughts, provenance).run()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import Counter
+from typing import Any
+
+from sip_core.config import TrainConfig
+from sip_core.infra.artifacts import Manifest
+from sip_core.infra.run_context import RunContext
+from sip_core.training.session import TrainSession
+
+
+class Timers(Counter):
+    """Seconds spent in each labelled section of a step: `with timers("generate"): ...`."""
+
+    @contextlib.contextmanager
+    def __call__(self, section: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[section] += time.perf_counter() - start
+
+    def metrics(self) -> dict[str, float]:
+        return {f"time_{k}_s": round(v, 3) for k, v in self.items()}
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+class Recipe:
+    """One training method. Subclasses set up their data and engines and write `train_step`."""
+
+    def __init__(self, name: str, env: RunContext, section: TrainConfig, parents: list[Manifest]):
+        self.env, self.cfg, self.tc, self.parents = env, env.cfg, section, parents
+        self.session = TrainSession(name, env, section, parents)
+        self.rt = self.session.rt
+
+    def setup(self) -> None:
+        """Data, reference models and engines; `self.model` / `self.tok` are loaded by then."""
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        """Forward/backward over this step's micro-batches; the step's metrics."""
+        raise NotImplementedError
+
+    def evaluate(self, step: int) -> dict[str, Any]:
+        """Held-out metrics due at this step (before its update)."""
+        return {}
+
+    def summary(self) -> dict[str, Any]:
+        """What the final checkpoint's stats add (after the last step)."""
+        return {}
+
+    def run(self) -> Manifest:
+        session = self.session
+        if done := session.reused():
+            return done
+        self.env.lineage().record(self.parents)
+        self.model, self.tok = session.load_policy()
+        self.setup()
+        for step in session.steps():
+            metrics = self.train_step(step)  # generate, judge, forward/backward
+            metrics.update(self.evaluate(step))
+            grad_norm = session.optimizer_step()  # update
+            session.log(step, metrics, grad_norm)  # log
+            session.checkpoint_if_due(step)  # checkpoint
+        return session.finish(self.summary())

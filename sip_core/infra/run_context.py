@@ -95,5 +95,5 @@ class RunContext:
 
     # ------------------------------------------------------------------ writes
     def context(self, config: dict[str, Any], parents: list[Manifest]) -> WriteContext:
-        return WriteContext(config=config, config_hash=artifacts.config_hash(config), parents=parents, provenance=self.provenance,
-                            storage_options=self.storage_options, lineage=self.lineage())
+        return WriteContext(config=config, config_hash=artifacts.config_hash(config), parents=parents,
+                            provenance=self.provenance, storage_options=self.storage_options, lineage=self.lineage())

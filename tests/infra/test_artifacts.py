@@ -50,6 +50,25 @@ def test_a_failed_write_leaves_nothing_and_a_rewrite_clears_leftovers(tmp_path):
     assert not (tmp_path / "ds" / "part-00099.parquet").exists() and manifest.rows == 3
 
 
+def test_shard_parts_are_named_by_input_shard_and_a_failed_shard_removes_only_its_own(tmp_path):
+    from sip_core.infra.writer import ShardWriter
+
+    uri = str(tmp_path / "ds")
+    schema = pa.schema([("x", pa.int64())])
+    with ShardWriter(uri, {}, 2, schema, index=1, task_run_id="t1") as kept:
+        kept.write(_table(3), "p")
+        parts = kept.close()
+    assert [(p["partition"], p["k"], p["rows"], p["task_run_id"]) for p in parts] == [("p", 0, 2, "t1"),
+                                                                                       ("p", 1, 1, "t1")]
+    assert [p["uri"].rsplit("/", 1)[1] for p in parts] == ["part-00001-00000.parquet", "part-00001-00001.parquet"]
+    assert artifacts.load_committed(uri) is None  # parts alone are not a dataset
+    with pytest.raises(RuntimeError):
+        with ShardWriter(uri, {}, 2, schema, index=2) as failed:
+            failed.write(_table(4), "p")
+            raise RuntimeError("crash mid-shard")
+    assert sorted(p.name for p in (tmp_path / "ds" / "p").iterdir()) == [p["uri"].rsplit("/", 1)[1] for p in parts]
+
+
 def test_content_hash_depends_on_content_only(tmp_path):
     def write(name, table):
         with DatasetWriter(str(tmp_path / name), _ctx(tmp_path), shard_rows=10) as w:

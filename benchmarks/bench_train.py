@@ -24,12 +24,11 @@ import time
 
 import torch
 
-from sip_core.infra.models import resolve_model
+from sip_core.infra.models import autocast_dtype, load_causal_lm, resolve_model
 from sip_core.infra.paths import default_data_dir
 from sip_core.training.logprobs import completion_logprobs
 from sip_core.training.losses import dpo_loss
 from sip_core.training.rollout import HFRolloutEngine, SamplingSpec
-from sip_core.training.runtime import load_model, setup
 
 
 def real_token_rows(tok, n: int, length: int) -> list[list[int]]:
@@ -57,13 +56,11 @@ def timed(fn, steps: int, warmup: int = 1) -> float:
 
 
 def bench_dpo(model_ref: str, steps: int, pairs: int, prompt_len: int, completion_len: int) -> None:
-    from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
     from datasets import Dataset
 
-    rt = setup("cpu", "fp32")
-    policy, tok = load_model(model_ref, rt)
-    reference = AutoModelForCausalLM.from_pretrained(resolve_model(model_ref), dtype=torch.float32).eval()
+    policy, tok = load_causal_lm(model_ref, "cpu", trainable=True)
+    reference, _ = load_causal_lm(model_ref, "cpu")
     rows = real_token_rows(tok, 2 * pairs, prompt_len + completion_len)
     # TRL tokenizes text pairs itself (it has no pre-tokenized path); both sides then train on the
     # token ids TRL produced, so the work is the same.
@@ -109,12 +106,12 @@ def bench_dpo(model_ref: str, steps: int, pairs: int, prompt_len: int, completio
 
 
 def bench_generate(model_ref: str, new_tokens: int, prompt_len: int, batches=(1, 8, 32)) -> None:
-    rt = setup("cpu", "auto")
-    model, tok = load_model(model_ref, rt, trainable=False)
+    model, tok = load_causal_lm(model_ref, "cpu")
+    dtype = autocast_dtype("auto", "cpu")
     prompts = real_token_rows(tok, max(batches), prompt_len)
     base = None
     for b in batches:
-        engine = HFRolloutEngine(model, tok, rt.device, batch_size=b, autocast_dtype=rt.dtype)
+        engine = HFRolloutEngine(model, tok, "cpu", batch_size=b, autocast_dtype=dtype)
         spec = SamplingSpec(new_tokens, 1.0, 1.0, True, 0)
         seconds = timed(lambda: engine.generate(prompts[:b], 1, spec), 1, 1)
         rate = b * new_tokens / seconds
@@ -138,15 +135,15 @@ def bench_generate(model_ref: str, new_tokens: int, prompt_len: int, batches=(1,
 
 
 def bench_decode_threads(model_ref: str, new_tokens: int, prompt_len: int, batches=(1, 4, 16)) -> None:
-    rt = setup("cpu", "auto")
-    model, tok = load_model(model_ref, rt, trainable=False)
+    model, tok = load_causal_lm(model_ref, "cpu")
+    dtype = autocast_dtype("auto", "cpu")
     prompts = real_token_rows(tok, max(batches), prompt_len)
     spec = SamplingSpec(new_tokens, 1.0, 1.0, True, 0)
     threads = torch.get_num_threads()
     for b in batches:
         rates = {}
         for name, decode in (("all threads", None), ("1-thread decode", 1)):
-            engine = HFRolloutEngine(model, tok, rt.device, batch_size=b, autocast_dtype=rt.dtype, decode_threads=decode)
+            engine = HFRolloutEngine(model, tok, "cpu", batch_size=b, autocast_dtype=dtype, decode_threads=decode)
             rates[name] = b * new_tokens / timed(lambda: engine.generate(prompts[:b], 1, spec), 2, 1)
         print(f"generate batch={b:<3d} {threads} threads throughout: {rates['all threads']:7.1f} tok/s; "
               f"1-thread decode: {rates['1-thread decode']:7.1f} tok/s  ratio {rates['1-thread decode'] / rates['all threads']:.2f}")

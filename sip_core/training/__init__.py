@@ -1,6 +1,9 @@
-"""Training library: log-probs, losses, rollout engines, checkpoints, data order, runtime.
+"""Training library: the recipe skeleton (recipe.py) and session, pretraining's objectives and
+judged pairs, log-probs, losses, rollout engines, the thought format, checkpoints, data order,
+runtime.
 
-Recipes (one file per method, `sip_core/recipes/`) compose these; nothing here imports Prefect.
+Recipes (one file per method, `sip_core/recipes/`) compose these; nothing here imports Prefect or
+the data stage (recipes take its artifacts as inputs).
 """
 
 

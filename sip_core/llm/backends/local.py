@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sip_core.config import LLMConfig
 from sip_core.llm.types import LLMBackend, LLMRequest, LLMResult, Progress, ResultHook, role_sampling
-from sip_core.infra.models import cpu_decode_threads, fast_bf16, resolve_model
+from sip_core.infra.models import cpu_decode_threads, fast_bf16, load_causal_lm, resolve_device, resolve_model
 
 
 def _fingerprint(path: str) -> str:
@@ -26,31 +26,19 @@ def _fingerprint(path: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
 
-def pick_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 class LocalHFBackend(LLMBackend):
     kind = "local"
 
     def __init__(self, cfg: LLMConfig):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.cfg = cfg
         path = resolve_model(cfg.model)
-        self.model_id = f"local:{cfg.model}:{_fingerprint(path)}"
-        self.device = pick_device(cfg.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        dtype = torch.bfloat16 if fast_bf16(self.device) else torch.float32
-        self.model_id += f":{str(dtype).removeprefix('torch.')}"  # numerics differ, so answers may too
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        self.device = resolve_device(cfg.device)
+        dtype = torch.bfloat16 if fast_bf16(str(self.device)) else torch.float32
+        # numerics differ by dtype, so answers may too
+        self.model_id = f"local:{cfg.model}:{_fingerprint(path)}:{str(dtype).removeprefix('torch.')}"
+        self.model, self.tokenizer = load_causal_lm(path, self.device, dtype=dtype, padding_side="left")
 
     def _prompt_text(self, req: LLMRequest) -> str:
         messages = [dict(m) for m in req.messages]

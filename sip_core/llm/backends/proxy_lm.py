@@ -12,7 +12,7 @@ import contextlib
 import threading
 from collections.abc import Mapping, Sequence
 
-from sip_core.infra.models import fast_bf16, resolve_model
+from sip_core.infra.models import fast_bf16, load_causal_lm
 from sip_core.llm.backends.proxy_text_stats import text_hash
 
 
@@ -49,13 +49,7 @@ class LikelihoodScorer:
     def _load(self) -> None:
         if self._model is not None:
             return
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        path = resolve_model(self.ref, self.cache_dir)
-        self._tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        self._model = model.to(self.device).eval()
+        self._model, self._tokenizer = load_causal_lm(self.ref, self.device, self.cache_dir)  # fp32, eval
 
     def _encode(self, todo: Mapping[str, tuple[str, str]]) -> list[tuple[int, str, list[int], list[int]]]:
         """(length, key, context ids, continuation ids), sorted; empty continuations are memoised as None."""

@@ -132,7 +132,7 @@ def bench_flow(cfg, warm_cfg) -> dict:
     warmup = clock.read()[0]
     clock.start()
     out = prepare(cfg)
-    return {"time": clock.read(), "warmup": warmup, "chunks": out["chunks"]["stats"]}
+    return {"time": clock.read(), "warmup": warmup, "chunks": out["chunks"].stats}
 
 
 def measure(kind: str, corpus: Path, root: str, config: str | None, result: Path) -> None:

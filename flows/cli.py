@@ -151,10 +151,10 @@ def cmd_lifecycle(args) -> int:
 
 def cmd_cache_stats(args) -> int:
     from sip_core.llm.cache import JudgmentCache
-    from sip_core.infra.run_context import state_dir_for
+    from sip_core.infra.run_context import RunContext
 
     cfg = _load(args)
-    path = state_dir_for(cfg.run.root, cfg.run.state_dir) / "judgments.duckdb"
+    path = RunContext(cfg).judgments_db
     if not path.exists():
         raise FileNotFoundError(f"no judgment cache at {path} (run a job first, or pass the run's --config)")
     rows = JudgmentCache(path).stats()

@@ -7,7 +7,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.prepare import prepare
 from sip_core.config import AuditParams, RewriteParams, ThoughtParams
-from sip_core.report.summaries import audit_markdown  # noqa: F401  (tests/llm/test_vllm.py imports it here)
+from sip_core.report.summaries import audit_markdown
 from tasks.llm_jobs import AuditResult, RewriteResult, ThoughtsResult, audit_task, rewrite_task, thoughts_task
 
 

@@ -53,11 +53,6 @@ FILTERED_SCHEMA = pa.schema([*DOC_SCHEMA, ("label", pa.string()), ("reason", pa.
 INGEST_KEYS = ("source", "hf_config", "hf_split", "text_field", "id_field", "max_docs")
 
 
-def __getattr__(name: str):
-    if name == "_RULE_POOL":  # the rule workers' pool as it is now (it lives in rule_workers)
-        return rule_workers.current_pool()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 def _part_writer(env: RunContext, uri: str, index: int, schema: pa.Schema) -> ShardWriter:
     """The writer of input shard `index`'s parts of the (uncommitted) dataset at `uri`."""

@@ -17,7 +17,7 @@ from itertools import combinations
 
 from sip_core.evaluation.rlmt import CONDITIONS, ProbeResult
 from sip_core.evaluation.winrate import CoherenceResult, WinRateResult
-from sip_core.report import plots
+import sip_core.report.plots as plots
 from sip_core.report.markup import Bullets, Document, Heading, Image, Para, Table, slug, to_html, to_markdown
 from sip_core.report.format import (DASH, NOT_RUN, comparison_sentence, difference_sentence, fmt_iv,
                                      fmt_num, fmt_pct, fmt_seeds, has_items)

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import DATA, POLICY, c4_records, write_jsonl_gz
 from sip_core.config import load_config
+from sip_core.data import rule_workers
 from sip_core.infra.run_context import RunContext
 
 N = 32
@@ -255,7 +256,7 @@ def test_rule_workers_label_exactly_as_this_process(first_run, corpus, tmp_path,
     assert len(pools) == 4 and all(p is pools[0] for p in pools)  # one per shard, one pool for all
     assert out["filtered"].content_hash == expected["filtered"].content_hash
     assert out["filtered"].stats == expected["filtered"].stats
-    assert library._RULE_POOL is None  # the workers stop when the stage commits
+    assert rule_workers.current_pool() is None  # the workers stop when the stage commits
 
 
 def test_a_dead_rule_worker_fails_the_stage_and_commits_nothing(corpus, tmp_path, monkeypatch):
@@ -271,6 +272,6 @@ def test_a_dead_rule_worker_fails_the_stage_and_commits_nothing(corpus, tmp_path
     monkeypatch.setattr(library, "label_documents", _die)
     with pytest.raises(BrokenProcessPool):
         library.filter_documents(env, docs)
-    assert library._RULE_POOL is None and artifacts.load_committed(uri) is None
+    assert rule_workers.current_pool() is None and artifacts.load_committed(uri) is None
     monkeypatch.setattr(library, "label_documents", real)  # the next try gets a new pool
     assert library.filter_documents(env, docs).stats["total"] == docs.rows

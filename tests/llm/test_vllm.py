@@ -106,10 +106,10 @@ def test_rewrite_batch_of_64_then_a_rerun_makes_zero_endpoint_calls(vllm_url, ch
 
 def test_kill_9_mid_batch_then_rerun_completes_without_duplicates(vllm_url, chunks, tmp_path):
     from sip_core.llm.cache import JudgmentCache
-    from sip_core.infra.run_context import state_dir_for
+    from sip_core.infra.run_context import RunContext
 
     _, manifest = chunks
-    cache = JudgmentCache(state_dir_for(str(tmp_path), None) / "judgments.duckdb")
+    cache = JudgmentCache(RunContext(_cfg(tmp_path, vllm_url)).judgments_db)
     code = (f"from tests.llm.test_vllm import _rewrite; from sip_core.infra.artifacts import load_manifest; "
             f"_rewrite({str(tmp_path)!r}, {vllm_url!r}, load_manifest({manifest.uri!r}), 64)")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE,
@@ -130,7 +130,7 @@ def test_kill_9_mid_batch_then_rerun_completes_without_duplicates(vllm_url, chun
 def test_audit_reveals_smollm2_position_bias(vllm_url, chunks, tmp_path):
     from sip_core.infra import store
     from sip_core.judge.audit import audit_judge, build_pairs
-    from flows.llm_jobs import audit_markdown
+    from sip_core.report.summaries import audit_markdown
 
     root, manifest = chunks
     cfg = _cfg(tmp_path, vllm_url, "judge.audit_seeds=2", "judge.prefill=true", "judge.max_tokens=4")

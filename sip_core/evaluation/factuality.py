@@ -19,7 +19,9 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from sip_core.config import JudgeConfig
-from sip_core.evaluation.stats import EvalResult, Interval, bounded_mean_interval, judge_id, wilson_interval
+from sip_core.evaluation.stats import (
+    EvalResult, Interval, bounded_mean_interval, clustered_interval, judge_id, wilson_interval,
+)
 from sip_core.evaluation.winrate import EVAL_TEMPERATURE, seed_list
 from sip_core.llm.prompting import load_prompt
 from sip_core.infra.paths import default_data_dir
@@ -113,7 +115,8 @@ def lm_choice_scorer(model, tokenizer, device="cpu", template: str = "Q: {questi
 
 class JudgedFactualityResult(EvalResult):
     metric: str = "factuality"
-    score: Interval = Field(description="mean P3 score (No 1 / Possible 0.5 / Definite Hallucination 0)")
+    score: Interval = Field(description="mean P3 score (No 1 / Possible 0.5 / Definite Hallucination 0), per "
+                            "prefix over seeds, then over prefixes (clustered: n = prefixes)")
     invalid: int = 0
     invalid_judgments: int = 0
     labels: dict[str, int] = Field(default_factory=dict, description="per-judgment label counts")
@@ -124,7 +127,8 @@ def judged_factuality(judge, cfg: JudgeConfig, prefixes: Sequence[str], referenc
                       temperature: float | None = EVAL_TEMPERATURE) -> JudgedFactualityResult:
     """Pointwise factuality of each continuation with the original suffix as the reference
     (P3-v4), averaged over seeds per item, then over items; items with no valid judgment are
-    excluded (`invalid`)."""
+    excluded (`invalid`). The interval is clustered by item: one item's seeds are not
+    independent draws (`clustered_interval`)."""
     if not len(prefixes) == len(references) == len(continuations):
         raise ValueError("prefixes, references and continuations differ in length")
     seeds = seed_list(seeds)
@@ -145,6 +149,6 @@ def judged_factuality(judge, cfg: JudgeConfig, prefixes: Sequence[str], referenc
             labels[names[float(j.value)]] = labels.get(names[float(j.value)], 0) + 1
     per_item = [sum(v) / len(v) for v in votes if v]
     return JudgedFactualityResult(n=len(per_item), seeds=seeds, judge=judge_id(judge),
-                                  score=bounded_mean_interval(per_item), invalid=len(prefixes) - len(per_item),
+                                  score=clustered_interval(votes), invalid=len(prefixes) - len(per_item),
                                   invalid_judgments=sum(not j.ok for j in judgments), labels=labels,
                                   details={"temperature": temperature, "prompt": prompt.key})

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from sip_core.evaluation.stats import EvalResult, Interval, bounded_mean_interval, pass_at_k
+from sip_core.evaluation.stats import EvalResult, Interval, bounded_mean_interval, counting, pass_at_k
 from sip_core.infra.paths import default_data_dir
 
 
@@ -167,8 +167,8 @@ def score_reasoning(problems: Sequence[Problem], completions: Sequence[Sequence[
         passes.append(pass_at_k(len(samples), c, k))
     datasets = sorted({p.dataset for p in problems})
     return ReasoningResult(n=len(problems), seeds=list(seeds), k=k, samples=min(counts),
-                           dataset=",".join(datasets), mean_at_k=bounded_mean_interval(means),
-                           pass_at_k=bounded_mean_interval(passes), no_answer=no_answer,
+                           dataset=",".join(datasets), mean_at_k=counting(bounded_mean_interval(means), "problems"),
+                           pass_at_k=counting(bounded_mean_interval(passes), "problems"), no_answer=no_answer,
                            correct_per_problem=correct, sampling=dict(sampling or {}),
                            metric=f"mean_pass_at_{k}")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from pydantic import Field
 
 from sip_core.config import JudgeConfig
-from sip_core.evaluation.stats import EvalResult, Interval, judge_id, wilson_interval
+from sip_core.evaluation.stats import EvalResult, Interval, counting, judge_id, wilson_interval
 from sip_core.evaluation.winrate import seed_list
 from sip_core.llm.prompting import load_prompt
 from sip_core.infra.paths import default_data_dir
@@ -65,7 +65,8 @@ class SafetyResult(EvalResult):
 def unsafe_rate(judge, cfg: JudgeConfig, continuations: Sequence[str], seeds: int | Sequence[int] = 8,
                 temperature: float | None = 1.0, groups: Sequence[str] | None = None) -> SafetyResult:
     """Unsafe rate of continuations under the safety prompt, majority vote over seeds at T = 1
-    (METHOD §6.1); Wilson 95% interval; `groups` (e.g. RTP categories) adds per-group rates."""
+    (METHOD §6.1); Wilson 95% interval over continuations (one flag per continuation, so its
+    seeds count once: n = prefixes); `groups` (e.g. RTP categories) adds per-group rates."""
     seeds = seed_list(seeds)
     if groups is not None and len(groups) != len(continuations):
         raise ValueError("groups must have one entry per continuation")
@@ -90,8 +91,8 @@ def unsafe_rate(judge, cfg: JudgeConfig, continuations: Sequence[str], seeds: in
         for i, flag in unsafe_flags.items():
             gn[groups[i]] += 1
             gk[groups[i]] += flag
-        by_group = {g: wilson_interval(gk[g], gn[g]) for g in sorted(gn)}
-    iv = wilson_interval(k, n)
+        by_group = {g: counting(wilson_interval(gk[g], gn[g]), "prefixes") for g in sorted(gn)}
+    iv = counting(wilson_interval(k, n), "prefixes")
     return SafetyResult(n=n, seeds=seeds, judge=judge_id(judge), unsafe=iv,
                         safe_rate=None if n == 0 else 1 - iv.estimate, invalid=len(continuations) - n,
                         invalid_judgments=sum(not j.ok for j in judgments), by_group=by_group,

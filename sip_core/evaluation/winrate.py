@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pydantic import Field
 
 from sip_core.config import JudgeConfig
-from sip_core.evaluation.stats import EvalResult, Interval, bounded_mean_interval, judge_id, wilson_interval
+from sip_core.evaluation.stats import EvalResult, Interval, clustered_interval, counting, judge_id, wilson_interval
 from sip_core.llm.prompting import load_prompt
 
 EVAL_TEMPERATURE = 0.7  # METHOD §6.1: eval judge samples at T = 0.7, 8 seeds
@@ -37,9 +37,10 @@ class WinRateResult(EvalResult):
     losses: int = 0
     ties: int = 0
     invalid: int = Field(0, description="prefixes with no valid vote (excluded from n)")
-    win_rate: Interval
-    vote_win_rate: Interval = Field(description="share of all valid votes (prefixes x seeds x orders) won "
-                                    "by A: the paper's mean over prompts x seeds")
+    win_rate: Interval = Field(description="per-prefix outcome (ties half), Wilson over prefixes")
+    vote_win_rate: Interval = Field(description="A's share of the valid votes (seeds x orders) of each prefix, "
+                                    "averaged over prefixes: the paper's mean over prompts x seeds when every vote "
+                                    "parses; clustered by prefix (n = prefixes)")
     position_bias: float | None = Field(None, description="share of valid votes that went to Option 1")
     invalid_judgments: int = 0
     calls: int = 0
@@ -69,7 +70,9 @@ def pairwise_win_rate(judge, cfg: JudgeConfig, prefixes: Sequence[str], continua
 
     Per prefix, A wins when it gets more valid votes than B, loses when it gets fewer, and the
     prefix is a tie when the votes split evenly. win_rate = (wins + ties / 2) / (wins + losses +
-    ties), i.e. **ties count half**, with a Wilson 95% interval on that fractional count.
+    ties), i.e. **ties count half**, with a Wilson 95% interval on that fractional count over
+    prefixes. `vote_win_rate` keeps the vote shares; its interval is clustered by prefix
+    (`clustered_interval`): a deterministic judge's seeds are copies, not independent votes.
     Prefixes whose judgments all failed to parse are excluded and counted in `invalid`.
     `judge` is a CachedLLM (`open_llm(cfg, "judge")`); `cfg.parse_retries` and `cfg.prefill`
     apply; `temperature` None keeps the prompt's default.
@@ -104,7 +107,8 @@ def pairwise_win_rate(judge, cfg: JudgeConfig, prefixes: Sequence[str], continua
     decided = wins + losses + ties
     return WinRateResult(
         n=decided, seeds=seeds, judge=judge_id(judge), wins=wins, losses=losses, ties=ties, invalid=invalid,
-        win_rate=wilson_interval(wins + 0.5 * ties, decided), vote_win_rate=wilson_interval(sum(a_votes), valid),
+        win_rate=counting(wilson_interval(wins + 0.5 * ties, decided), "prefixes"),
+        vote_win_rate=clustered_interval([[1.0] * a + [0.0] * b for a, b in zip(a_votes, b_votes)]),
         position_bias=first_wins / valid if valid else None, invalid_judgments=len(judgments) - valid,
         calls=judge.calls - before, per_prefix=per_prefix,
         details={"temperature": temperature, "prompt": prompt.key, "judgments": len(judgments),
@@ -143,7 +147,7 @@ def repetition_stats(texts: Sequence[str], n: int = 4) -> RepetitionStats:
 class CoherenceResult(EvalResult):
     metric: str = "coherence"
     score: Interval = Field(description="A's mean P6 score (A less repetitive 1, TIE 0.5, B 0), per prefix "
-                            "averaged over seeds and both orders, then over prefixes")
+                            "averaged over seeds and both orders, then over prefixes (clustered: n = prefixes)")
     invalid: int = Field(0, description="prefixes with no valid judgment (excluded from n)")
     invalid_judgments: int = 0
     repetition_a: RepetitionStats
@@ -172,7 +176,7 @@ def coherence_eval(judge, cfg: JudgeConfig, prefixes: Sequence[str], continuatio
         votes[i].append(score if a_first else 1.0 - score)
     per_prefix = [sum(v) / len(v) for v in votes if v]
     return CoherenceResult(
-        n=len(per_prefix), seeds=seeds, judge=judge_id(judge), score=bounded_mean_interval(per_prefix),
+        n=len(per_prefix), seeds=seeds, judge=judge_id(judge), score=clustered_interval(votes),
         invalid=n - len(per_prefix), invalid_judgments=bad,
         repetition_a=repetition_stats(continuations_a, ngram), repetition_b=repetition_stats(continuations_b, ngram),
         details={"temperature": temperature, "prompt": prompt.key})

@@ -20,6 +20,7 @@ from sip_core.evaluation import (
     pass_at_k, probe_prompt, reward_gate, score_reasoning, suffix_nll, text_sampler, thought_text_nll,
     thought_token_masks, thought_use_probe, truthfulqa_mc, unsafe_rate, wilson_interval, xstest_refusal,
 )
+from sip_core.evaluation.reasoning import Problem
 from sip_core.evaluation.rlmt import GENERIC_THOUGHTS
 from sip_core.llm.cache import Judgment
 from sip_core.llm.factory import open_llm
@@ -164,6 +165,70 @@ def test_win_rate_ties_count_half(cfg):
     assert res.vote_win_rate.estimate == 0.75
     broken = pairwise_win_rate(ScriptedJudge(lambda r: None), cfg.judge, ["p"], ["a"], ["b"], seeds=1)
     assert broken.invalid == 1 and broken.n == 0 and broken.invalid_judgments == 2
+
+
+def _vote_intervals(cfg, prefers_a, prefixes: int = 40, seeds: int = 8):
+    """pairwise_win_rate under a judge that prefers A when prefers_a(prefix index, seed, A first),
+    and the per-vote Wilson interval that treats all its votes as independent."""
+    def answer(r):
+        a_first = r.inputs["option_1"].startswith("a")
+        return 1 if prefers_a(int(r.inputs["prefix"][1:]), r.sampling.seed, a_first) == a_first else 2
+
+    names = [f"p{i}" for i in range(prefixes)]
+    res = pairwise_win_rate(ScriptedJudge(answer), cfg.judge, names, [f"a{i}" for i in range(prefixes)],
+                            [f"b{i}" for i in range(prefixes)], seeds=seeds)
+    votes = sum(round(s * 2 * seeds) for s in res.per_prefix)
+    return res, wilson_interval(votes, 2 * seeds * prefixes)
+
+
+def test_vote_win_rate_interval_is_clustered_by_prefix(cfg):
+    # a deterministic judge: every seed and order of one prefix casts the same vote (copies)
+    copies, per_vote = _vote_intervals(cfg, lambda i, seed, a_first: i % 5 < 3)
+    iv = copies.vote_win_rate
+    assert iv.estimate == pytest.approx(0.6) == pytest.approx(per_vote.estimate)
+    assert iv.n == 40 and iv.clusters == "prefixes" and iv.effective_n == pytest.approx(40)
+    assert iv.high - iv.low > 3 * (per_vote.high - per_vote.low)  # ~sqrt(16) wider: 40 items, not 640
+    # independent votes: each (prefix, seed, order) draws its own coin, so clustering costs ~nothing
+    coin = lambda i, seed, a_first: random.Random(f"{i}-{seed}-{a_first}").random() < 0.6  # noqa: E731
+    independent, per_vote = _vote_intervals(cfg, coin)
+    iv = independent.vote_win_rate
+    assert iv.n == 40 and iv.effective_n > 300
+    assert iv.high - iv.low == pytest.approx(per_vote.high - per_vote.low, rel=0.25)
+
+
+def test_clustered_interval_edges():
+    from sip_core.evaluation.stats import bounded_mean_interval, clustered_interval
+
+    copies = [[1.0] * 6] * 7 + [[0.0] * 6] * 3
+    iv = clustered_interval(copies)  # copies: the same as Wilson over the 10 item means
+    ref = bounded_mean_interval([1.0] * 7 + [0.0] * 3)
+    assert (iv.low, iv.high, iv.n) == pytest.approx((ref.low, ref.high, 10))
+    unanimous = clustered_interval([[1.0] * 8] * 5)  # no spread to measure: n_eff = items, not a point
+    assert unanimous.estimate == 1.0 and unanimous.low < 0.6 and unanimous.effective_n == 5
+    even = clustered_interval([[1.0, 0.0]] * 20)  # no spread between items: at most all 40 votes
+    assert even.effective_n == 40 and even.low == pytest.approx(wilson_interval(20, 40).low)
+    empty = clustered_interval([[], []])
+    assert empty.n == 0 and math.isnan(empty.estimate) and (empty.low, empty.high) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        clustered_interval([[1.5]])
+
+
+def test_judged_evaluations_with_repeated_votes_count_prefixes(cfg):
+    """Coherence, judged factuality and safety take several votes per prefix: n counts prefixes,
+    and a deterministic judge's copies of one vote do not narrow the interval."""
+    texts = [f"t{i}" for i in range(10)]
+    coh = coherence_eval(ScriptedJudge(lambda r: "A" if r.inputs["continuation_a"].startswith("a") else "B"),
+                         cfg.judge, texts, [f"a{i}" for i in range(10)], [f"b{i}" for i in range(10)], seeds=4)
+    fact = judged_factuality(ScriptedJudge(lambda r: 1.0 if r.inputs["continuation"] < "t5" else 0.0), cfg.judge,
+                             texts, texts, texts, seeds=4)
+    safe = unsafe_rate(ScriptedJudge(lambda r: r.inputs["text"] < "t5"), cfg.judge, texts, seeds=4)
+    for res, iv in ((coh, coh.score), (fact, fact.score), (safe, safe.unsafe)):
+        assert res.n == iv.n == 10 and iv.clusters == "prefixes"
+    per_vote = wilson_interval(20, 40)
+    for iv in (fact.score, safe.unsafe):  # 5 of 10 prefixes, 4 identical votes each
+        assert iv.estimate == 0.5 and iv.high - iv.low > 1.5 * (per_vote.high - per_vote.low)
+    gsm = score_reasoning([Problem(id="a", question="2+2?", answer="4")] * 2, [["\\boxed{4}"] * 3] * 2)
+    assert gsm.mean_at_k.clusters == "problems" and gsm.mean_at_k.n == 2
 
 
 def test_coherence_and_repetition(judge, cfg, cases):

@@ -15,12 +15,12 @@ from sip_core.config.params import (AuditParams, EvaluateParams, JobParams, Life
                                     PretrainParams, RewriteParams, ThoughtParams, lifecycle_preset)
 from sip_core.config.sections import (DataConfig, FilterConfig, JudgeConfig, LLMConfig, ModelConfig, RunConfig,
                                       resolve_wordlists)
-from sip_core.config.training import (EvalConfig, LifecycleConfig, PretrainConfig, RLMTConfig, SFTConfig,
-                                      TrainConfig)
+from sip_core.config.training import (PAIRINGS, POOLS, EvalConfig, LifecycleConfig, Pairing, PretrainConfig,
+                                      RLMTConfig, SFTConfig, TrainConfig)
 from sip_core.config.tree import ConfigError, SipConfig, parse_override
 
-__all__ = ["AuditParams", "ConfigError", "DataConfig", "EvalConfig", "EvaluateParams", "FilterConfig", "JobParams",
-           "JudgeConfig", "LLMConfig", "LifecycleConfig", "LifecycleParams", "MidtrainParams", "ModelConfig",
-           "PretrainConfig", "PretrainParams", "RLMTConfig", "RewriteParams", "RunConfig", "SFTConfig", "SipConfig",
-           "ThoughtParams", "TrainConfig", "load_config", "lifecycle_preset", "parse_override", "read_config_tree",
-           "resolve_wordlists"]
+__all__ = ["PAIRINGS", "POOLS", "AuditParams", "ConfigError", "DataConfig", "EvalConfig", "EvaluateParams",
+           "FilterConfig", "JobParams", "JudgeConfig", "LLMConfig", "LifecycleConfig", "LifecycleParams",
+           "MidtrainParams", "ModelConfig", "Pairing", "PretrainConfig", "PretrainParams", "RLMTConfig",
+           "RewriteParams", "RunConfig", "SFTConfig", "SipConfig", "ThoughtParams", "TrainConfig", "load_config",
+           "lifecycle_preset", "parse_override", "read_config_tree", "resolve_wordlists"]

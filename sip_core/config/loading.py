@@ -50,5 +50,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
-        what = "unknown config key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise ConfigError(f"{what}: {where}" + (f" (from {path})" if path else "")) from None
+        what = "unknown config key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{what}: {where or 'config'}" + (f" (from {path})" if path else "")) from None

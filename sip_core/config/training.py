@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sip_core.config.sections import Section
+
+
+class Pairing(NamedTuple):
+    """Where a judge-free pairing takes its chosen (and rejected) completion from, by origin."""
+
+    chosen: str | None
+    rejected: str | None
+    objective: str | None  # the one objective it trains with; None: any
+
+
+# pretrain.pool -> each origin in the pool: "always", or "if_any" / "required" for the rewrite (a chunk
+# without one: the rewrite is left out / the set is skipped)
+POOLS: dict[str, dict[str, str]] = {
+    "suffix+rewrite_if_any+rollouts": {"original": "always", "rewrite": "if_any", "rollout": "always"},
+    "suffix+rollouts": {"original": "always", "rollout": "always"},
+    "suffix+rewrite+rollouts": {"original": "always", "rewrite": "required", "rollout": "always"},
+    "rollouts": {"rollout": "always"},
+    "rewrite+rollouts": {"rewrite": "required", "rollout": "always"},
+}
+PAIRINGS: dict[str, Pairing] = {
+    "best_vs_worst": Pairing(None, None, None),  # the judge picks
+    "rewrite_vs_rollout": Pairing("rewrite", "rollout", "dpo"),
+    "rewrite": Pairing("rewrite", None, "ntp"),
+    "rollout": Pairing("rollout", None, "ntp"),
+}
 
 
 class TrainConfig(Section):
@@ -21,7 +46,12 @@ class TrainConfig(Section):
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     lr: float = Field(1e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="linear warmup from lr/warmup_steps to lr")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="after warmup: constant lr, or cosine decay to lr * min_lr_ratio at the "
+        "last step (METHOD §5.1)")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine: the last step's lr as a share of lr "
+                                "(the paper: 0.1)")
     max_grad_norm: float = Field(1.0, gt=0)
     max_prefix_tokens: int | None = Field(None, ge=1, description="left-truncate prefixes to this many tokens "
                                           "at train time (cheap CPU runs); None = as materialized")
@@ -50,8 +80,43 @@ class PretrainConfig(TrainConfig):
     rollout_engine: Literal["hf", "vllm"] = "hf"
     rollout_batch: int = Field(16, ge=1, description="sequences per generate() call (hf)")
     weight_sync_every: int = Field(10, ge=1, description="vllm: reload the newest checkpoint every M steps")
-    use_rewrites: bool = Field(True, description="add the rewritten suffix to each candidate set when a "
-                               "rewrite artifact has one")
+    use_rewrites: bool = Field(True, description="read rewrites from the committed rewrite batches; false: "
+                               "no rewrites (the default pool is then suffix+rollouts)")
+    pool: Literal[tuple(POOLS)] = Field(
+        "suffix+rewrite_if_any+rollouts", description="each prefix's candidates (METHOD §4.1): the original "
+        "suffix, its rewrite, the K rollouts. rewrite_if_any adds the rewrite when the chunk has one; a pool "
+        "naming `rewrite` needs it, and a chunk without one is skipped and counted (skipped_no_rewrite)")
+    pairing: Literal[tuple(PAIRINGS)] = Field(
+        "best_vs_worst", description="what the objective trains on (METHOD §4.4). best_vs_worst: the judge "
+        "scores the pool (dpo: best vs worst, rf_nll: best; ntp ignores the pool: the original suffix). "
+        "Judge-free, picked from the pool by origin: rewrite_vs_rollout (dpo: chosen = rewrite, rejected = "
+        "first rollout), rewrite (ntp on the rewrite), rollout (ntp on the first rollout)")
+
+    @property
+    def uses_judge(self) -> bool:
+        """The judge scores the pool (best_vs_worst with dpo or rf_nll); ntp and judge-free pairings do without."""
+        return self.pairing == "best_vs_worst" and self.objective != "ntp"
+
+    @property
+    def uses_pool(self) -> bool:
+        """Training pairs come from the candidate pool (judged or picked by origin), not the original suffix."""
+        return self.uses_judge or PAIRINGS[self.pairing].chosen is not None
+
+    @model_validator(mode="after")
+    def _pairing_fits(self) -> PretrainConfig:
+        pairing, members = PAIRINGS[self.pairing], POOLS[self.pool]
+        if pairing.objective and self.objective != pairing.objective:
+            raise ValueError(f"pretrain.pairing={self.pairing} trains with objective {pairing.objective}, "
+                             f"not {self.objective}")
+        if members.get("rewrite") == "required" and not self.use_rewrites:
+            raise ValueError(f"pretrain.pool={self.pool} needs rewrites, but pretrain.use_rewrites is false")
+        for origin in filter(None, (pairing.chosen, pairing.rejected)):
+            if origin not in members:
+                raise ValueError(f"pretrain.pairing={self.pairing} picks a {origin} from the pool, but "
+                                 f"pretrain.pool={self.pool} has none")
+            if origin == "rollout" and not self.k_rollouts:
+                raise ValueError(f"pretrain.pairing={self.pairing} needs pretrain.k_rollouts >= 1")
+        return self
 
 
 class SFTConfig(TrainConfig):

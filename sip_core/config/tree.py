@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sip_core.config.sections import DataConfig, FilterConfig, JudgeConfig, LLMConfig, ModelConfig, RunConfig, Section
-from sip_core.config.training import EvalConfig, LifecycleConfig, PretrainConfig, RLMTConfig, SFTConfig
+from sip_core.config.training import POOLS, EvalConfig, LifecycleConfig, PretrainConfig, RLMTConfig, SFTConfig
 
 
 class SipConfig(Section):
@@ -24,6 +24,15 @@ class SipConfig(Section):
     rlmt: RLMTConfig = Field(default_factory=RLMTConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
+
+    @model_validator(mode="after")
+    def _pivot_in_pool(self) -> SipConfig:
+        """Pivot mode compares every candidate with the original suffix (METHOD §4.3): the pool must hold it."""
+        pc = self.pretrain
+        if pc.uses_judge and self.judge.quality_mode == "pivot" and "original" not in POOLS[pc.pool]:
+            raise ValueError(f"judge.quality_mode=pivot compares each candidate with the original suffix, "
+                             f"but pretrain.pool={pc.pool} has none")
+        return self
 
     def replace(self, values: dict[str, Any]) -> SipConfig:
         """A validated copy with dotted keys changed, as `--set` would: {"sft.init": uri}."""

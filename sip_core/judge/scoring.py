@@ -1,6 +1,11 @@
 """Scoring candidate sets (method §4): quality by pairwise judgments, safety pointwise, factuality
 against the original suffix, combined into one score; best and worst picked for Online DPO.
 
+The original suffix is factuality's reference (METHOD §4.4), so it is never judged on factuality:
+against itself it would always score 1 and win by construction. Its score is the weighted sum of
+its other criteria, scaled up to the full weight so it stays on the others' scale; with factuality
+as the only criterion it has no score and is neither chosen nor rejected.
+
 All requests of all sets go to the cached runner at once, so they are issued concurrently.
 """
 
@@ -19,6 +24,9 @@ from sip_core.llm.prompting import load_prompt
 from sip_core.llm.types import LLMRequest
 
 
+REFERENCE_ORIGIN = "original"
+
+
 @dataclass
 class Candidate:
     text: str
@@ -32,12 +40,16 @@ class CandidateSet:
     candidates: list[Candidate]
     reference: str | None = None  # the original suffix, for factuality
 
+    def reference_index(self) -> int | None:
+        """Where the original suffix (factuality's reference and the quality pivot) sits, if it does."""
+        return next((i for i, c in enumerate(self.candidates) if c.origin == REFERENCE_ORIGIN), None)
+
 
 @dataclass
 class SetScores:
     set_id: str
-    scores: list[float]
-    by_criterion: dict[str, list[float]]
+    scores: list[float | None]  # None: not scored (the reference under factuality alone)
+    by_criterion: dict[str, list[float | None]]
     calls: int
     invalid: int  # judgments that stayed unparseable or errored (never scored)
     chosen: int | None = None
@@ -46,31 +58,39 @@ class SetScores:
     details: dict = field(default_factory=dict)
 
 
-def quality_pairs(m: int, mode: str) -> list[tuple[int, int]]:
+def quality_pairs(m: int, mode: str, pivot: int | None = 0) -> list[tuple[int, int]]:
     """Ordered (option 1, option 2) pairs: every unordered pair in both orders (position
-    debiasing), or in pivot mode each candidate against candidate 0 (the original) both ways."""
-    unordered = list(combinations(range(m), 2)) if mode == "all_pairs" else [(0, j) for j in range(1, m)]
+    debiasing), or in pivot mode each candidate against the pivot (the original suffix) both ways."""
+    if mode == "all_pairs":
+        unordered = list(combinations(range(m), 2))
+    elif pivot is None:
+        raise ValueError("judge.quality_mode=pivot compares every candidate with the original suffix, "
+                         "but the candidate set holds none")
+    else:
+        unordered = [(pivot, j) for j in range(m) if j != pivot]
     return [p for i, j in unordered for p in ((i, j), (j, i))]
 
 
-def calls_per_set(m: int, cfg: JudgeConfig) -> int:
+def calls_per_set(m: int, cfg: JudgeConfig, with_reference: bool = True) -> int:
+    """Judge calls for a set of m candidates; `with_reference`: the original suffix is one of them
+    (the pivot of pivot mode, and not judged on factuality)."""
     n = 0
     if "quality" in cfg.criteria:
-        n += len(quality_pairs(m, cfg.quality_mode)) * cfg.seeds
+        n += len(quality_pairs(m, cfg.quality_mode, 0 if with_reference else None)) * cfg.seeds
     if "safety" in cfg.criteria:
         n += m * cfg.seeds
     if "factuality" in cfg.criteria:
-        n += m * cfg.seeds
+        n += (m - 1 if with_reference else m) * cfg.seeds
     return n
 
 
 def _requests(s: CandidateSet, cfg: JudgeConfig) -> list[tuple[tuple, LLMRequest]]:
     """(tag, request) for one set; tags say which criterion/candidates a judgment belongs to."""
     out = []
-    seeds = range(cfg.seeds)
+    seeds, reference = range(cfg.seeds), s.reference_index()
     if "quality" in cfg.criteria:
         prompt = load_prompt("quality")
-        for a, b in quality_pairs(len(s.candidates), cfg.quality_mode):
+        for a, b in quality_pairs(len(s.candidates), cfg.quality_mode, reference):
             for seed in seeds:
                 req = prompt.render({"seed": seed}, cfg.prefill, prefix=s.prefix,
                                     option_1=s.candidates[a].text, option_2=s.candidates[b].text)
@@ -83,6 +103,8 @@ def _requests(s: CandidateSet, cfg: JudgeConfig) -> list[tuple[tuple, LLMRequest
     if "factuality" in cfg.criteria:
         prompt = load_prompt("factuality")
         for c, cand in enumerate(s.candidates):
+            if c == reference:  # the yardstick itself: see the module docstring
+                continue
             for seed in seeds:
                 req = prompt.render({"seed": seed}, cfg.prefill, prefix=s.prefix, reference=s.reference or "",
                                     continuation=cand.text)
@@ -94,58 +116,94 @@ def _mean(values: list[float], default: float) -> float:
     return sum(values) / len(values) if values else default
 
 
-def _aggregate(s: CandidateSet, tagged: list[tuple[tuple, Judgment]], cfg: JudgeConfig) -> SetScores:
-    m = len(s.candidates)
-    by_criterion: dict[str, list[float]] = {}
-    invalid = sum(1 for _, j in tagged if not j.ok)
+def _quality(m: int, pivot: int | None, tagged: list[tuple[tuple, Judgment]], mode: str) -> list[float]:
+    """Q(c): the share of c's comparisons it won (METHOD §4.2); in pivot mode a candidate's only
+    opponent is the pivot, and the pivot's score is the share of candidates it beats."""
+    wins: dict[tuple[int, int], list[float]] = defaultdict(list)  # unordered pair -> share for lower index
+    for tag, j in tagged:
+        if tag[0] == "quality" and j.ok:
+            a, b = tag[1], tag[2]
+            winner = a if j.value == 1 else b
+            lo, hi = min(a, b), max(a, b)
+            wins[(lo, hi)].append(1.0 if winner == lo else 0.0)
+    share = {pair: _mean(v, 0.5) for pair, v in wins.items()}  # a pair with no valid vote is a tie
+    quality = []
+    for c in range(m):
+        opponents = [d for d in range(m) if d != c] if mode == "all_pairs" or c == pivot else [pivot]
+        beats = [share.get((c, d), 0.5) if c < d else 1 - share.get((d, c), 0.5) for d in opponents]
+        quality.append(_mean(beats, 0.5))
+    return quality
+
+
+def _pointwise(criterion: str, m: int, skip: int | None, tagged: list[tuple[tuple, Judgment]]) -> list[float | None]:
+    votes: dict[int, list[float]] = defaultdict(list)
+    for tag, j in tagged:
+        if tag[0] == criterion and j.ok:
+            votes[tag[1]].append(float(j.value))
+    return [None if c == skip else _mean(votes[c], 0.5) for c in range(m)]
+
+
+def _combine(by_criterion: dict[str, list[float | None]], weights: dict[str, float], m: int) -> list[float | None]:
+    """Weighted sum per candidate over the criteria it was scored on; a candidate missing one (the
+    reference's factuality) has its other weights scaled up to the full weight."""
+    total = sum(weights[k] for k in by_criterion)
+    scores: list[float | None] = []
+    for c in range(m):
+        scored = [k for k in by_criterion if by_criterion[k][c] is not None]
+        own = sum(weights[k] for k in scored)
+        value = sum(weights[k] * by_criterion[k][c] for k in scored)
+        scores.append(None if not own else value if own == total else value * total / own)
+    return scores
+
+
+def _aggregate(s: CandidateSet, tagged: list[tuple[tuple, Judgment]], cfg: JudgeConfig,
+               tie_break_seed: int) -> SetScores:
+    m, reference = len(s.candidates), s.reference_index()
+    by_criterion: dict[str, list[float | None]] = {}
     if "quality" in cfg.criteria:
-        wins: dict[tuple[int, int], list[float]] = defaultdict(list)  # unordered pair -> share for lower index
-        for tag, j in tagged:
-            if tag[0] == "quality" and j.ok:
-                a, b = tag[1], tag[2]
-                winner = a if j.value == 1 else b
-                lo, hi = min(a, b), max(a, b)
-                wins[(lo, hi)].append(1.0 if winner == lo else 0.0)
-        share = {pair: _mean(v, 0.5) for pair, v in wins.items()}  # a pair with no valid vote is a tie
-        quality = []
-        for c in range(m):
-            opponents = [d for d in range(m) if d != c] if cfg.quality_mode == "all_pairs" else (
-                range(1, m) if c == 0 else [0])
-            beats = [share.get((c, d), 0.5) if c < d else 1 - share.get((d, c), 0.5) for d in opponents]
-            quality.append(_mean(beats, 0.5))
-        by_criterion["quality"] = quality
+        by_criterion["quality"] = _quality(m, reference, tagged, cfg.quality_mode)
     for criterion in ("safety", "factuality"):
         if criterion in cfg.criteria:
-            votes: dict[int, list[float]] = defaultdict(list)
-            for tag, j in tagged:
-                if tag[0] == criterion and j.ok:
-                    votes[tag[1]].append(float(j.value))
-            by_criterion[criterion] = [_mean(votes[c], 0.5) for c in range(m)]
-    scores = [sum(cfg.criteria[k] * by_criterion[k][c] for k in by_criterion) for c in range(m)]
-    result = SetScores(s.set_id, scores, by_criterion, calls=len(tagged), invalid=invalid)
-    pick_extremes(result, s, cfg)
+            skip = reference if criterion == "factuality" else None
+            by_criterion[criterion] = _pointwise(criterion, m, skip, tagged)
+    invalid = sum(1 for _, j in tagged if not j.ok)
+    result = SetScores(s.set_id, _combine(by_criterion, cfg.criteria, m), by_criterion, calls=len(tagged),
+                       invalid=invalid)
+    pick_extremes(result, s, tie_break_seed)
     return result
 
 
-def pick_extremes(result: SetScores, s: CandidateSet, cfg: JudgeConfig) -> None:
-    """chosen = best, rejected = worst; ties broken at random with a logged seed (never by
-    position, which would inflate the rollout-chosen rate); all-equal sets carry no signal."""
-    scores = result.scores
-    if max(scores) - min(scores) < 1e-9:
+def pick_extremes(result: SetScores, s: CandidateSet, tie_break_seed: int) -> None:
+    """chosen = best, rejected = worst of the scored candidates; ties broken at random, each set's
+    draw seeded by `tie_break_seed` and the set's id (never by position, which would inflate the
+    rollout-chosen rate); sets whose scores are all equal carry no signal."""
+    scored = {i: v for i, v in enumerate(result.scores) if v is not None}
+    if not scored or max(scored.values()) - min(scored.values()) < 1e-9:
         result.skipped_reason = "all scores equal"
         return
-    seed = int(hashlib.sha256(f"{cfg.tie_break_seed}:{s.set_id}".encode()).hexdigest()[:8], 16)
+    top, bottom = max(scored.values()), min(scored.values())
+    seed = int(hashlib.sha256(f"{tie_break_seed}:{s.set_id}".encode()).hexdigest()[:8], 16)
     rng = random.Random(seed)
-    best = [i for i, v in enumerate(scores) if v >= max(scores) - 1e-9]
-    worst = [i for i, v in enumerate(scores) if v <= min(scores) + 1e-9]
+    best = [i for i, v in scored.items() if v >= top - 1e-9]
+    worst = [i for i, v in scored.items() if v <= bottom + 1e-9]
     result.chosen, result.rejected = rng.choice(best), rng.choice(worst)
     result.details["tie_break_seed"] = seed
 
 
-def score_sets(llm: CachedLLM, sets: Sequence[CandidateSet], cfg: JudgeConfig) -> list[SetScores]:
+def step_tie_break_seed(base: int, step: int) -> int:
+    """The seed of one training step's tie-break draws (logged per step): a function of
+    `judge.tie_break_seed` and the step, so a resumed run draws the same."""
+    return int(hashlib.sha256(f"{base}:step:{step}".encode()).hexdigest()[:8], 16)
+
+
+def score_sets(llm: CachedLLM, sets: Sequence[CandidateSet], cfg: JudgeConfig,
+               tie_break_seed: int | None = None) -> list[SetScores]:
+    """Every set's scores and picks; ties are drawn with `tie_break_seed` (default
+    `judge.tie_break_seed`; training passes its step's `step_tie_break_seed`)."""
+    seed = cfg.tie_break_seed if tie_break_seed is None else tie_break_seed
     tagged_requests = [(k, tag, req) for k, s in enumerate(sets) for tag, req in _requests(s, cfg)]
     judgments = llm.run_parsed([req for _, _, req in tagged_requests], cfg.parse_retries)
     per_set: list[list[tuple[tuple, Judgment]]] = [[] for _ in sets]
     for (k, tag, _), j in zip(tagged_requests, judgments):
         per_set[k].append((tag, j))
-    return [_aggregate(s, per_set[k], cfg) for k, s in enumerate(sets)]
+    return [_aggregate(s, per_set[k], cfg, seed) for k, s in enumerate(sets)]

@@ -1,11 +1,15 @@
 """Self-improving pretraining (method §5) and its controls, on the same data and steps.
 
-Each step: a batch of prefixes; K policy rollouts of N tokens each; candidate set = original
-suffix (+ rewrite when one exists) + rollouts; the judge scores the set (cached); then
-  dpo    - sigmoid DPO, chosen = best, rejected = worst, vs the frozen initial policy;
-  rf_nll - NLL on the best candidate only;
-  ntp    - NLL on the original suffix (the next-token baseline: no rollouts, no judge).
-Sets whose scores are all equal carry no signal and are skipped (counted).
+Each step: a batch of prefixes; K policy rollouts of N tokens each; each prefix's candidate pool
+(`pretrain.pool`; default: original suffix + rewrite when one exists + rollouts); then, by
+`pretrain.pairing` (METHOD §4.4):
+  best_vs_worst - the judge scores the pool (cached):
+                  dpo    - sigmoid DPO, chosen = best, rejected = worst, vs the frozen initial policy;
+                  rf_nll - NLL on the best candidate only;
+                  ntp    - NLL on the original suffix (the next-token baseline: no rollouts, no judge);
+  judge-free    - rewrite_vs_rollout (dpo: rewrite over a rollout), rewrite / rollout (ntp on it).
+Sets whose scores are all equal carry no signal and are skipped (counted); so are prefixes whose
+pool needs a rewrite their chunk lacks.
 """
 
 from __future__ import annotations
@@ -13,16 +17,16 @@ from __future__ import annotations
 from collections import defaultdict
 
 from sip_core.augment.rewrites import rewrites_for
-from sip_core.config import SipConfig
+from sip_core.config import PAIRINGS, POOLS, SipConfig
 from sip_core.infra import artifacts
 from sip_core.infra.artifacts import Manifest, Provenance
 from sip_core.infra.models import resolve_model
 from sip_core.infra.run_context import RunContext
-from sip_core.judge.scoring import score_sets
+from sip_core.judge.scoring import score_sets, step_tie_break_seed
 from sip_core.llm.factory import open_llm
 from sip_core.recipes import _cli
 from sip_core.training import data
-from sip_core.training.judged_pairs import PairStats, candidates, judge_identity
+from sip_core.training.judged_pairs import PairStats, candidates, check_rewrites, judge_identity, rows_in_pool
 from sip_core.training.logprobs import batched_nll
 from sip_core.training.objectives import OBJECTIVES, Pairs
 from sip_core.training.recipe import Recipe, Timers, mean
@@ -32,9 +36,10 @@ from sip_core.training.rollout import (HFRolloutEngine, SamplingSpec, VLLMRollou
 class Pretrain(Recipe):
     def __init__(self, cfg: SipConfig, chunks: Manifest, provenance: Provenance = Provenance()):
         pc, env = cfg.pretrain, RunContext(cfg, provenance)
-        self.objective, self.chunks = OBJECTIVES[pc.objective], chunks
-        self.judge = open_llm(cfg, "judge", provenance) if self.objective.judged else None
-        self.rewrites, rewrite_batches = rewrites_for(env, chunks) if self.judge and pc.use_rewrites else ({}, [])
+        self.objective, self.pairing, self.chunks = OBJECTIVES[pc.objective], PAIRINGS[pc.pairing], chunks
+        self.judge = open_llm(cfg, "judge", provenance) if pc.uses_judge else None
+        reads_rewrites = pc.uses_pool and pc.use_rewrites and "rewrite" in POOLS[pc.pool]
+        self.rewrites, rewrite_batches = rewrites_for(env, chunks) if reads_rewrites else ({}, [])
         policy = artifacts.model_manifest(cfg.model.policy, resolve_model(cfg.model.policy, cfg.model.cache_dir))
         parents = [chunks, *rewrite_batches, policy]
         if self.judge:
@@ -47,6 +52,8 @@ class Pretrain(Recipe):
         self.reference = self.session.reference_model() if self.objective.reference else None
         self.n_new = pc.suffix_tokens or self.cfg.data.suffix_tokens
         self.rows = self._rows("train")
+        if pc.uses_pool:
+            check_rewrites(self.rows.columns["chunk_id"], self.rewrites, pc.pool, pc.pairing)
         heldout = self._rows("heldout")
         self.heldout = heldout.take(range(min(pc.heldout_rows, len(heldout))))
         self.engine = self._rollout_engine()
@@ -57,7 +64,8 @@ class Pretrain(Recipe):
 
     def _rollout_engine(self):
         pc, rt = self.tc, self.rt
-        if not (self.objective.judged and pc.k_rollouts):
+        rolls_out = self.judge or "rollout" in (self.pairing.chosen, self.pairing.rejected)
+        if not (rolls_out and pc.k_rollouts):
             return None
         if pc.rollout_engine == "vllm":
             return VLLMRolloutEngine(resolve_model(self.session.init_ref()), pc.weight_sync_every)
@@ -65,23 +73,33 @@ class Pretrain(Recipe):
 
     # ------------------------------------------------------------------ ready work
     def work(self, step: int, timers: Timers, stats: PairStats):
-        """(micro, pairs) for each micro-batch: prefixes -> candidates -> judged pairs; ntp trains
-        on the original suffixes and skips both."""
+        """(micro, pairs) for each micro-batch: prefixes -> pool -> pairs (judged or picked by
+        origin); ntp on the original suffixes skips both."""
         pc = self.tc
         for micro, indices in self.session.micro_batches(len(self.rows), step):
             batch = self.rows.take(indices)
             prompts = [data.truncate_prefix(r["prefix_ids"], pc.max_prefix_tokens) for r in batch]
-            if not self.objective.judged:
+            if not pc.uses_pool:
                 yield micro, Pairs(prompts, [r["suffix_ids"] for r in batch])
                 continue
+            kept = rows_in_pool(batch, self.rewrites, pc.pool, pc.pairing)
+            stats["skipped_no_rewrite"] += len(batch) - len(kept)
+            batch, prompts = [batch[i] for i in kept], [prompts[i] for i in kept]
             with timers("generate"):
                 spec = SamplingSpec(self.n_new, pc.temperature, pc.top_p, True,
                                     step_seed(pc.seed, step, self.rt.rank, micro))
-                rollouts = self.engine.generate(prompts, pc.k_rollouts, spec) if self.engine else [[] for _ in batch]
-            cands = candidates(batch, rollouts, self.rewrites, self.n_new, step, self.tok)
+                engine = self.engine if batch else None  # every prefix skipped: nothing to roll out
+                rollouts = engine.generate(prompts, pc.k_rollouts, spec) if engine else [[] for _ in batch]
+            cands = candidates(batch, rollouts, self.rewrites, self.n_new, step, self.tok, pc.pool)
+            if not self.judge:
+                yield micro, stats.picked_pairs(prompts, cands, self.pairing)
+                continue
             with timers("judge"):
-                scored = score_sets(self.judge, cands.sets, self.cfg.judge)
+                scored = score_sets(self.judge, cands.sets, self.cfg.judge, self.tie_break_seed(step))
             yield micro, stats.pairs(prompts, cands, scored)
+
+    def tie_break_seed(self, step: int) -> int:
+        return step_tie_break_seed(self.cfg.judge.tie_break_seed, step)
 
     # ------------------------------------------------------------------ one step
     def train_step(self, step: int) -> dict:
@@ -101,9 +119,11 @@ class Pretrain(Recipe):
             for name, value in extra.items():
                 extras[name].append(value)
         metrics = {"loss": mean(losses), **timers.metrics()}
-        if self.objective.judged:
+        if self.tc.uses_pool:
             metrics.update({**stats.metrics(), **self._judge_metrics(before, timers)})
             metrics.update({name: mean(extras[name]) for name in self.objective.metrics})
+        if self.judge:
+            metrics["tie_break_seed"] = self.tie_break_seed(step)
         return metrics
 
     def _counters(self) -> tuple[int, int, int]:

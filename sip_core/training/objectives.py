@@ -6,6 +6,10 @@ preference objective, the one to lower (`rejected`). The losses themselves are i
     dpo    - sigmoid DPO, chosen = best, rejected = worst judged candidate, vs the frozen initial policy
     rf_nll - NLL on the best judged candidate only
     ntp    - NLL on the original suffix (the next-token baseline: no rollouts, no judge)
+
+`pretrain.pairing` says where chosen and rejected come from: the judge (best_vs_worst), or, for
+the judge-free baselines, the pool by origin (dpo: rewrite over a rollout; ntp: the rewrite, or
+the policy's own rollout); see `training.judged_pairs`.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ def dpo(model, pairs: Pairs, pad_id: int, device, reference=None, beta: float = 
 @dataclass(frozen=True)
 class Objective:
     loss: Callable[..., tuple[torch.Tensor, dict[str, float]]]
-    judged: bool = True  # trains on judged candidates (rollouts + judge), else on the original suffix
+    judged: bool = True  # with pairing best_vs_worst: trains on judged candidates, else on the original suffix
     reference: bool = False  # needs a frozen copy of the initial policy
     metrics: tuple[str, ...] = ()  # what `loss` reports besides the loss, averaged per step
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from typing import Any
 
@@ -41,6 +42,20 @@ def run_key(env: RunContext, recipe: str, section: TrainConfig, parents: list[Ma
     return {"recipe": recipe, "train": section.model_dump(mode="json", exclude=BOOKKEEPING),
             "data": cfg.data.model_dump(mode="json"), "policy": cfg.model.policy,
             "parents": [p.content_hash for p in parents]}
+
+
+def lr_multiplier(step: int, tc: TrainConfig) -> float:
+    """The factor on `tc.lr` at optimizer step `step` (0-based): linear warmup to 1 over
+    `warmup_steps`, then constant, or a cosine from 1 at the end of warmup down to `min_lr_ratio`
+    at the last step (METHOD §5.1: cosine, min ratio 0.1, warmup)."""
+    warmup = tc.warmup_steps
+    if warmup and step < warmup - 1:
+        return (step + 1) / warmup
+    if tc.lr_schedule == "constant":
+        return 1.0
+    peak = max(warmup - 1, 0)
+    progress = min(1.0, max(0.0, (step - peak) / max(1, tc.steps - 1 - peak)))
+    return tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class TrainSession:
@@ -73,9 +88,7 @@ class TrainSession:
         self.model = runtime.wrap_ddp(model, self.rt)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=self.tc.lr, weight_decay=self.tc.weight_decay)
-        warmup = self.tc.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_multiplier(s, self.tc))
         if source:
             state = checkpoint.load_state(source, self.so)
             self.optimizer.load_state_dict(state["optimizer"])

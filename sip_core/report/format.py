@@ -55,6 +55,16 @@ def fmt_seeds(seeds: list[int]) -> str:
     return ", ".join(map(str, s)) if len(s) <= 8 else f"{', '.join(map(str, s[:6]))}, … ({len(s)})"
 
 
+def cluster_note(ivs: list[Interval | None]) -> str | None:
+    """'n = prefixes (clustered ...)' when every interval shown counts the same clustered unit;
+    None when any does not (older results, or n counting independent draws)."""
+    units = {iv.clusters for iv in ivs if iv is not None}
+    if len(units) != 1 or None in units:
+        return None
+    return (f"n = {units.pop()} (intervals clustered: the repeated judge votes or samples of one item count once, "
+            "not as independent draws).")
+
+
 def overlaps(a: Interval, b: Interval) -> bool:
     return a.low <= b.high and b.low <= a.high
 

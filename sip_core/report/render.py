@@ -18,9 +18,10 @@ from itertools import combinations
 from sip_core.evaluation.rlmt import CONDITIONS, ProbeResult
 from sip_core.evaluation.winrate import CoherenceResult, WinRateResult
 import sip_core.report.plots as plots
+import sip_core.report.training as training
 from sip_core.report.markup import Bullets, Document, Heading, Image, Para, Table, slug, to_html, to_markdown
-from sip_core.report.format import (DASH, NOT_RUN, comparison_sentence, difference_sentence, fmt_iv,
-                                     fmt_num, fmt_pct, fmt_seeds, has_items)
+from sip_core.report.format import (DASH, NOT_RUN, cluster_note, comparison_sentence, difference_sentence,
+                                     fmt_iv, fmt_num, fmt_seeds, has_items)
 from sip_core.report.judge import JudgeView, audit_blocks
 from sip_core.report.models import ReportFiles, RunResults
 from sip_core.report.specs import EXPECTED, SECTIONS, caption_of, spec_of
@@ -63,49 +64,7 @@ class Renderer:
     # ---------------------------------------------------------------- training
 
     def training_blocks(self) -> list:
-        blocks: list = [Heading(2, "Training", "training")]
-        progress, cost = [], []
-        for arm in self.r.arms:
-            for i, st in enumerate(arm.stages, 1):
-                rows = st.metrics
-                name = f"{arm.name} #{i} {st.recipe}"
-                if not rows:
-                    progress.append([arm.name, f"{i}. {st.recipe}", "no metrics logged", *[""] * 6])
-                    continue
-                steps = plots.series(rows, "step")[1] or [float(len(rows))]
-                progress.append([arm.name, f"{i}. {st.recipe}", fmt_num(int(max(steps))),
-                                 _first_last(rows, "loss"), _first_last(rows, "dpo_margin"),
-                                 _first_last(rows, "reward_accuracy"),
-                                 " / ".join(_first_last(rows, f"chosen_share_{o}", pct=True) for o in plots.ORIGINS),
-                                 _first_last(rows, "reward_mean"), _first_last(rows, "heldout_nll")])
-                calls, hits = _total(rows, "judge_calls"), _total(rows, "judge_cache_hits")
-                cost.append([arm.name, f"{i}. {st.recipe}", fmt_num(calls),
-                             f"{fmt_num(hits)} ({fmt_pct(hits / (calls + hits))})" if calls is not None and hits
-                             else fmt_num(hits),
-                             fmt_num(_total(rows, "skipped_all_equal")), fmt_num(_total(rows, "invalid_judgments")),
-                             fmt_num(_total(rows, "no_signal_groups")), fmt_num(_total(rows, "format_failures")),
-                             fmt_num(_mean(rows, "gen_tokens_per_s"), 1),
-                             " / ".join(fmt_num(_total(rows, f"time_{k}_s"), 1)
-                                        for k in ("generate", "judge", "update")),
-                             f"{_last(rows, 'lr'):.1e}" if _last(rows, "lr") is not None else DASH,
-                             fmt_num(_last(rows, "grad_norm"))])
-                blocks += self.image(f"training-{slug(arm.name)}-{i}-{slug(st.recipe)}.png",
-                                     lambda: plots.training_curves(name, rows), f"training curves: {name}",
-                                     f"Training curves of {name} (per logged step).")
-        if not progress:
-            return blocks + [Para(f"Training metrics: {NOT_RUN}.")]
-        figures = blocks[1:]
-        blocks = blocks[:1]
-        blocks.append(Table(["arm", "stage", "steps", "loss first → last", "DPO margin first → last",
-                             "reward accuracy first → last",
-                             "chosen share original / rewrite / rollout (first → last)",
-                             "RLMT reward first → last", "held-out NLL first → last"], progress,
-                            "Progress per stage"))
-        blocks.append(Table(["arm", "stage", "judge calls", "cache hits", "skipped all-equal", "invalid judgments",
-                             "no-signal groups", "format failures", "gen tokens/s (mean)",
-                             "time generate / judge / update (s)", "last lr", "last grad norm"], cost,
-                            "Cost and health per stage (totals over steps)"))
-        return blocks + figures
+        return [Heading(2, "Training", "training"), *training.training_blocks(self.r.arms, self.image)]
 
     # ---------------------------------------------------------------- comparisons
 
@@ -129,6 +88,7 @@ class Renderer:
         blocks.append(Table(["A vs B", "on", "metric", "A's score [95% CI]", "W / L / T", "invalid prefixes",
                              "position bias", "n", "seeds", "judge"], rows,
                             "Ties count half; n = prefixes with at least one valid vote"))
+        blocks += _note(cluster_note(ivs))
         blocks.append(Bullets(sentences))
         blocks += self.image("win-rates.png", lambda: plots.interval_bars(
             "Pairwise win rate of A against B (Wilson 95% intervals; dashed line = 50%)", labels, ivs, 0.5,
@@ -179,6 +139,9 @@ class Renderer:
             rows.append([arm.name, *row(res), str(res.n), fmt_seeds(res.seeds), self.view.label(res)])
         blocks: list = [Heading(3, key, f"eval-{slug(key)}"),
                         Table(["arm", *headers, "n", "seeds", "judge"], rows, caption_of(sample))]
+        blocks += _note(cluster_note([get(a.evaluations[key]) for a in self.r.arms for _, get, _ in heads
+                                      if a.evaluations.get(key) is not None
+                                      and spec_of(a.evaluations[key])[1] == headers]))
         if not heads:
             done = [a.name for a in self.r.arms if a.evaluations.get(key) is not None]
             if len(done) > 1:
@@ -301,34 +264,8 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, str]]:
     return out
 
 
-def _vals(rows: list[dict], key: str) -> list[float]:
-    return plots.series(rows, key)[1]
-
-
-def _first_last(rows: list[dict], key: str, pct: bool = False) -> str:
-    v = _vals(rows, key)
-    if not v:
-        return DASH
-    f = fmt_pct if pct else fmt_num
-    return f(v[0]) if len(v) == 1 else f"{f(v[0])} → {f(v[-1])}"
-
-
-def _total(rows: list[dict], key: str) -> float | int | None:
-    v = _vals(rows, key)
-    if not v:
-        return None
-    s = sum(v)
-    return int(s) if all(float(x).is_integer() for x in v) else s
-
-
-def _mean(rows: list[dict], key: str) -> float | None:
-    v = _vals(rows, key)
-    return sum(v) / len(v) if v else None
-
-
-def _last(rows: list[dict], key: str) -> float | None:
-    v = _vals(rows, key)
-    return v[-1] if v else None
+def _note(text: str | None) -> list:
+    return [Para(text, "note")] if text else []
 
 
 def render_report(results: RunResults | dict, with_plots: bool = True) -> ReportFiles:

@@ -224,6 +224,21 @@ def test_markdown_has_tables_n_seeds_and_verdicts(files):
     assert summary.count("intervals do not overlap") >= 2 and "excludes 50%" in summary
 
 
+def _section(md: str, heading: str) -> str:
+    return md.split(f"### {heading}\n")[1].split("\n#")[0]
+
+
+def test_clustered_intervals_say_what_n_counts(files):
+    """Several judge votes per prefix are clustered: the note says n counts prefixes, only where
+    the intervals shown are clustered (a result without `clusters`, e.g. an older run's, has none)."""
+    md, note = files.markdown, "(intervals clustered: the repeated judge votes or samples of one item count once"
+    assert f"n = prefixes {note}" in _section(md, "Pairwise comparisons")
+    assert f"n = prefixes {note}" in _section(md, "safety_rtp")
+    assert f"n = problems {note}" in _section(md, "gsm8k")
+    for unclustered in ("xstest", "truthfulqa", "judged_factuality", "reward_gate"):
+        assert "intervals clustered" not in _section(md, unclustered), unclustered
+
+
 def test_training_and_lineage_sections(files):
     md = files.markdown
     assert "| Progress per stage |" not in md and "*Progress per stage*" in md

@@ -6,11 +6,13 @@ a self-contained HTML page and PNG plots, and saves them as an artifact with lin
 
 `assemble` builds a run's `RunResults` from its stages and evaluations and saves it
 content-addressed (`run_results`, `save_run_report`); `summaries` renders one job's short
-Markdown (an evaluation table, a judge audit).
+Markdown (an evaluation table, a judge audit); `training` renders the Training section
+(progress, cost, and the SIP candidate pool beside its rollout-chosen rate).
 
 The report puts the judge and its audit verdict first, says for every comparison and every
 metric measured on several arms whether the 95% intervals overlap, shows n and seeds beside
-every number, and renders evaluations that did not run as "not run". Plots need matplotlib.
+every number (and, where the intervals are clustered, what n counts), and renders
+evaluations that did not run as "not run". Plots need matplotlib.
 """
 
 from sip_core.report.models import AnyResult, Arm, Comparison, ReportFiles, RunResults, Stage

@@ -12,17 +12,24 @@ from sip_core.config import SipConfig, load_config
 from sip_core.infra.run_context import RunContext
 
 ROOT = Path(__file__).resolve().parents[1]
-_BLOCK = re.compile(r"<<<BEGIN ([A-Z0-9 ]+)>>>\n?(.*?)\n?<<<END \1>>>", re.S)
+# A fenced block: label, the request's fence token, body, and the closing marker with the same token.
+_BLOCK = re.compile(r"<<<BEGIN ([A-Z0-9 ]+?) ([0-9a-f]{10})>>>\n?(.*?)\n?<<<END \1 \2>>>", re.S)
+_ANSWER_OPENER = re.compile(r"<<<BEGIN REWRITTEN CONTINUATION [0-9a-f]{10}>>>\n")
 
 
 def blocks(messages) -> dict[str, str]:
-    return {name: body for name, body in _BLOCK.findall(messages[-1]["content"])}
+    return {name: body for name, _, body in _BLOCK.findall(messages[-1]["content"])}
+
+
+def outside_blocks(messages) -> str:
+    """The user message with every fenced block cut out: what a judge may take as instructions."""
+    return _BLOCK.sub("", messages[-1]["content"])
 
 
 def copy_rewriter(messages) -> str:
     """A rewriter that copies X after its first five words, as a good one does for safe text."""
     x = blocks(messages)["CONTINUATION X"]
-    ending = messages[-1]["content"].rsplit("<<<BEGIN REWRITTEN CONTINUATION>>>\n", 1)[1]
+    ending = _ANSWER_OPENER.split(messages[-1]["content"])[-1]
     return x[len(ending):] if x.startswith(ending) else x
 
 

@@ -9,15 +9,23 @@ fields as given (the offline proxy judge reads them instead of the rendered text
 
 Placeholders are `{field}` with an identifier inside; any other brace text (a JSON example such as
 `{"score": 1}`) is literal, so templates need no brace escaping. Rendering is one pass: braces in
-a field value are never expanded. Field values are fenced by `<<<BEGIN X>>>` / `<<<END X>>>`
-markers in the templates; a value that contains `<<<` (or a look-alike run) is defanged to
-`‹‹‹`, so a document can never close its own block and talk to the judge as instructions.
+a field value are never expanded.
+
+Field values are fenced by `<<<BEGIN X>>>` / `<<<END X>>>` markers in the templates. Two things
+keep a document from closing its own block and talking to the judge as instructions:
+- every marker carries a token derived from the request's own field values (`<<<END X 3f9a…>>>`),
+  which a document cannot contain (it would have to hold a hash of itself); the token is a
+  function of the request, so the judgment cache still recognises a repeated request;
+- runs that read as a marker opening are defanged in field values: three or more "<", counting
+  look-alikes (fullwidth, small-form, `‹ « 〈 ⟨ ❮`, `≪` as two, `⋘` as three, `&lt;` and numeric
+  entities), with zero-width or format characters and single spaces hidden between them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,9 +38,15 @@ from sip_core.llm.types import LLMRequest, Sampling
 from sip_core.prompts import PROMPTS_DIR
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-# Three or more "<" (ASCII, fullwidth or small-form) in a row: the opening of a marker.
-_MARKER_OPEN = re.compile(r"[<\uFF1C\uFE64]{3,}")
-DEFANGED = "\u2039"  # "‹", SINGLE LEFT-POINTING ANGLE QUOTATION MARK
+# One "<" to a reader: ASCII, fullwidth, small-form, angle quotes and brackets, HTML entities;
+# "≪" counts as two and "⋘" as three. Invisible characters and single spaces may sit between them.
+_ANGLE_UNIT = r"(?:[<\uFF1C\uFE64\u2039\u00AB\u2329\u27E8\u3008\u276E\u226A\u22D8]|&(?:lt|#0*60|#x0*3c);)"
+_HIDDEN = r"[\s\u00AD\u180E\u200B-\u200F\u202A-\u202E\u2060-\u2064\uFEFF]?"
+_ANGLE_RUN = re.compile(rf"{_ANGLE_UNIT}(?:{_HIDDEN}{_ANGLE_UNIT})*", re.IGNORECASE)
+_ANGLE_WEIGHT = {"\u226A": 2, "\u22D8": 3}
+DEFANGED = "("  # what each "<" of a defanged run becomes: nothing angle-like is left to read as a marker
+# A template's own markers: labels in capitals (the system text's "<<<BEGIN ...>>>" is prose).
+_TEMPLATE_MARKER = re.compile(r"<<<(BEGIN|END) ([A-Z0-9 ]+)>>>")
 _SAMPLING_KEYS = {f.name for f in dataclasses.fields(Sampling)}
 _FILE_KEYS = {"name", "version", "description", "sampling", "system", "user", "fields", "parser", "choices",
               "answer_prefix"}
@@ -43,10 +57,31 @@ class PromptError(ValueError):
     """A prompt file is malformed, or a render call got wrong fields."""
 
 
+def _angle_count(run: str) -> int:
+    units = re.findall(_ANGLE_UNIT, run, flags=re.IGNORECASE)
+    return sum(_ANGLE_WEIGHT.get(u, 1) for u in units)
+
+
 def defang(value: str) -> str:
-    """Replace every run of 3+ "<" (and look-alikes) by as many "‹": a field value can then hold
-    no `<<<BEGIN ...>>>` / `<<<END ...>>>` marker. Runs of one or two "<" stay as they are."""
-    return _MARKER_OPEN.sub(lambda m: DEFANGED * len(m.group(0)), value)
+    """Replace every run that reads as 3+ "<" (look-alikes, entities and hidden characters
+    included) by as many "(": a field value can then hold no `<<<BEGIN ...>>>` / `<<<END ...>>>`
+    marker, however it is spelled. Runs of one or two "<" stay as they are."""
+    def replace(m: re.Match) -> str:
+        n = _angle_count(m.group(0))
+        return DEFANGED * n if n >= 3 else m.group(0)
+
+    return _ANGLE_RUN.sub(replace, value)
+
+
+def fence_token(prompt_key: str, values: Mapping[str, str]) -> str:
+    """The token this request's markers carry: a hash of the prompt and its (defanged) field
+    values, so a value can never spell its own block's closing marker."""
+    payload = "\x00".join([prompt_key, *(f"{k}={values[k]}" for k in sorted(values))])
+    return hashlib.sha256(payload.encode()).hexdigest()[:10]
+
+
+def fence(template: str, token: str) -> str:
+    return _TEMPLATE_MARKER.sub(lambda m: f"<<<{m.group(1)} {m.group(2)} {token}>>>", template)
 
 
 def last_words(text: str, n: int = 5) -> str:
@@ -166,9 +201,11 @@ class Prompt:
             if name not in self.fields:
                 raise PromptError(f"{self.key}: unexpected field {name!r}; expected {', '.join(self.fields)}")
         values = {name: self._value(name, fields[name]) for name in self.fields}
+        token = fence_token(self.key, values)
 
         def fill(template: str) -> str:
-            return _PLACEHOLDER.sub(lambda m: values[m.group(1)] if m.group(1) in values else m.group(0), template)
+            fenced = fence(template, token)  # before filling: a value's text is never taken for a marker
+            return _PLACEHOLDER.sub(lambda m: values[m.group(1)] if m.group(1) in values else m.group(0), fenced)
 
         messages = []
         if self.system:

@@ -40,6 +40,9 @@ class Pretrain(Recipe):
         self.judge = open_llm(cfg, "judge", provenance) if pc.uses_judge else None
         reads_rewrites = pc.uses_pool and pc.use_rewrites and "rewrite" in POOLS[pc.pool]
         self.rewrites, rewrite_batches = rewrites_for(env, chunks) if reads_rewrites else ({}, [])
+        if pc.uses_pool:  # before the policy loads: a run that would skip every prefix fails at once
+            train_ids = data.read_rows(chunks, "train", env.storage_options, ["chunk_id"]).columns["chunk_id"]
+            check_rewrites(train_ids, self.rewrites, pc.pool, pc.pairing)
         policy = artifacts.model_manifest(cfg.model.policy, resolve_model(cfg.model.policy, cfg.model.cache_dir))
         parents = [chunks, *rewrite_batches, policy]
         if self.judge:
@@ -52,8 +55,6 @@ class Pretrain(Recipe):
         self.reference = self.session.reference_model() if self.objective.reference else None
         self.n_new = pc.suffix_tokens or self.cfg.data.suffix_tokens
         self.rows = self._rows("train")
-        if pc.uses_pool:
-            check_rewrites(self.rows.columns["chunk_id"], self.rewrites, pc.pool, pc.pairing)
         heldout = self._rows("heldout")
         self.heldout = heldout.take(range(min(pc.heldout_rows, len(heldout))))
         self.engine = self._rollout_engine()

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from sip_core.infra import artifacts, store
 from sip_core.infra.artifacts import DatasetWriter, Manifest
-from sip_core.llm.cache import CachedLLM
+from sip_core.llm.cache import CachedLLM, require_answers
 from sip_core.llm.prompting import last_words, load_prompt
 from sip_core.infra.models import load_tokenizer
 from sip_core.infra.run_context import RunContext
@@ -97,10 +97,11 @@ def rewrite_next_batch(env: RunContext, chunks: Manifest, llm: CachedLLM, limit:
                        split: str = "train") -> RewriteBatch:
     so = env.storage_options
     root = rewrite_root(env, chunks, llm)
-    done = set()
+    done = set()  # rewritten chunks; a failed or unparseable call leaves its chunk queued
     for batch in batches_made_from(env, chunks, root):
         for shard in batch.files:
-            done.update(store.read_parquet(shard, so, columns=["chunk_id"])["chunk_id"].to_pylist())
+            t = store.read_parquet(shard, so, columns=["chunk_id", "status"])
+            done.update(t.filter(pc.equal(t["status"], "ok"))["chunk_id"].to_pylist())
     tables = [store.read_parquet(f, so) for f in artifacts.shard_uris(chunks, split)]
     table = pa.concat_tables(tables) if tables else None
     if table is None or table.num_rows == 0:
@@ -118,6 +119,7 @@ def rewrite_next_batch(env: RunContext, chunks: Manifest, llm: CachedLLM, limit:
                               prefix_ending=last_words(r["prefix_text"], 5), n_tokens=len(r["suffix_ids"]))
                 for r in rows]
     judgments = llm.run_parsed(requests, parse_retries=env.cfg.judge.parse_retries)
+    require_answers("rewrite", judgments)
     tokenizer = load_tokenizer(env.cfg.model.policy, env.cfg.model.cache_dir)
     out: dict[str, list] = {name: [] for name in REWRITE_SCHEMA.names}
     for r, j in zip(rows, judgments):

@@ -85,6 +85,24 @@ class Judgment:
         return self.status == "ok"
 
 
+class CallsFailed(RuntimeError):
+    """A job whose model calls failed beyond its allowed share: nothing built from them is committed."""
+
+
+def require_answers(job: str, judgments: Sequence[Judgment], max_failed_share: float | None = None) -> int:
+    """The number of failed or unparseable judgments; raises CallsFailed when more than
+    `max_failed_share` of them failed (None: only when every one did). A failure is never data:
+    the caller keeps failed items queued, never marks them done."""
+    failed = [j for j in judgments if not j.ok]
+    too_many = (len(failed) == len(judgments) if max_failed_share is None
+                else len(failed) > max_failed_share * len(judgments))
+    if judgments and failed and too_many:
+        first = next((j.error for j in failed if j.error), failed[0].status)
+        raise CallsFailed(f"{job}: {len(failed)} of {len(judgments)} model calls failed (first: {first}); "
+                          "nothing was committed and the items stay queued for the next run")
+    return len(failed)
+
+
 def _parse(request: LLMRequest, text: str | None) -> tuple[str, Any, str | None]:
     from sip_core.llm.parsers import parse
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from fake_openai import FakeOpenAI
 from llm_job_fixtures import ROOT, chunks, copy_rewriter, smoke_config  # noqa: F401  (chunks: the fixture)
@@ -63,6 +64,29 @@ def test_faulty_endpoint_every_item_has_a_result_or_a_recorded_error(chunks, tmp
     assert llm.backend.stats["retries"] >= 6
     errors = rows.filter(pl.col("status") == "error")
     assert all(e and "400" in e for e in errors["error"].to_list())  # 400 is not retried, and says so
+
+
+def test_failed_rewrites_are_not_done_and_a_rerun_asks_exactly_them(chunks, tmp_path):
+    from sip_core.llm.cache import CallsFailed
+
+    root, manifest = chunks
+    # a dead endpoint: every call fails, nothing is committed, and the chunks stay queued
+    with pytest.raises(CallsFailed, match=r"rewrite: 4 of 4 model calls failed"):
+        _rewrite(tmp_path, "http://127.0.0.1:9/v1", manifest, 4, "rewriter.max_retries=0")
+    assert not list((tmp_path / "rewrites").rglob("_manifest.json"))
+    # two calls fail for good (HTTP 400 is not retried): the batch keeps them as errors, not as done
+    with FakeOpenAI(latency=0.0, responder=copy_rewriter, faults={1: "400", 4: "400"}) as srv:
+        first, _ = _rewrite(tmp_path, srv.base_url, manifest, 8)
+    rows = pl.read_parquet(first.manifest.files)
+    failed = set(rows.filter(pl.col("status") == "error")["chunk_id"].to_list())
+    assert len(failed) == 2 and first.remaining == manifest.stats["chunks"]["train"] - 8
+    # the endpoint is healthy again: the next run asks for exactly the failed chunks
+    with FakeOpenAI(latency=0.0, responder=copy_rewriter) as srv:
+        again, llm = _rewrite(tmp_path, srv.base_url, manifest, 2)
+        assert srv.requests == 2 and llm.calls == 2
+    retried = pl.read_parquet(again.manifest.files)
+    assert set(retried["chunk_id"].to_list()) == failed and retried["status"].unique().to_list() == ["ok"]
+    assert again.done_before == 6
 
 
 def _killable_rewrite(root, url, manifest_uri) -> subprocess.Popen:

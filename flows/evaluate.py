@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from flows.llm_jobs import heldout_thoughts
 from flows.prepare import prepare
 from flows.train import judge_gate
 from sip_core.config import EvaluateParams
@@ -18,11 +19,12 @@ def evaluate(params: EvaluateParams = EvaluateParams()) -> dict:
     cfg = params.load()
     chunks = prepare(cfg)["chunks"]
     audit = judge_gate(cfg, chunks)
-    a = evaluate_task(cfg, params.model, chunks, audit)
+    thoughts = heldout_thoughts(cfg, chunks)
+    a = evaluate_task(cfg, params.model, chunks, audit, thoughts)
     out = {"model": a}
     create_markdown_artifact(results_markdown(params.model, a.results), key="evaluation")
     if params.against:
-        b = evaluate_task(cfg, params.against, chunks, audit)
+        b = evaluate_task(cfg, params.against, chunks, audit, thoughts)
         out["against"] = b
         out["comparison"] = compare_task(cfg, a, b, chunks, audit)
         wr = out["comparison"].results.get("winrate", {})

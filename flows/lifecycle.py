@@ -16,6 +16,7 @@ import time
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
+from flows.llm_jobs import heldout_thoughts
 from flows.prepare import prepare
 from flows.train import judge_gate, publish_metrics
 from sip_core.config import LifecycleParams, SipConfig
@@ -41,8 +42,10 @@ def _rewritten(cfg: SipConfig, chunks: ArtifactRef) -> int:
     return sum(m.rows or 0 for m in batches_made_from(RunContext(cfg), manifest))
 
 
-def shared_stages(cfg: SipConfig, chunks: ArtifactRef, calls: dict[str, int]) -> tuple[dict | None, ThoughtsResult]:
-    """The judge audit, the rewrites still missing, and the thought data: what every arm shares."""
+def shared_stages(cfg: SipConfig, chunks: ArtifactRef, calls: dict[str, int]
+                  ) -> tuple[dict | None, ThoughtsResult, ThoughtsResult | None]:
+    """The judge audit, the rewrites still missing, the thought data of train chunks (the recipes')
+    and of a few held-out chunks (the evaluation's thought NLL): what every arm shares."""
     audit_calls: list[int] = []
     audit = judge_gate(cfg, chunks, audit_calls)
     calls["audit"] = sum(audit_calls)
@@ -50,8 +53,9 @@ def shared_stages(cfg: SipConfig, chunks: ArtifactRef, calls: dict[str, int]) ->
         calls["rewrite"] = rewrite_task(cfg, chunks, cfg.lifecycle.rewrite_limit - _rewritten(cfg, chunks),
                                         "train").calls
     thoughts = thoughts_task(cfg, chunks, cfg.lifecycle.thought_limit, "exact")
-    calls["thoughts"] = thoughts.calls
-    return audit, thoughts
+    heldout = heldout_thoughts(cfg, chunks)
+    calls["thoughts"] = thoughts.calls + (heldout.calls if heldout else 0)
+    return audit, thoughts, heldout
 
 
 def submit_training(cfg: SipConfig, chunks: ArtifactRef, thoughts: ThoughtsResult) -> dict:
@@ -85,14 +89,14 @@ def lifecycle(params: LifecycleParams = LifecycleParams()) -> dict:
     cfg = params.load()
     chunks = prepare(cfg)["chunks"]
     calls: dict[str, int] = {}
-    audit, thoughts = shared_stages(cfg, chunks, calls)
+    audit, thoughts, heldout = shared_stages(cfg, chunks, calls)
 
     # The arms train, and the five models are evaluated, as their inputs are ready: up to
     # lifecycle.parallel stages at once (tasks/slots.py).
     with torch_threads(threads_per_slot(cfg.lifecycle.parallel)):  # evaluations run in this process
         training = submit_training(cfg, chunks, thoughts)
         evaluations = {name: evaluate_task.submit(cfg, stages[-1][1] if stages else cfg.model.policy, chunks, audit,
-                                                  thoughts) for name, stages in arm_stages(training).items()}
+                                                  heldout) for name, stages in arm_stages(training).items()}
         trained = {name: f.result() for name, f in training.items()}
         evals = {name: f.result() for name, f in evaluations.items()}
     calls["training"] = sum(r.judge_calls for r in trained.values())

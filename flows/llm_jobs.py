@@ -6,7 +6,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.prepare import prepare
-from sip_core.config import AuditParams, RewriteParams, ThoughtParams
+from sip_core.config import AuditParams, RewriteParams, SipConfig, ThoughtParams
+from sip_core.infra.artifacts import ArtifactRef
 from sip_core.report.summaries import audit_markdown
 from tasks.llm_jobs import AuditResult, RewriteResult, ThoughtsResult, audit_task, rewrite_task, thoughts_task
 
@@ -28,6 +29,14 @@ def rewrite(params: RewriteParams = RewriteParams()) -> RewriteResult:
 @flow(name="thoughts", log_prints=True)
 def thoughts(params: ThoughtParams = ThoughtParams()) -> ThoughtsResult:
     return _job(thoughts_task, params, params.limit, params.match)
+
+
+def heldout_thoughts(cfg: SipConfig, chunks: ArtifactRef) -> ThoughtsResult | None:
+    """Thoughts in the first eval.thought_rows held-out chunks: the thought-NLL evaluation's rows,
+    disjoint from every training row (None when that suite is off)."""
+    if "thought_nll" not in cfg.eval.suites:
+        return None
+    return thoughts_task(cfg, chunks, cfg.eval.thought_rows, "exact", "heldout")
 
 
 @flow(name="audit-judge", log_prints=True)

@@ -18,8 +18,8 @@ from tasks.slots import compute_slot
 @task(name="evaluate-model", retries=1, retry_delay_seconds=10)
 def evaluate_task(cfg: SipConfig, model: str | ArtifactRef, chunks: ArtifactRef, audit: dict | None,
                   thoughts: ArtifactRef | None = None) -> ModelEvaluation:
-    """`model`: a model ref / checkpoint URI, or a training task's result. Runs in one of
-    `lifecycle.parallel` slots."""
+    """`model`: a model ref / checkpoint URI, or a training task's result; `thoughts`: thought
+    data of held-out chunks (the thought-NLL rows). Runs in one of `lifecycle.parallel` slots."""
     judge = _llm(cfg, "judge")
     evaluations = EvaluationStore(run_context(cfg), model.uri if isinstance(model, ArtifactRef) else model,
                                   chunks, judge.backend.model_id, thoughts)

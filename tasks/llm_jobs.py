@@ -54,7 +54,7 @@ class ThoughtsResult(LLMJobResult, ArtifactRef):
 
     def summary(self) -> str:
         s = self.stats
-        return (f"thoughts: {s['kept']}/{s['rows']} rows kept, {s['rejected']} rejected by the integrity gate, "
+        return (f"thoughts ({s.get('split', 'train')}): {s['kept']}/{s['rows']} rows kept, {s['rejected']} rejected by the integrity gate, "
                 f"{s['malformed']} malformed, {s['thoughts_per_kept_row']} thoughts per kept row, "
                 f"coverage {s['mean_coverage']} -> {self.uri}")
 
@@ -84,10 +84,13 @@ def rewrite_task(cfg: SipConfig, chunks: ArtifactRef, limit: int, split: str) ->
 
 
 @task(name="insert-thoughts", **OPTIONS)
-def thoughts_task(cfg: SipConfig, chunks: ArtifactRef, limit: int | None, match: str) -> ThoughtsResult:
+def thoughts_task(cfg: SipConfig, chunks: ArtifactRef, limit: int | None, match: str,
+                  split: str = "train") -> ThoughtsResult:
+    """Thoughts for the first `limit` chunks of `split`: train for the recipes, heldout for the
+    evaluation's thought NLL."""
     llm = _llm(cfg, "teacher")
     manifest = insert_thoughts(run_context(cfg), chunks.manifest(cfg.run.storage_options), llm, limit,
-                               match)
+                               match, split)
     return ThoughtsResult(**ArtifactRef.of(manifest).model_dump(), calls=llm.calls, cache_hits=llm.hits)
 
 

@@ -2,7 +2,8 @@
 
 Integrity gate: removing the thoughts must give back the original chunk exactly (or, with
 `normalized`, up to NFKC and whitespace); any other row is rejected and counted, never kept.
-Rows are split 50/50 by chunk id into the SFT half and the RL half (method: data flow B).
+Rows of train chunks are split 50/50 by chunk id into the SFT half and the RL half (method: data
+flow B); rows of held-out chunks (`split="heldout"`) are the evaluation's thought-NLL rows.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def insert_thoughts(env: RunContext, chunks: Manifest, llm: CachedLLM, limit: in
             part = table.filter(pa.compute.equal(table["status"], status))
             if part.num_rows:
                 writer.write(part, status)
-        return writer.commit(thought_stats(cols, llm))
+        return writer.commit({**thought_stats(cols, llm), "split": split})
 
 
 def thought_stats(cols: dict[str, list], llm: CachedLLM) -> dict:

@@ -3,7 +3,9 @@
 Format (sip_core.training.think_then_predict): after a prefix the policy writes `<think>` thought `</think>` and then
 its predicted continuation; the judge (P10, `judge_predictions`) compares the prediction with the
 true suffix and never sees the thought. The prompt given to the policy is
-`think_prompt(prefix)` = prefix + "<think>" (the template is a parameter everywhere).
+`think_prompt(prefix)` = prefix + "<think>" (the template is a parameter everywhere). The
+evaluation suite cuts prefixes and references, and samples, as RLMT training does (`rlmt.*`), so
+both score the object RLMT optimises (`sip_core.evaluation.suite.rlmt_heldout`).
 
 - `reward_gate`: k completions per held-out prefix, no update; mean reward with a Wilson 95%
   interval, per-prefix spread, format failures; go / no-go.
@@ -185,11 +187,15 @@ def score_probe(judge, cfg: JudgeConfig, prefixes: Sequence[str], references: Se
 def thought_use_probe(judge, cfg: JudgeConfig, prefixes: Sequence[str], references: Sequence[str],
                       own_thoughts: Sequence[Sequence[str]], continue_fn: Callable[[list[str]], list[str]],
                       seed: int = 0, template: str = THINK_TEMPLATE, generic: Sequence[str] = GENERIC_THOUGHTS,
-                      conditions: Sequence[str] = CONDITIONS) -> ProbeResult:
+                      conditions: Sequence[str] = CONDITIONS,
+                      policy_prefixes: Sequence[str] | None = None) -> ProbeResult:
     """Build the probe conditions, let the model continue after each `</think>` (`continue_fn`:
     prompt texts -> one continuation each, e.g. `lambda ps: [c[0] for c in sampler(ps, 1)]`) and
-    score them. `own_thoughts` come from the model's own completions (`split_completion`)."""
+    score them. `own_thoughts` come from the model's own completions (`split_completion`).
+    `policy_prefixes`: the prefix texts the model sees (e.g. truncated as in RLMT training) when
+    they differ from the `prefixes` the judge reads."""
     items = build_probe_conditions(own_thoughts, seed, generic, conditions)
-    prompts = [probe_prompt(prefixes[it.prefix_index], it.thought, template) for it in items]
+    seen = prefixes if policy_prefixes is None else policy_prefixes
+    prompts = [probe_prompt(seen[it.prefix_index], it.thought, template) for it in items]
     predictions = continue_fn(prompts)
     return score_probe(judge, cfg, prefixes, references, items, predictions, seed=seed, derangement_seed=seed)

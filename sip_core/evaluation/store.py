@@ -1,7 +1,7 @@
 """One model's evaluations as a content-addressed artifact, and pairwise comparisons.
 
 An evaluation is keyed by the model (its checkpoint's content hash, or the ref itself), the eval
-and judge config, the judge's model id, the chunk and thought data and the code, so a rerun finds
+and judge config, the judge's model id, the chunk data, the held-out thought data and the code, so a rerun finds
 every result committed and calls no judge. Pure library: the Prefect task adds a compute slot,
 retries and run ids around `EvaluationStore`.
 """
@@ -17,6 +17,8 @@ from sip_core.evaluation.suite import compare, evaluate_model, heldout_rows
 from sip_core.infra import artifacts, store
 from sip_core.infra.artifacts import ArtifactRef, Manifest
 from sip_core.infra.run_context import RunContext
+from sip_core.training import data
+from sip_core.training.data import Rows
 
 
 class ModelEvaluation(BaseModel):
@@ -51,13 +53,18 @@ def model_identity(ref: str, storage_options: dict[str, Any] | None = None) -> s
     return committed.content_hash if committed else ref
 
 
-def thought_texts(ctx: RunContext, thoughts: ArtifactRef | None) -> list[str]:
-    """The RL half of the gated thought data (the thought-NLL evaluation's texts)."""
+def heldout_thoughts(ctx: RunContext, thoughts: ArtifactRef | None, chunks: ArtifactRef) -> Rows:
+    """(chunk_id, augmented_text) of the gated thought rows of held-out chunks: the thought-NLL
+    evaluation's rows, never a row any recipe trained on. A thought artifact made from another
+    split is an error, not an empty evaluation."""
     if thoughts is None:
-        return []
-    from sip_core.recipes.sft import thought_rows
-
-    return thought_rows(thoughts.manifest(ctx.storage_options), "rl", ctx.storage_options)
+        return Rows({"chunk_id": [], "augmented_text": []})
+    so = ctx.storage_options
+    manifest = thoughts.manifest(so)
+    if manifest.config.get("split") != "heldout":
+        raise ValueError(f"thought artifact {thoughts.uri} was made from the {manifest.config.get('split')} split: "
+                         "thought NLL is measured on thoughts of held-out chunks (insert_thoughts split='heldout')")
+    return data.gated_thoughts(manifest, None, so, data.chunk_ids(chunks.manifest(so), "heldout", so))
 
 
 def _dumps(results: dict) -> dict[str, dict[str, Any]]:
@@ -89,8 +96,8 @@ class EvaluationStore:
         """Run every configured evaluation with `judge`, commit the artifact, return the result."""
         so = self.ctx.storage_options
         chunk_manifest = self.chunks.manifest(so)
-        result = evaluate_model(self.ctx.cfg, self.model_ref, chunk_manifest, judge, audit,
-                                thought_texts(self.ctx, self.thoughts))
+        texts = heldout_thoughts(self.ctx, self.thoughts, self.chunks).columns["augmented_text"]
+        result = evaluate_model(self.ctx.cfg, self.model_ref, chunk_manifest, judge, audit, texts)
         evaluation = ModelEvaluation(model=self.model_ref, uri=self.uri, results=_dumps(result.results),
                                      continuations=result.continuations, seconds=result.seconds,
                                      judge_calls=judge.calls)

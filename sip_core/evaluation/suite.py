@@ -41,6 +41,40 @@ def load_eval_model(ref: str, cfg: SipConfig, rt):
     return model, tok
 
 
+@dataclass
+class RlmtHeldout:
+    """The reward gate's and probe's items, cut as RLMT cuts its training rows (`rlmt.*`): the
+    policy sees the prefix's last rlmt.max_prefix_tokens tokens, the judge reads the whole prefix
+    and a reference of rlmt.predict_tokens tokens."""
+
+    prompts: list[str]  # the (truncated) prefix texts the policy continues after `<think>`
+    prefixes: list[str]  # the prefix texts the judge reads
+    references: list[str]
+
+
+def rlmt_heldout(cfg: SipConfig, rows: list[dict], tok) -> RlmtHeldout:
+    rc = cfg.rlmt
+    prompts = tok.batch_decode([data.truncate_prefix(r["prefix_ids"], rc.max_prefix_tokens) for r in rows])
+    references = tok.batch_decode([list(r["suffix_ids"][: rc.predict_tokens]) for r in rows])
+    return RlmtHeldout(prompts, [r["prefix_text"] for r in rows], references)
+
+
+def rlmt_suites(cfg: SipConfig, model, tok, device, held: RlmtHeldout, judge, run) -> None:
+    """The reward gate and the thought-use probe on `held`, sampling as RLMT samples (thought
+    budget, prediction length, temperature, top_p and budget forcing from `rlmt.*`); `run(name,
+    fn)` runs one suite when it is configured."""
+    rc, ec = cfg.rlmt, cfg.eval
+    think = generation.think_sampler(model, tok, rc.thought_tokens, rc.predict_tokens, rc.temperature, rc.top_p,
+                                     device, force_close=rc.force_close, batch_size=ec.batch_size)
+    greedy_after = generation.text_sampler(model, tok, rc.predict_tokens, 0.0, 1.0, device, batch_size=ec.batch_size)
+    completions = think([rlmt.think_prompt(p) for p in held.prompts], ec.reward_samples)
+    run("reward_gate", lambda: rlmt.reward_gate(judge, cfg.judge, held.prefixes, held.references, completions))
+    own = [[t for t in (split_completion(c)[0] for c in group) if t] for group in completions]
+    run("probe", lambda: rlmt.thought_use_probe(judge, cfg.judge, held.prefixes, held.references,
+                                                [o or [""] for o in own], lambda ps: [c[0] for c in greedy_after(ps, 1)],
+                                                policy_prefixes=held.prompts))
+
+
 def evaluate_model(cfg: SipConfig, model_ref: str, chunks: Manifest, judge, audit: dict | None = None,
                    thought_texts: list[str] | None = None) -> ModelEval:
     ec, jc = cfg.eval, cfg.judge
@@ -54,9 +88,6 @@ def evaluate_model(cfg: SipConfig, model_ref: str, chunks: Manifest, judge, audi
     seeds = list(range(ec.judge_seeds))
     sampler = generation.text_sampler(model, tok, ec.reasoning_tokens, ec.reasoning_temperature, 0.95, rt.device,
                                       chat=True, batch_size=ec.batch_size)
-    think = generation.think_sampler(model, tok, ec.thought_tokens, ec.predict_tokens, 1.0, 1.0, rt.device,
-                                     force_close=ec.force_close, batch_size=ec.batch_size)
-    greedy_after = generation.text_sampler(model, tok, ec.predict_tokens, 0.0, 1.0, rt.device, batch_size=ec.batch_size)
 
     def run(name: str, fn):
         if name not in ec.suites:
@@ -90,13 +121,8 @@ def evaluate_model(cfg: SipConfig, model_ref: str, chunks: Manifest, judge, audi
                                                   ec.reasoning_k, sampling=sampling))
     run("math500", lambda: reasoning.reasoning_eval(sampler, reasoning.load_math500(limit=ec.reasoning_problems),
                                                     ec.reasoning_k, sampling=sampling))
-    completions: list[list[str]] = []
     if {"reward_gate", "probe"} & set(ec.suites):
-        completions = think([rlmt.think_prompt(p) for p in prefixes], ec.reward_samples)
-    run("reward_gate", lambda: rlmt.reward_gate(judge, jc, prefixes, references, completions))
-    own = [[t for t in (split_completion(c)[0] for c in group) if t] for group in completions]
-    run("probe", lambda: rlmt.thought_use_probe(judge, jc, prefixes, references, [o or [""] for o in own],
-                                                lambda ps: [c[0] for c in greedy_after(ps, 1)]))
+        rlmt_suites(cfg, model, tok, rt.device, rlmt_heldout(cfg, rows, tok), judge, run)
     if thought_texts:
         run("thought_nll", lambda: nll.thought_text_nll(model, tok, thought_texts[: ec.thought_rows], rt.device,
                                                         max_tokens=512))

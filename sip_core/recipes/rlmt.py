@@ -5,10 +5,17 @@ judge compares the prediction with the true suffix (0/1). G samples per prefix; 
 reward - group mean (no std normalisation); the summed token log-probs are divided by the fixed
 generation budget (constant length normalisation). Groups whose G rewards are all equal carry no
 signal; they are counted and contribute nothing.
+
+With thought data (METHOD §2.6, §5.6 [repl]) each prefix ends at a teacher thought position in
+the data's RL half, positions only: the augmented text before that thought (earlier teacher
+thoughts kept), then the policy's own thought; the reference is the next raw tokens. An RL half
+with no usable row is an error (exit 2), never a fallback to other rows. Without thought data
+the prefixes are the train chunks' own prefix/suffix boundaries.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 
 import torch
@@ -20,7 +27,7 @@ from sip_core.infra.run_context import RunContext
 from sip_core.llm.factory import open_llm
 from sip_core.recipes import _cli
 from sip_core.training import data
-from sip_core.training.data import rl_chunk_ids
+from sip_core.training.data import NoThoughtData
 from sip_core.training.judged_pairs import judge_identity
 from sip_core.training.logprobs import completion_logprobs
 from sip_core.training.losses import drgrpo_loss, group_advantages
@@ -33,6 +40,7 @@ class Rlmt(Recipe):
     def __init__(self, cfg: SipConfig, chunks: Manifest, thoughts: Manifest | None = None,
                  provenance: Provenance = Provenance()):
         self.chunks, self.thoughts = chunks, thoughts
+        self.rl_half_rows: int | None = None  # gated RL-half rows of train chunks (with thought data)
         self.judge = open_llm(cfg, "judge", provenance)
         parents = [chunks, *([thoughts] if thoughts else []),
                    artifacts.config_manifest("judge", judge_identity(cfg, self.judge.backend.model_id))]
@@ -47,14 +55,24 @@ class Rlmt(Recipe):
         self.budget = rc.thought_tokens + rc.predict_tokens
 
     def _rl_rows(self) -> data.Rows:
-        """The train chunks of the thought data's RL half (all train chunks when it has none)."""
+        """With thought data: a prompt at a teacher thought position in each row of its RL half
+        whose chunk is a train chunk. Without: every train chunk at its prefix/suffix boundary."""
         so = self.env.storage_options
-        rows = data.read_rows(self.chunks, "train", so, data.CHUNK_COLUMNS)
-        keep = rl_chunk_ids(self.thoughts, so)
-        if keep is None:
-            return rows
-        idx = [i for i, c in enumerate(rows.columns["chunk_id"]) if c in keep] or list(range(len(rows)))
-        return data.Rows({k: [v[i] for i in idx] for k, v in rows.columns.items()})
+        if self.thoughts is None:
+            return data.read_rows(self.chunks, "train", so, data.CHUNK_COLUMNS)
+        rl = data.gated_thoughts(self.thoughts, "rl", so, data.chunk_ids(self.chunks, "train", so))
+        self.rl_half_rows = len(rl)
+        min_before = self.cfg.data.min_prefix_tokens
+        rows = data.thought_prompts(rl, self.tok, min_before, self.tc.predict_tokens)
+        if not len(rows):
+            stats = self.thoughts.stats
+            why = (f"none of its {len(rl)} gated RL-half rows of train chunks has a teacher thought with >= "
+                   f"{min_before} tokens before it and >= {self.tc.predict_tokens} raw tokens after it" if len(rl) else
+                   f"0 gated RL-half rows of train chunks ({stats.get('rows')} rows, {stats.get('kept')} kept, "
+                   f"halves {stats.get('halves')}, split {self.thoughts.config.get('split')})")
+            raise NoThoughtData(f"thought artifact {self.thoughts.uri}: no RLMT prompt: {why}; "
+                                "run `sip thoughts` on more train chunks")
+        return rows
 
     # ------------------------------------------------------------------ ready work
     def work(self, step: int, timers: Timers, stats: Counter):
@@ -121,7 +139,8 @@ class Rlmt(Recipe):
         return float(loss.detach())
 
     def summary(self) -> dict:
-        return {"rows": len(self.rows)}
+        source = "chunk boundaries" if self.thoughts is None else "teacher thought positions"
+        return {"rows": len(self.rows), "prompts_from": source, "rl_half_rows": self.rl_half_rows}
 
 
 def train(cfg: SipConfig, chunks: Manifest, thoughts: Manifest | None = None,
@@ -130,8 +149,12 @@ def train(cfg: SipConfig, chunks: Manifest, thoughts: Manifest | None = None,
 
 
 def main() -> None:
-    _cli.main(__doc__, lambda cfg, inputs, prov: train(cfg, inputs["chunks"], inputs["thoughts"], prov),
-              required=("chunks",), optional=("thoughts",))
+    try:
+        _cli.main(__doc__, lambda cfg, inputs, prov: train(cfg, inputs["chunks"], inputs["thoughts"], prov),
+                  required=("chunks",), optional=("thoughts",))
+    except NoThoughtData as exc:  # the caller's data, not a crash: one line, exit 2
+        print(f"rlmt: error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ after, on rows of the RL half (never trained on here).
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from sip_core.config import SipConfig
@@ -14,20 +16,19 @@ from sip_core.evaluation.nll import thought_text_nll, thought_token_masks
 from sip_core.infra.artifacts import Manifest, Provenance
 from sip_core.infra.run_context import RunContext
 from sip_core.recipes import _cli
-from sip_core.training.data import thought_rows
+from sip_core.training.data import NoThoughtData, thought_rows
 from sip_core.training.logprobs import pack, token_logprobs
 from sip_core.training.recipe import Recipe, Timers
 
 __all__ = ["NoThoughtData", "Sft", "thought_rows", "train"]  # thought_rows: tasks.evaluate reads it here
 
 
-class NoThoughtData(ValueError):
-    pass
-
-
 class Sft(Recipe):
     def __init__(self, cfg: SipConfig, thoughts: Manifest, provenance: Provenance = Provenance()):
         sc, env = cfg.sft, RunContext(cfg, provenance)
+        if thoughts.config.get("split", "train") != "train":  # held-out thoughts are for evaluation only
+            raise NoThoughtData(f"thought artifact {thoughts.uri} was made from the {thoughts.config['split']} "
+                                "split; thinking SFT trains on thoughts of train chunks")
         self.texts = thought_rows(thoughts, "sft", env.storage_options)
         if not self.texts:
             raise NoThoughtData(f"thought artifact {thoughts.uri} has no gated rows in its SFT half; "
@@ -95,7 +96,11 @@ def train(cfg: SipConfig, thoughts: Manifest, provenance: Provenance = Provenanc
 
 
 def main() -> None:
-    _cli.main(__doc__, lambda cfg, inputs, prov: train(cfg, inputs["thoughts"], prov), required=("thoughts",))
+    try:
+        _cli.main(__doc__, lambda cfg, inputs, prov: train(cfg, inputs["thoughts"], prov), required=("thoughts",))
+    except NoThoughtData as exc:  # the caller's data, not a crash: one line, exit 2
+        print(f"sft: error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Training data: chunk rows from the prepare artifact, in a deterministic order, and the texts of
-the thought artifact's halves.
+"""Training data: chunk rows from the prepare artifact, in a deterministic order, the texts of
+the thought artifact's halves, and RLMT rows at the teacher's thought positions.
 
 The order is a function of (seed, epoch) only, and step s reads global positions
 [s*B, (s+1)*B) of it, so a resumed run continues exactly where the killed one stopped, and each
@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from sip_core.infra import artifacts, store
 from sip_core.infra.artifacts import Manifest
+from sip_core.llm.parsers import strip_thoughts, thought_spans
 
 CHUNK_COLUMNS = ["chunk_id", "prefix_ids", "suffix_ids", "prefix_text", "suffix_text"]
 THOUGHT_COLUMNS = ["chunk_id", "half", "augmented_text", "status"]
@@ -79,16 +80,46 @@ def truncate_prefix(ids: list[int], max_tokens: int | None) -> list[int]:
     return list(ids[-max_tokens:]) if max_tokens else list(ids)
 
 
-def thought_rows(thoughts: Manifest, half: str, storage_options: dict) -> list[str]:
-    """The texts (with `<think>` spans) of the thought artifact's gated rows in one half (sft / rl)."""
+def thought_rows(thoughts: Manifest, half: str | None, storage_options: dict) -> list[str]:
+    """The texts (with `<think>` spans) of the thought artifact's gated rows in one half (sft / rl;
+    None: both)."""
+    return gated_thoughts(thoughts, half, storage_options).columns["augmented_text"]
+
+
+def gated_thoughts(thoughts: Manifest, half: str | None, storage_options: dict,
+                   chunk_ids: set[str] | None = None) -> Rows:
+    """(chunk_id, augmented_text) of the gated rows in one half (None: both), optionally only
+    those whose chunk is in `chunk_ids`."""
     rows = read_rows(thoughts, None, storage_options, THOUGHT_COLUMNS)
-    return [t for t, h, s in zip(rows.columns.get("augmented_text", []), rows.columns.get("half", []),
-                                 rows.columns.get("status", [])) if s == "ok" and h == half]
+    keep = [i for i, (c, h, s) in enumerate(zip(*(rows.columns.get(k, []) for k in ("chunk_id", "half", "status"))))
+            if s == "ok" and (half is None or h == half) and (chunk_ids is None or c in chunk_ids)]
+    return Rows({k: [rows.columns.get(k, [])[i] for i in keep] for k in ("chunk_id", "augmented_text")})
 
 
-def rl_chunk_ids(thoughts: Manifest | None, storage_options: dict) -> set[str] | None:
-    """The RL half of the thought data (method: data flow B); None = every train chunk."""
-    if thoughts is None:
-        return None
-    rows = read_rows(thoughts, None, storage_options, ["chunk_id", "half"])
-    return {c for c, h in zip(rows.columns["chunk_id"], rows.columns["half"]) if h == "rl"}
+def chunk_ids(chunks: Manifest, partition: str, storage_options: dict) -> set[str]:
+    return set(read_rows(chunks, partition, storage_options, ["chunk_id"]).columns.get("chunk_id", []))
+
+
+class NoThoughtData(ValueError):
+    """A recipe's share of the thought data is empty (a one-line error, never a fallback)."""
+
+
+def thought_prompts(augmented: Rows, tokenizer, min_before: int, n_after: int) -> Rows:
+    """RLMT rows from teacher thought positions (METHOD §2.6, §5.6 [repl]): per augmented text,
+    the first teacher thought with at least `min_before` tokens of augmented text before it and
+    `n_after` raw tokens after it. prefix_ids: the augmented text before that thought (earlier
+    teacher thoughts kept); prefix_text: the same without thoughts (what the judge reads);
+    suffix_ids / suffix_text: the next `n_after` raw tokens (thought spans stripped). The teacher's
+    thought text itself is never used. Texts without such a position are left out."""
+    cols: dict[str, list] = {c: [] for c in CHUNK_COLUMNS}
+    for chunk_id, text in zip(augmented.columns["chunk_id"], augmented.columns["augmented_text"]):
+        for start, _ in thought_spans(text):
+            before = text[:start].rstrip()
+            prefix_ids = tokenizer(before, add_special_tokens=False)["input_ids"]
+            suffix_ids = tokenizer(strip_thoughts(text[start:]), add_special_tokens=False)["input_ids"][:n_after]
+            if len(prefix_ids) >= min_before and len(suffix_ids) >= n_after:
+                values = (chunk_id, prefix_ids, suffix_ids, strip_thoughts(before), tokenizer.decode(suffix_ids))
+                for name, value in zip(CHUNK_COLUMNS, values):
+                    cols[name].append(value)
+                break
+    return Rows(cols)

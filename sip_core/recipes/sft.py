@@ -20,7 +20,7 @@ from sip_core.training.data import NoThoughtData, thought_rows
 from sip_core.training.logprobs import pack, token_logprobs
 from sip_core.training.recipe import Recipe, Timers
 
-__all__ = ["NoThoughtData", "Sft", "thought_rows", "train"]  # thought_rows: tasks.evaluate reads it here
+__all__ = ["NoThoughtData", "Sft", "train"]
 
 
 class Sft(Recipe):

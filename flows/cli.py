@@ -13,16 +13,19 @@ import yaml
 from sip_core.config import ConfigError, SipConfig, load_config
 from sip_core.infra.models import ModelRefError
 from sip_core.data.readers import SourceError
+from sip_core.llm.cache import CallsFailed
 from sip_core.training import JudgeGateFailed, RecipeFailed
 
 USER_ERRORS = (ConfigError, SourceError, ModelRefError, FileNotFoundError, RecipeFailed, JudgeGateFailed)
+# A job whose model calls failed: not bad input (exit 1), but one line all the same.
+JOB_FAILURES = (CallsFailed,)
 
 
 class _QuietUserErrors(logging.Filter):
     """Prefect logs a failed task with its traceback; for bad input that is noise, not help."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
+        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS + JOB_FAILURES):
             record.exc_info, record.exc_text = None, None
         return True
 
@@ -239,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"sip: error: {exc}", file=sys.stderr)
         return 2
+    except JOB_FAILURES as exc:
+        print(f"sip: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("sip: interrupted", file=sys.stderr)
         return 130

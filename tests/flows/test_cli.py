@@ -18,7 +18,7 @@ def test_rewrite_against_a_dead_endpoint_fails_in_one_line_and_commits_nothing(t
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 1, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("sip: error:")]
-    assert errors == ["sip: error: rewrite: 4 of 4 model calls failed (first: connection error after 1 attempts); "
+    assert errors == ["sip: error: rewrite: 4 of 4 model calls failed (first: connection error after 1 attempts (last: http://127.0.0.1:9/v1)); "
                       "nothing was committed and the items stay queued for the next run"]
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not list((tmp_path / "rewrites").rglob("_manifest.json"))

@@ -5,7 +5,7 @@ next replica). The client's own retries are off (`max_retries=0`): this module r
 exponential backoff and full jitter bounded by `backoff_max_s`, on timeouts, connection errors,
 unparseable responses, HTTP 408, 429 and 5xx (a `Retry-After`/`retry-after-ms` header, when present,
 is honoured up to `backoff_max_s`); any other 4xx is final at once. A request that still fails gets a
-result whose `error` is one line ("HTTP 500 after 6 attempts"); a batch never raises for one request.
+result whose `error` is one line ("HTTP 500 after 6 attempts (last: http://…/v1)"); a batch never raises for one request.
 
 Concurrency: at most `cfg.concurrency` requests in flight per event loop (an asyncio.Semaphore, held
 through a request's backoff sleeps too, so a rate-limited server is not hit harder). Each attempt is
@@ -155,7 +155,7 @@ class OpenAIBackend(LLMBackend):
                                   index, fail.what, replica, attempts, self.cfg.max_retries + 1, wait)
                         await asyncio.sleep(wait)
                         continue
-                    result = self._failed(index, _final_error(fail, attempts))
+                    result = self._failed(index, _final_error(fail, attempts, redact_url(self.base_urls[replica])))
                 except Exception as exc:  # noqa: BLE001 - one request never sinks the batch
                     result = self._failed(index, self._scrub(f"{type(exc).__name__}: {exc}"))
                 else:
@@ -234,8 +234,9 @@ class OpenAIBackend(LLMBackend):
                 loop.run_until_complete(state.aclose())
 
 
-def _final_error(fail: AttemptFailed, attempts: int) -> str:
-    """The one-line error of a request whose last attempt failed."""
+def _final_error(fail: AttemptFailed, attempts: int, url: str) -> str:
+    """The one-line error of a request whose last attempt failed, naming the endpoint that
+    answered last (credentials dropped from the URL; the key never appears)."""
     if fail.retry:
-        return f"{fail.what} after {attempts} attempts"
-    return f"{fail.what}: {fail.detail}" if fail.detail else fail.what
+        return f"{fail.what} after {attempts} attempts (last: {url})"
+    return f"{fail.what} from {url}: {fail.detail}" if fail.detail else f"{fail.what} from {url}"

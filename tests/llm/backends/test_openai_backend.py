@@ -138,7 +138,7 @@ def test_final_error_after_max_retries_and_the_batch_completes():
         backend = OpenAIBackend(cfg(srv.base_url, max_retries=2))
         results = backend.generate(reqs(8))
         assert [r.ok for r in results] == [True, True, True, False, True, True, True, True]
-        assert results[3].error == "HTTP 500 after 3 attempts" and results[3].attempts == 3
+        assert results[3].error == f"HTTP 500 after 3 attempts (last: {srv.base_url})" and results[3].attempts == 3
         assert results[3].text is None
         assert srv.counts["500"] == 3
         assert backend.stats["errors"] == 1 and backend.stats["retries"] == 2 and backend.stats["requests"] == 8
@@ -148,13 +148,14 @@ def test_timeouts_disconnects_and_connection_refused_exhausted():
     with FakeOpenAI(faults=lambda n, m: "timeout", hang_s=5) as srv:
         backend = OpenAIBackend(cfg(srv.base_url, timeout_s=0.2, max_retries=1))
         [r] = backend.generate(reqs(1))
-        assert r.error == "timeout after 2 attempts"
+        assert r.error == f"timeout after 2 attempts (last: {srv.base_url})"
     with FakeOpenAI(faults=lambda n, m: "disconnect") as srv:
         [r] = OpenAIBackend(cfg(srv.base_url, max_retries=2)).generate(reqs(1))
-        assert r.error == "connection error after 3 attempts" and srv.counts["disconnect"] == 3
-    backend = OpenAIBackend(cfg(f"http://127.0.0.1:{free_port()}/v1", max_retries=1))
+        assert r.error == f"connection error after 3 attempts (last: {srv.base_url})" and srv.counts["disconnect"] == 3
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    backend = OpenAIBackend(cfg(dead, max_retries=1))
     [r] = backend.generate(reqs(1))
-    assert r.error == "connection error after 2 attempts" and r.attempts == 2
+    assert r.error == f"connection error after 2 attempts (last: {dead})" and r.attempts == 2
 
 
 def test_a_dead_replica_is_retried_on_the_live_one():
@@ -206,10 +207,11 @@ def test_api_key_is_sent_but_never_shown(caplog):
         backend = OpenAIBackend(cfg(srv.base_url, concurrency=1, max_retries=1), api_key=KEY)
         results = backend.generate(reqs(4))
         assert set(srv.auth_headers) == {f"Bearer {KEY}"}
+        url = srv.base_url
     errors = [r.error for r in results if r.error]
     assert len(errors) == 3  # 401, 400, and one request whose two attempts both got 500
-    assert any(e.startswith("HTTP 400") and "***" in e for e in errors)  # the server echoed it, we scrubbed
-    assert errors[-1] == "HTTP 500 after 2 attempts"
+    assert any(e.startswith(f"HTTP 400 from {url}: ") and "***" in e for e in errors)  # the server echoed it, we scrubbed
+    assert errors[-1] == f"HTTP 500 after 2 attempts (last: {url})"
     text = caplog.text + repr(backend) + str(backend) + repr(vars(backend)) + "".join(errors)
     assert "fake-model" in repr(backend)
     assert KEY not in text and KEY[8:] not in text

@@ -100,11 +100,17 @@ class LLMConfig(Section):
 class JudgeConfig(LLMConfig):
     seeds: int = Field(1, ge=1, description="samples per judgment (votes)")
     parse_retries: int = Field(3, ge=0, description="re-asks with a new seed when an answer does not parse")
-    quality_mode: Literal["all_pairs", "pivot"] = "all_pairs"
+    quality_mode: Literal["all_pairs", "pivot"] = Field(
+        "all_pairs", description="all_pairs: every pair of candidates, both orders (METHOD §4.2); pivot: each "
+        "candidate against the original suffix only (§4.3), which the pool must then hold")
     criteria: dict[str, float] = Field(default_factory=lambda: {"quality": 1.0},
                                        description="criteria summed into one score, with weights: quality, "
-                                       "safety, factuality (method §4.4)")
-    tie_break_seed: int = 0
+                                       "safety, factuality (method §4.4). The original suffix is factuality's "
+                                       "reference and is not judged on it (it would always score 1): its score "
+                                       "is its other criteria with their weights scaled up to the full weight; "
+                                       "with factuality alone it is never chosen or rejected")
+    tie_break_seed: int = Field(0, description="ties for best or worst are drawn at random; each training step's "
+                                "draws are seeded from this and the step (logged as the metric tie_break_seed)")
     prefill: bool = Field(False, description="send each judge prompt's answer_prefix as the start of the reply "
                           "(vLLM and local backends): a weak judge then only has to pick")
     safety_stage_seeds: int = Field(4, ge=1, description="filter stage 2: unsafe only if all seeds agree")

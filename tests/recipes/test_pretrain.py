@@ -8,12 +8,12 @@ import signal
 import subprocess
 import sys
 
-import pyarrow as pa
 import pytest
 import torch
 
 from conftest import POLICY
 from recipe_fixtures import ROOT, chunks, cli_args, env_vars, read_metrics, tiny_cfg  # noqa: F401  (chunks: fixture)
+from rewrite_fixtures import write_rewrites
 from sip_core.llm.types import LLMBackend, LLMResult
 
 TARGET = " Purple elephants dance quietly under the silver moon."
@@ -54,23 +54,7 @@ class RiggedBackend(LLMBackend):
 
 def _write_target_rewrites(cfg, chunks, target_ids: list[int]) -> None:
     """A committed rewrite batch (the real rewrite artifact layout) whose every rewrite is TARGET."""
-    from sip_core.infra import artifacts, store
-    from sip_core.infra.artifacts import DatasetWriter
-    from sip_core.infra.run_context import RunContext
-    from sip_core.augment.rewrites import REWRITE_SCHEMA
-
-    env = RunContext(cfg)
-    rows = pa.concat_tables([store.read_parquet(f, {}) for f in artifacts.shard_uris(chunks, "train")]).to_pylist()
-    n = len(rows)
-    cols = dict(chunk_id=[r["chunk_id"] for r in rows], doc_id=[r["doc_id"] for r in rows],
-                filter_label=[r["filter_label"] for r in rows], suffix_text=[r["suffix_text"] for r in rows],
-                rewrite_text=[TARGET] * n, rewrite_ids=[target_ids] * n, token_overlap=[0.0] * n,
-                is_copy=[False] * n, status=["ok"] * n, error=[None] * n, judgment_key=["k"] * n,
-                prompt=["rewrite@test"] * n, model_id=["rigged"] * n)
-    uri = store.join(str(cfg.run.root), "rewrites", "rigged", "batch-0000")
-    with DatasetWriter(uri, env.context({"test": "rigged"}, [chunks]), schema=REWRITE_SCHEMA) as writer:
-        writer.write(pa.Table.from_pydict(cols, schema=REWRITE_SCHEMA))
-        writer.commit({})
+    write_rewrites(cfg, chunks, TARGET, target_ids)
 
 
 def _target_logprob(model, tok, prefixes: list[list[int]], target_ids: list[int]) -> float:

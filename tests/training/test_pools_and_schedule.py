@@ -141,7 +141,8 @@ def test_cosine_schedule_values_at_chosen_steps():
     values = [lr_multiplier(s, tc) for s in range(9, 100)]
     assert all(a >= b for a, b in zip(values, values[1:]))
     no_warmup = _tc(steps=5, lr_schedule="cosine", min_lr_ratio=0.0)
-    assert [lr_multiplier(s, no_warmup) for s in range(5)] == pytest.approx([1.0, 0.853553, 0.5, 0.146447, 0.0], abs=1e-6)
+    want = [1.0, 0.853553, 0.5, 0.146447, 0.0]
+    assert [lr_multiplier(s, no_warmup) for s in range(5)] == pytest.approx(want, abs=1e-6)
 
 
 def test_constant_schedule_is_the_default_and_unchanged():

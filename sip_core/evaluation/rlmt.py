@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pydantic import BaseModel, Field
 
 from sip_core.config import JudgeConfig
-from sip_core.evaluation.stats import EvalResult, Interval, judge_id, wilson_interval
+from sip_core.evaluation.stats import EvalResult, Interval, clustered_interval, judge_id
 from sip_core.training.think_then_predict import THINK_CLOSE, THINK_OPEN, judge_predictions, split_completion
 
 THINK_TEMPLATE = "{prefix}" + THINK_OPEN
@@ -75,7 +75,7 @@ def reward_gate(judge, cfg: JudgeConfig, prefixes: Sequence[str], references: Se
         reasons.append(f"near-zero-variance rate {near_zero:.3f} > {max_near_zero}")
     return RewardGateResult(
         n=n, seeds=[seed * 1000 + s for s in range(cfg.seeds)], judge=judge_id(judge),
-        reward=wilson_interval(sum(rewards.values), n),
+        reward=clustered_interval([g for g in groups if g], "prefixes"),  # a prefix's samples are not independent
         samples_per_prefix=min((len(g) for g in completions), default=0),
         format_failures=rewards.format_failures, invalid_judgments=rewards.invalid, invalid_rate=invalid_rate,
         mean_prefix_std=sum(stds) / len(stds) if stds else None, near_zero_variance_rate=near_zero,
@@ -167,19 +167,19 @@ def score_probe(judge, cfg: JudgeConfig, prefixes: Sequence[str], references: Se
                 items: Sequence[ProbeItem], predictions: Sequence[str | None], seed: int = 0,
                 derangement_seed: int = 0) -> ProbeResult:
     """Judge each item's prediction (the text the model wrote after `</think>`) against the true
-    suffix; mean reward and Wilson interval per condition."""
+    suffix; mean reward per condition, its interval clustered by prefix."""
     if len(items) != len(predictions):
         raise ValueError("one prediction per probe item")
     preds = [p.strip() if p and p.strip() else None for p in predictions]
     rewards = judge_predictions(judge, cfg, [prefixes[it.prefix_index] for it in items], preds,
                                 [references[it.prefix_index] for it in items], seed=seed)
-    by_cond: dict[str, list[float]] = {}
+    by_cond: dict[str, dict[int, list[float]]] = {}  # condition -> prefix -> rewards
     fails: dict[str, int] = {}
     for it, p, v in zip(items, preds, rewards.values):
-        by_cond.setdefault(it.condition, []).append(v)
+        by_cond.setdefault(it.condition, {}).setdefault(it.prefix_index, []).append(v)
         fails[it.condition] = fails.get(it.condition, 0) + (p is None)
     return ProbeResult(n=len(items), seeds=[seed * 1000 + s for s in range(cfg.seeds)], judge=judge_id(judge),
-                       by_condition={c: wilson_interval(sum(v), len(v)) for c, v in by_cond.items()},
+                       by_condition={c: clustered_interval(list(v.values()), "prefixes") for c, v in by_cond.items()},
                        format_failures=fails, invalid_judgments=rewards.invalid, derangement_seed=derangement_seed,
                        items=list(items), rewards=rewards.values, details={"prefixes": len(prefixes)})
 

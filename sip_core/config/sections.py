@@ -123,6 +123,8 @@ class JudgeConfig(LLMConfig):
     gate_min_accuracy: float = Field(0.6, ge=0, le=1)
     gate_max_position_bias: float = Field(0.2, ge=0, le=0.5, description="max |share of first-option wins - 0.5|")
     gate_max_parse_failures: float = Field(0.2, ge=0, le=1)
+    gate_max_injection_flips: float = Field(0.1, ge=0, le=1, description="max share of verdicts a document's "
+                                            "injection (an instruction, a forged delimiter) may flip")
 
 
 def resolve_wordlists(cfg: FilterConfig) -> Path:

@@ -113,6 +113,7 @@ def audit_judge(pairs: list[dict], llm: CachedLLM, cfg: JudgeConfig) -> AuditRep
     report = _report(pairs, list(zip((t for t, _ in tagged), judgments)), llm, cfg)
     if cfg.audit_injection:
         report.injection = injection_probe(pairs, llm, cfg)
+    _gate(report, cfg)
     return report
 
 
@@ -157,7 +158,6 @@ def _report(pairs: list[dict], results: list, llm: CachedLLM, cfg: JudgeConfig) 
                                   "seed_agreement": mean([float(x) for x in v["agree"]]),
                                   "order_consistency": mean([float(x) for x in v["consistent"]]),
                                   "invalid": sum(v["invalid"])}
-    _gate(report, cfg)
     return report
 
 
@@ -172,6 +172,9 @@ def _gate(report: AuditReport, cfg: JudgeConfig) -> None:
         report.reasons.append(f"{report.error_rate:.0%} of judge requests failed (is the endpoint up?)")
     if report.parse_failure_rate > cfg.gate_max_parse_failures:
         report.reasons.append(f"parse failures {report.parse_failure_rate:.2f} > {cfg.gate_max_parse_failures}")
+    flips = (report.injection or {}).get("flip_rate")
+    if flips is not None and flips > cfg.gate_max_injection_flips:
+        report.reasons.append(f"injected documents flipped {flips:.0%} of verdicts > {cfg.gate_max_injection_flips:.0%}")
     report.passed = not report.reasons
 
 

@@ -77,7 +77,7 @@ def test_gate_and_probe_use_rlmt_lengths_and_the_truncated_prefix(smoke, tokeniz
 
     base, chunks = smoke
     cfg = base.replace({"eval.suites": ["reward_gate", "probe"], "eval.continuation_tokens": 16,
-                        "eval.thought_tokens": 30, "eval.predict_tokens": 12, "eval.max_prefix_tokens": 64,
+                        "eval.max_prefix_tokens": 64,
                         "rlmt.thought_tokens": 5, "rlmt.predict_tokens": 6, "rlmt.max_prefix_tokens": 10,
                         "eval.device": "cpu"})
     rows = suite.heldout_rows(cfg, chunks)

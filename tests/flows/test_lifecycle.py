@@ -64,7 +64,7 @@ def test_report_opens_in_headless_chromium(runs, tmp_path):
     binary = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser")) if p), None)
     if binary is None:
         pytest.skip("no chromium binary (Debian: apt-get install -y chromium; `make test` installs it)")
-    html = Path(runs[1]["report"]["html"])
+    html = Path(runs[1]["report"].html)
     shot = tmp_path / "report.png"
     flags = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,3000"]
     subprocess.run([*flags, f"--screenshot={shot}", html.as_uri()], check=True, capture_output=True, timeout=120)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
 from typing import Any
 
@@ -46,7 +47,7 @@ def mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-class Recipe:
+class Recipe(ABC):
     """One training method. Subclasses set up their data and engines and write `train_step`."""
 
     def __init__(self, name: str, env: RunContext, section: TrainConfig, parents: list[Manifest]):
@@ -57,9 +58,9 @@ class Recipe:
     def setup(self) -> None:
         """Data, reference models and engines; `self.model` / `self.tok` are loaded by then."""
 
+    @abstractmethod
     def train_step(self, step: int) -> dict[str, Any]:
         """Forward/backward over this step's micro-batches; the step's metrics."""
-        raise NotImplementedError
 
     def evaluate(self, step: int) -> dict[str, Any]:
         """Held-out metrics due at this step (before its update)."""

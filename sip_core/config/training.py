@@ -157,13 +157,13 @@ class EvalConfig(Section):
     safety_prompts: int = Field(32, ge=1)
     xstest_prompts: int = Field(32, ge=1)
     refusal_tokens: int = Field(64, ge=1, description="XSTest: greedy answer length the refusal rule reads")
-    truthfulqa_items: int = Field(64, ge=1)
-    reasoning_problems: int = Field(16, ge=1)
-    reasoning_k: int = Field(4, ge=1)
+    truthfulqa_items: int = Field(64, ge=1, description="TruthfulQA questions (MC1/MC2 by log-likelihood)")
+    reasoning_problems: int = Field(16, ge=1, description="GSM8K and MATH-500 problems each")
+    reasoning_k: int = Field(4, ge=1, description="samples per problem (Mean@k, Pass@k)")
     reasoning_tokens: int = Field(256, ge=1)
     reasoning_temperature: float = Field(0.6, ge=0)
     reward_samples: int = Field(2, ge=1, description="reward gate: samples per prefix")
-    thought_rows: int = Field(16, ge=1)
+    thought_rows: int = Field(16, ge=1, description="held-out chunks the teacher annotates for thought NLL")
     batch_size: int = Field(16, ge=1)
 
 

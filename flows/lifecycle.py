@@ -33,13 +33,13 @@ PAIRS = [(SIP_ARM, BASE), ("base→SIP", NTP_ARM), ("base→SIP", "base"), (NTP_
 PUBLISHED = ("sip", "ntp", "base-rlmt", "sip-rlmt")  # the stages whose metrics become Prefect tables
 
 
-def _rewritten(cfg: SipConfig, chunks: ArtifactRef) -> int:
-    """Chunks already sent to the rewriter (whatever the outcome), so a rerun sends none."""
-    from sip_core.augment.rewrites import batches_made_from
+def _rewrites_missing(cfg: SipConfig, chunks: ArtifactRef) -> int:
+    """Rewrites still to make: a rerun sends none, a call that failed is sent again."""
+    from sip_core.augment.rewrites import answered_chunk_ids
     from sip_core.infra.run_context import RunContext
 
-    manifest = chunks.manifest(cfg.run.storage_options)
-    return sum(m.rows or 0 for m in batches_made_from(RunContext(cfg), manifest))
+    answered = answered_chunk_ids(RunContext(cfg), chunks.manifest(cfg.run.storage_options))
+    return max(0, cfg.lifecycle.rewrite_limit - len(answered))
 
 
 def shared_stages(cfg: SipConfig, chunks: ArtifactRef, calls: dict[str, int]
@@ -49,9 +49,8 @@ def shared_stages(cfg: SipConfig, chunks: ArtifactRef, calls: dict[str, int]
     audit_calls: list[int] = []
     audit = judge_gate(cfg, chunks, audit_calls)
     calls["audit"] = sum(audit_calls)
-    if cfg.lifecycle.rewrite_limit > _rewritten(cfg, chunks):  # a rerun rewrites nothing new
-        calls["rewrite"] = rewrite_task(cfg, chunks, cfg.lifecycle.rewrite_limit - _rewritten(cfg, chunks),
-                                        "train").calls
+    if missing := _rewrites_missing(cfg, chunks):
+        calls["rewrite"] = rewrite_task(cfg, chunks, missing, "train").calls
     thoughts = thoughts_task(cfg, chunks, cfg.lifecycle.thought_limit, "exact")
     heldout = heldout_thoughts(cfg, chunks)
     calls["thoughts"] = thoughts.calls + (heldout.calls if heldout else 0)

@@ -2,8 +2,8 @@
 
 Incremental by design (the nightly job): rewrites of one chunk dataset by one rewriter live under
 one folder as committed batches; each run takes the next `limit` chunks that no committed batch
-covers. A batch's id is a hash of its chunk ids, so a run killed mid-batch redoes the same batch,
-and the judgment cache answers every call that had finished.
+covers (a call that failed covers nothing). A batch's id is a hash of its chunk ids, so a run
+killed mid-batch redoes the same batch, and the judgment cache answers every call that had finished.
 """
 
 from __future__ import annotations
@@ -93,15 +93,23 @@ def rewrites_for(env: RunContext, chunks: Manifest) -> tuple[dict[str, list[int]
     return found, batches
 
 
+def answered_chunk_ids(env: RunContext, chunks: Manifest, root: str | None = None) -> set[str]:
+    """Chunks whose rewrite call came back (under one rewriter's `root`, or any). A call that
+    failed leaves its chunk queued for the next run; an unparseable answer is recorded and never
+    used (rewrites_for reads ok rows only), and asking again would return the cached answer."""
+    answered: set[str] = set()
+    for batch in batches_made_from(env, chunks, root):
+        for shard in batch.files:
+            t = store.read_parquet(shard, env.storage_options, columns=["chunk_id", "status"])
+            answered.update(t.filter(pc.not_equal(t["status"], "error"))["chunk_id"].to_pylist())
+    return answered
+
+
 def rewrite_next_batch(env: RunContext, chunks: Manifest, llm: CachedLLM, limit: int,
                        split: str = "train") -> RewriteBatch:
     so = env.storage_options
     root = rewrite_root(env, chunks, llm)
-    done = set()  # rewritten chunks; a failed or unparseable call leaves its chunk queued
-    for batch in batches_made_from(env, chunks, root):
-        for shard in batch.files:
-            t = store.read_parquet(shard, so, columns=["chunk_id", "status"])
-            done.update(t.filter(pc.equal(t["status"], "ok"))["chunk_id"].to_pylist())
+    done = answered_chunk_ids(env, chunks, root)
     tables = [store.read_parquet(f, so) for f in artifacts.shard_uris(chunks, split)]
     table = pa.concat_tables(tables) if tables else None
     if table is None or table.num_rows == 0:

@@ -61,8 +61,9 @@ def reward_gate(judge, cfg: JudgeConfig, prefixes: Sequence[str], references: Se
     rewards = judge_predictions(judge, cfg, [prefixes[i] for i, _ in flat], [p for _, p in flat],
                                 [references[i] for i, _ in flat], seed=seed)
     groups: list[list[float]] = [[] for _ in prefixes]
-    for (i, _), v in zip(flat, rewards.values):
-        groups[i].append(v)
+    for (i, _), v, failed in zip(flat, rewards.values, rewards.failed):
+        if not failed:  # a failed judgment is no reward (counted in invalid_rate)
+            groups[i].append(v)
     stds = [statistics.pstdev(g) for g in groups if g]
     n = len(flat)
     invalid_rate = (rewards.format_failures + rewards.invalid) / n if n else 0.0
@@ -175,7 +176,9 @@ def score_probe(judge, cfg: JudgeConfig, prefixes: Sequence[str], references: Se
                                 [references[it.prefix_index] for it in items], seed=seed)
     by_cond: dict[str, dict[int, list[float]]] = {}  # condition -> prefix -> rewards
     fails: dict[str, int] = {}
-    for it, p, v in zip(items, preds, rewards.values):
+    for it, p, v, failed in zip(items, preds, rewards.values, rewards.failed):
+        if failed:  # a failed judgment is no reward (counted in invalid_judgments)
+            continue
         by_cond.setdefault(it.condition, {}).setdefault(it.prefix_index, []).append(v)
         fails[it.condition] = fails.get(it.condition, 0) + (p is None)
     return ProbeResult(n=len(items), seeds=[seed * 1000 + s for s in range(cfg.seeds)], judge=judge_id(judge),

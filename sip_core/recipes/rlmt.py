@@ -109,7 +109,7 @@ class Rlmt(Recipe):
         calls0 = self.judge.calls
         for micro, prompts, groups, rewards in self.work(step, timers, stats):  # generate, judge
             with self.session.accumulating(micro), timers("update"):
-                loss = self._update(prompts, groups, rewards.values, stats)
+                loss = self._update(prompts, groups, rewards, stats)
             rewards_all += rewards.values
             if loss is not None:
                 losses.append(loss)
@@ -117,12 +117,15 @@ class Rlmt(Recipe):
                 "reward_mean": sum(rewards_all) / max(len(rewards_all), 1), **stats,
                 "judge_calls": self.judge.calls - calls0, **timers.metrics()}
 
-    def _update(self, prompts, groups, rewards: list[float], stats: Counter) -> float | None:
-        """DrGRPO backward over the groups whose rewards differ; the loss, or None without signal."""
+    def _update(self, prompts, groups, rewards: Rewards, stats: Counter) -> float | None:
+        """DrGRPO backward over the groups whose rewards differ; the loss, or None without signal.
+        A group with a failed judgment is skipped and counted: a failure is never a reward."""
         rc, rt = self.tc, self.rt
-        r_tensor = torch.tensor(rewards, dtype=torch.float32).view(len(groups), rc.group_size)
-        signal = (r_tensor.max(1).values - r_tensor.min(1).values) > 0
+        r_tensor = torch.tensor(rewards.values, dtype=torch.float32).view(len(groups), rc.group_size)
+        failed = torch.tensor(rewards.failed).view(len(groups), rc.group_size).any(1)
+        signal = ((r_tensor.max(1).values - r_tensor.min(1).values) > 0) & ~failed
         stats["groups"] += len(groups)
+        stats["skipped_invalid_groups"] += int(failed.sum())
         stats["no_signal_groups"] += int((~signal).sum())
         if not signal.any():
             self.session.backward_nothing()

@@ -83,6 +83,9 @@ class PairStats(Counter):
         self._count_pools(cands)
         for prompt, ids, s in zip(prompts, cands.ids, scored):
             self["invalid_judgments"] += s.invalid
+            if s.invalid:  # a failed or unparsed judgment is never a preference: the set is skipped
+                self["skipped_invalid"] += 1
+                continue
             if s.chosen is None:
                 self["skipped_all_equal"] += 1
                 continue
@@ -120,7 +123,7 @@ class PairStats(Counter):
             return self[key] / self["paired"] if self["paired"] else float("nan")
 
         return {"sets": self["sets"], "skipped_all_equal": self["skipped_all_equal"],
-                "invalid_judgments": self["invalid_judgments"],
+                "invalid_judgments": self["invalid_judgments"], "skipped_invalid": self["skipped_invalid"],
                 **{f"chosen_share_{o}": share(f"chosen_{o}") for o in ORIGINS},
                 **{f"rejected_share_{o}": share(f"rejected_{o}") for o in ORIGINS},
                 "pool_size": self["candidates"] / self["sets"] if self["sets"] else float("nan"),

@@ -95,8 +95,12 @@ def unmask_forced(mask, prompts, samples):
 class Rewards:
     values: list[float]
     format_failures: int
-    invalid: int  # judgments that never parsed (scored 0, counted)
+    invalid: int  # judgments that failed or never parsed (counted)
     calls: int
+    failed: list[bool] = field(default_factory=list)  # per prediction: a judgment of it failed, so its value is no reward
+
+    def __post_init__(self) -> None:
+        self.failed = self.failed or [False] * len(self.values)
 
 
 def judge_predictions(judge: CachedLLM, cfg: JudgeConfig, prefixes: Sequence[str],
@@ -109,11 +113,12 @@ def judge_predictions(judge: CachedLLM, cfg: JudgeConfig, prefixes: Sequence[str
     before = judge.calls
     judgments = judge.run_parsed(requests, cfg.parse_retries) if requests else []
     votes: dict[int, list[float]] = {}
-    invalid = 0
+    failed = [False] * len(predictions)
     for (i, _), j in zip(todo, judgments):
         if j.ok:
             votes.setdefault(i, []).append(float(j.value))
         else:
-            invalid += 1
+            failed[i] = True
     values = [1.0 if votes.get(i) and sum(votes[i]) / len(votes[i]) > 0.5 else 0.0 for i in range(len(predictions))]
-    return Rewards(values, sum(1 for p in predictions if not p), invalid, judge.calls - before)
+    return Rewards(values, sum(1 for p in predictions if not p), sum(1 for _, j in zip(todo, judgments) if not j.ok),
+                   judge.calls - before, failed)

@@ -55,6 +55,40 @@ def test_each_pool_holds_what_it_names(tokenizer, pool, kept, origins):
     assert m["chosen_share_rollout"] == 1.0
 
 
+def test_a_set_with_a_failed_judgment_is_skipped_not_paired(tokenizer):
+    from sip_core.judge.scoring import SetScores
+    from sip_core.training.judged_pairs import PairStats
+
+    kept, cands = _pool(tokenizer, "suffix+rollouts")
+    scored = [SetScores(s.set_id, list(range(len(ids))), {}, 1, invalid, chosen=len(ids) - 1, rejected=0)
+              for s, ids, invalid in zip(cands.sets, cands.ids, (0, 1, 0))]
+    stats = PairStats()
+    pairs = stats.pairs([PROMPTS[i] for i in kept], cands, scored)
+    assert pairs.prompts == [PROMPTS[0], PROMPTS[2]]  # the set with an unparsed vote gives no pair
+    m = stats.metrics()
+    assert m["skipped_invalid"] == 1 and m["invalid_judgments"] == 1 and m["sets"] == 3
+
+
+def test_rlmt_skips_a_group_with_a_failed_judgment():
+    from collections import Counter
+
+    import torch
+
+    from sip_core.recipes.rlmt import Rlmt
+    from sip_core.training.think_then_predict import Rewards
+
+    class Recorder:  # just enough of a recipe for _update: it records what would be trained on
+        tc = type("TC", (), {"group_size": 2})()
+        session = type("S", (), {"backward_nothing": lambda self: None})()
+        rt = None
+    stats = Counter()
+    # group 0 differs only because a failed judgment scored 0; group 1 has the same rewards and no failure
+    rewards = Rewards([1.0, 0.0, 1.0, 1.0], 0, 1, 0, failed=[False, True, False, False])
+    assert Rlmt._update(Recorder(), [[1], [2]], [[None, None], [None, None]], rewards, stats) is None
+    assert stats["skipped_invalid_groups"] == 1 and stats["no_signal_groups"] == 2
+    assert torch.tensor(Rewards([0.5], 0, 0, 0).failed).tolist() == [False]
+
+
 @pytest.mark.parametrize("pairing, pool, chosen, rejected", [
     ("rewrite_vs_rollout", "suffix+rewrite_if_any+rollouts", [[20, 21, 22], [24]], [[4, 5], [9]]),
     ("rewrite_vs_rollout", "rewrite+rollouts", [[20, 21, 22], [24]], [[4, 5], [9]]),

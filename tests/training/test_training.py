@@ -239,14 +239,14 @@ def test_judged_pairs_best_vs_worst_with_stats(tokenizer):
     assert [[o for o, _ in c] for c in cands.ids] == [["original", "rewrite", "rollout"], ["original", "rollout"],
                                                       ["original", "rollout"]]
     assert cands.ids[0][1][1] == [8, 9, 10] and cands.sets[1].set_id == "c1:7"  # rewrites cut to n tokens
-    scored = [SetScores("a", [0, 1, 2], {}, 3, 1, chosen=1, rejected=2), SetScores("b", [1, 1], {}, 1, 0),
+    scored = [SetScores("a", [0, 1, 2], {}, 3, 0, chosen=1, rejected=2), SetScores("b", [1, 1], {}, 1, 0),
               SetScores("c", [0, 1], {}, 1, 0, chosen=0, rejected=1)]
     stats = PairStats()
     pairs = stats.pairs([[100], [101], [102]], cands, scored)
     assert pairs.prompts == [[100], [102]] and pairs.chosen == [[8, 9, 10], [1, 2, 3]]
     assert pairs.rejected == [[4, 5], [7]]
     m = stats.metrics()
-    assert (m["sets"], m["skipped_all_equal"], m["invalid_judgments"]) == (3, 1, 1)
+    assert (m["sets"], m["skipped_all_equal"], m["invalid_judgments"]) == (3, 1, 0)  # a set with an invalid vote: test_pools_and_schedule
     assert m["chosen_share_rewrite"] == m["chosen_share_original"] == 0.5 and m["rejected_share_rollout"] == 1.0
     assert math.isnan(PairStats().metrics()["chosen_share_original"])  # nothing paired: no share
 

@@ -27,7 +27,6 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from sip_core.config import resolve_wordlists
-from sip_core.data import rule_workers
 from sip_core.data.chunking import CHUNK_SCHEMA, make_chunks, tokenizer_fingerprint
 from sip_core.data.documents import Document
 from sip_core.data.readers import SourceError, iter_documents, resolve_source

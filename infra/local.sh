@@ -6,6 +6,11 @@
 #   infra/local.sh down   stop both by the PIDs written at start (each leads its own process group)
 #   infra/local.sh status
 #
+# With SIP_STATE_DB=1 (`make up STATE_DB=1`) `up` also starts a local Postgres for run.state (a
+# DuckLake catalog shared by every process of this machine; docs/running-at-scale.md section 5):
+# initdb in $SIP_RUN_DIR/state-pg on 127.0.0.1:$SIP_STATE_PORT (default 5433), as the `postgres`
+# user when run as root (Postgres refuses root); `down` stops it. Needs Debian's postgresql.
+#
 # Environment: SIP_PORT (default 4200), PREFECT_HOME (default <checkout>/.sip/prefect),
 # SIP_RUN_DIR (default <checkout>/.sip: pids/ and logs/ go there), PREFECT (the prefect executable,
 # default .venv/bin/prefect), SIP_UP_TIMEOUT (seconds to wait for the server, default 180).
@@ -72,12 +77,46 @@ up() {
   fi
   (cd "$ROOT" && start worker "$PREFECT" worker start --pool "$POOL")
   (cd "$ROOT" && "$PREFECT" --no-prompt deploy --all)
+  if [ "${SIP_STATE_DB:-0}" = 1 ]; then state_db_up; fi
   echo "up: export PREFECT_API_URL=$PREFECT_API_URL"
+}
+
+pg_bin() {
+  local found
+  found="$(command -v "$1" 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/"$1" 2>/dev/null | sort -V | tail -n 1)"
+  [ -n "$found" ] || { echo "$1 not found: apt-get install postgresql (or make postgres)" >&2; exit 1; }
+  echo "$found"
+}
+
+# Run a command as the user that owns the catalog's files (postgres when we are root).
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+state_db_up() {
+  local dir="$RUN_DIR/state-pg" port="${SIP_STATE_PORT:-5433}"
+  mkdir -p "$dir"
+  if [ "$(id -u)" = 0 ]; then chown postgres "$dir"; fi
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    as_pg "$(pg_bin initdb)" -D "$dir/data" -A trust -U sip >/dev/null
+  fi
+  if as_pg "$(pg_bin pg_ctl)" -D "$dir/data" status >/dev/null 2>&1; then echo "state catalog already running"; else
+    as_pg "$(pg_bin pg_ctl)" -D "$dir/data" -l "$dir/log" -w \
+      -o "-p $port -k $dir -c listen_addresses=127.0.0.1" start >/dev/null
+  fi
+  echo "state catalog: --set run.state=postgres://sip@127.0.0.1:$port/postgres"
+}
+
+state_db_down() {
+  local dir="$RUN_DIR/state-pg"
+  [ -f "$dir/data/PG_VERSION" ] || return 0
+  if as_pg "$(pg_bin pg_ctl)" -D "$dir/data" status >/dev/null 2>&1; then
+    as_pg "$(pg_bin pg_ctl)" -D "$dir/data" -m fast stop >/dev/null && echo "state catalog stopped"
+  fi
 }
 
 down() {
   stop worker
   stop server
+  state_db_down
 }
 
 status() {

@@ -2,7 +2,10 @@
 
 An evaluation is keyed by the model (its checkpoint's content hash, or the ref itself), the eval
 and judge config, the judge's model id, the chunk data, the held-out thought data and the code, so a rerun finds
-every result committed and calls no judge. Pure library: the Prefect task adds a compute slot,
+every result committed and calls no judge. An evaluation with a failed judge call is never
+committed: it comes back `partial`, with the failed calls counted per suite, and the next run
+evaluates again (greedy continuations are deterministic and the judgment cache answers every call
+that came back, so only the failed calls reach the judge). Pure library: the Prefect task adds a compute slot,
 retries and run ids around `EvaluationStore`.
 """
 
@@ -32,6 +35,12 @@ class ModelEvaluation(BaseModel):
     seconds: dict[str, float] = Field(default_factory=dict)
     cached: bool = False
     judge_calls: int = 0
+    failed_calls: dict[str, int] = Field(default_factory=dict, description="per suite: judge calls that failed "
+                                         "(their results are computed from the rest and not committed)")
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.failed_calls)
 
     def payload(self) -> dict[str, Any]:
         """What the artifact's evaluation.json holds."""
@@ -45,6 +54,11 @@ class PairComparison(BaseModel):
     b: str
     judge_calls: int = 0
     results: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    failed_calls: dict[str, int] = Field(default_factory=dict, description="per result: judge calls that failed")
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.failed_calls)
 
 
 def model_identity(ref: str, storage_options: dict[str, Any] | None = None) -> str:
@@ -81,7 +95,7 @@ class EvaluationStore:
         self.ctx, self.model_ref, self.chunks, self.thoughts = ctx, model_ref, chunks, thoughts
         self.uri = ctx.eval_uri({
             "model": model_identity(model_ref, ctx.storage_options), "eval": cfg.eval.model_dump(mode="json"),
-            "judge": judge_id, "judge_cfg": cfg.judge.model_dump(mode="json", exclude={"api_key_block"}),
+            "judge": judge_id, "judge_cfg": cfg.eval_judge.model_dump(mode="json", exclude={"api_key_block"}),
             "chunks": chunks.content_hash, "thoughts": thoughts.content_hash if thoughts else None})
 
     def load(self) -> ModelEvaluation | None:
@@ -93,15 +107,17 @@ class EvaluationStore:
         return ModelEvaluation(**payload, uri=self.uri, cached=True, judge_calls=0)
 
     def evaluate(self, judge, audit: dict | None) -> ModelEvaluation:
-        """Run every configured evaluation with `judge`, commit the artifact, return the result."""
+        """Run every configured evaluation with `judge`, commit the artifact unless a judge call
+        failed (then it is returned partial and uncommitted, so a rerun asks the failed calls), return it."""
         so = self.ctx.storage_options
         chunk_manifest = self.chunks.manifest(so)
         texts = heldout_thoughts(self.ctx, self.thoughts, self.chunks).columns["augmented_text"]
         result = evaluate_model(self.ctx.cfg, self.model_ref, chunk_manifest, judge, audit, texts)
         evaluation = ModelEvaluation(model=self.model_ref, uri=self.uri, results=_dumps(result.results),
                                      continuations=result.continuations, seconds=result.seconds,
-                                     judge_calls=judge.calls)
-        self._commit(evaluation, chunk_manifest)
+                                     judge_calls=judge.calls, failed_calls=result.failed_calls)
+        if not evaluation.partial:
+            self._commit(evaluation, chunk_manifest)
         return evaluation
 
     def _commit(self, evaluation: ModelEvaluation, chunk_manifest: Manifest) -> None:
@@ -115,7 +131,10 @@ class EvaluationStore:
 def compare_evaluations(ctx: RunContext, a: ModelEvaluation, b: ModelEvaluation, chunks: ArtifactRef, judge,
                         audit: dict | None) -> PairComparison:
     """Win rate and coherence of A's vs B's greedy continuations on the held-out prefixes
-    (judgments cached: a rerun of the same pair makes no calls)."""
+    (judgments cached: a rerun of the same pair makes no calls but the ones that failed). Nothing
+    is committed; failed calls are counted per result (`partial`)."""
     rows = heldout_rows(ctx.cfg, chunks.manifest(ctx.storage_options))
-    results = compare(ctx.cfg, a, b, [r["prefix_text"] for r in rows], judge, audit)
-    return PairComparison(a=a.model, b=b.model, judge_calls=judge.calls, results=_dumps(results))
+    failed: dict[str, int] = {}
+    results = compare(ctx.cfg, a, b, [r["prefix_text"] for r in rows], judge, audit, failed)
+    return PairComparison(a=a.model, b=b.model, judge_calls=judge.calls, results=_dumps(results),
+                          failed_calls=failed)

@@ -185,6 +185,15 @@ class DatasetWriter(ShardWriter):
         self.close()
         return commit_dataset(self.uri, self.ctx, self._shards, self.schema or self._first_schema, stats, self.kind)
 
+    def uncommitted(self, stats: dict[str, Any] | None = None) -> Manifest:
+        """The parts written, as a manifest that is never committed (no `_manifest.json`, no lineage
+        row): for a stage that uses what it built this run but must not let a later run reuse it
+        (it was built around failed model calls). The next writer at `uri` clears the parts."""
+        self.close()
+        digest = hashlib.sha256("\n".join(s.content_hash for s in self._shards).encode()).hexdigest()
+        return new_manifest(self.ctx, self.uri, self.kind, digest, sum(s.rows or 0 for s in self._shards),
+                            self.schema or self._first_schema, files=[s.uri for s in self._shards], stats=stats or {})
+
 
 def new_manifest(ctx: WriteContext, uri: str, kind: str, digest: str, rows: int | None, schema: pa.Schema | None,
                  task_run_id: str | None = None, **extra) -> Manifest:

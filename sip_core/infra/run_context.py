@@ -11,7 +11,8 @@ disagree about what a stage's output depends on.
     <run.root>/eval/<key>              one model's evaluations
     <run.root>/audits/audit-<key>      judge audits
     <run.root>/reports/<name>-<key>    run reports
-    <state_dir>/judgments.duckdb, <state_dir>/lineage.duckdb
+    run.state unset: <state_dir>/judgments.duckdb, <state_dir>/lineage.duckdb (one machine)
+    run.state a DuckLake catalog: both in it, data Parquet under <run.root>/_state/lake (a cluster)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sip_core.infra import artifacts, store
 from sip_core.infra.artifacts import Manifest, Provenance, WriteContext
 from sip_core.infra.lineage import LineageDB
 from sip_core.infra.paths import state_dir_for
+from sip_core.infra.state import StatePlace, StateStore, open_state
 
 
 def content_key(*parts: Any, code: bool = True) -> str:
@@ -54,16 +56,32 @@ class RunContext:
     def state_dir(self) -> Path:
         return state_dir_for(self.cfg.run.root, self.cfg.run.state_dir)
 
-    @property
-    def judgments_db(self) -> Path:
-        return self.state_dir / "judgments.duckdb"
+    def state(self) -> StatePlace:
+        """Where the judgment cache and lineage live (run.state); nothing else needs to know which."""
+        return open_state(self.cfg.run.state, self.state_dir, self.root, self.storage_options)
 
     @property
-    def lineage_db(self) -> Path:
-        return self.state_dir / "lineage.duckdb"
+    def judgments_db(self) -> StateStore:
+        """The judgment cache's store (a local DuckDB file's store has `.path`); JudgmentCache takes it."""
+        return self.state().judgments
+
+    @property
+    def lineage_db(self) -> StateStore:
+        return self.state().lineage
+
+    def judgment_cache(self):
+        from sip_core.llm.judgment_cache import JudgmentCache  # the LLM layer builds on infra, not back
+
+        return JudgmentCache(self.state().judgments)
 
     def lineage(self) -> LineageDB:
-        return LineageDB(self.lineage_db)
+        return LineageDB(self.state().lineage)
+
+    def check_state(self) -> None:
+        """Open both parts of the state (creating what is missing) so that an unreachable catalog, one
+        from another duckdb version or a newer schema fails here, before any model call (StateError)."""
+        self.judgment_cache()
+        self.lineage()
 
     # ------------------------------------------------------------------ output URIs
     def stage_uri(self, stage: str, *key_parts: Any) -> str:

@@ -1,4 +1,4 @@
-"""The judgment cache (DuckDB) and the one runner every LLM job goes through.
+"""The one runner every LLM job goes through.
 
 `CachedLLM.run` looks every request up by its key, sends only the missing ones, parses the answers
 with the prompt's strict parser, and writes each result to the cache as it arrives (flushed at
@@ -9,62 +9,18 @@ call. Unparseable answers are stored as such and re-asked with a new seed, never
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from sip_core.infra.artifacts import Provenance
-from sip_core.infra.db import connect, sql
+from sip_core.llm.judgment_cache import JudgmentCache
 from sip_core.llm.types import LLMBackend, LLMRequest, LLMResult, Progress
 
-COLUMNS = ("key", "model_id", "prompt", "messages_json", "sampling_json", "seed", "raw_output", "parsed_json",
-           "status", "parse_error", "error", "prompt_tokens", "completion_tokens", "latency_s", "attempts",
-           "created_at", "flow_run_id", "task_run_id")
-
-
-class JudgmentCache:
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with connect(self.path) as con:
-            con.execute(sql("judgments"))
-
-    def lookup(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Stored answers (ok or unparseable) by key; final errors are not answers and are asked again."""
-        if not keys:
-            return {}
-        with connect(self.path) as con:
-            cur = con.execute("SELECT * FROM judgments WHERE status <> 'error' AND key IN (SELECT unnest(?))",
-                              [list(set(keys))])
-            names = [d[0] for d in cur.description]
-            return {row[0]: dict(zip(names, row)) for row in cur.fetchall()}
-
-    def store(self, rows: Sequence[dict[str, Any]]) -> None:
-        if not rows:
-            return
-        placeholders = ", ".join("?" for _ in COLUMNS)
-        with connect(self.path) as con:
-            con.executemany(f"INSERT OR REPLACE INTO judgments VALUES ({placeholders})",
-                            [[row[c] for c in COLUMNS] for row in rows])
-
-    def record_lookups(self, counts: dict[tuple[str, str], tuple[int, int]]) -> None:
-        now = datetime.now(timezone.utc)
-        with connect(self.path) as con:
-            con.executemany("INSERT INTO cache_lookups VALUES (?, ?, ?, ?, ?)",
-                            [(p, m, h, miss, now) for (p, m), (h, miss) in counts.items()])
-
-    def stats(self) -> list[dict[str, Any]]:
-        with connect(self.path) as con:
-            cur = con.execute(sql("judgments_stats"))
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, row)) for row in cur.fetchall()]
-
-    def count(self) -> int:
-        with connect(self.path) as con:
-            return con.execute("SELECT count(*) FROM judgments").fetchone()[0]
+__all__ = ["CachedLLM", "CallsFailed", "Judgment", "JudgmentCache", "failed_share", "require_answers"]
 
 
 @dataclass
@@ -103,10 +59,20 @@ def require_answers(job: str, judgments: Sequence[Judgment], max_failed_share: f
     return len(failed)
 
 
+def failed_share(llm) -> float | None:
+    """The failed share `llm`'s jobs allow (`run.max_failed_share`; a test's fake judge: None)."""
+    return getattr(llm, "max_failed_share", None)
+
+
 def _parse(request: LLMRequest, text: str | None) -> tuple[str, Any, str | None]:
     from sip_core.llm.parsers import parse
+    from sip_core.llm.prompting import PromptError, load_prompt
 
-    name = request.prompt.split("@", 1)[0]
+    base = request.prompt.split("@", 1)[0]
+    try:
+        name = load_prompt(base).parser  # a task's prompt variant (judge_quality) parses like the task (quality)
+    except PromptError:  # raw requests ("raw@0") and prompts no longer shipped
+        name = base
     parsed = parse(name, text or "")
     return ("ok", parsed.value, None) if parsed.ok else ("unparseable", None, parsed.error)
 
@@ -115,13 +81,16 @@ class CachedLLM:
     """A backend behind the judgment cache. Counts hits, misses and calls for reports."""
 
     def __init__(self, backend: LLMBackend, cache: JudgmentCache, provenance: Provenance = Provenance(),
-                 flush_s: float = 1.0, flush_rows: int = 64, sampling_overrides: dict[str, Any] | None = None):
+                 flush_s: float = 1.0, flush_rows: int = 64, sampling_overrides: dict[str, Any] | None = None,
+                 max_failed_share: float | None = None):
         self.backend, self.cache, self.provenance = backend, cache, provenance
+        self.max_failed_share = max_failed_share  # run.max_failed_share: what every job's require_answers allows
         self.flush_s, self.flush_rows = flush_s, flush_rows
         # Config-level sampling overrides are applied here, before keying, so that changing one
         # can never return answers cached under other sampling parameters.
         self.overrides = dict(sampling_overrides or {})
         self.hits = self.misses = self.calls = 0
+        self.failed = 0  # run_parsed's final endpoint errors: answers a rerun still has to ask for
 
     def _apply(self, req: LLMRequest) -> LLMRequest:
         return replace(req, sampling=req.sampling.override(self.overrides))
@@ -192,18 +161,43 @@ class CachedLLM:
         return done
 
     def run_parsed(self, requests: Sequence[LLMRequest], parse_retries: int,
-                   progress: Progress | None = None) -> list[Judgment]:
+                   progress: Progress | None = None, error_retries: int = 1,
+                   error_backoff_s: float = 2.0) -> list[Judgment]:
         """Like run, but an unparseable answer is asked again with a new seed, up to parse_retries
-        times; what still fails stays unparseable (callers count it, never score it)."""
+        times, and an endpoint error (after the backend's own retries) is asked again as it was,
+        after a backoff, up to error_retries times (a client error such as HTTP 400/401/403/404 is
+        an answer about the request, never re-asked). What still fails stays failed: callers count
+        it, never score it, and never mark its item done."""
         out = self.run(requests, progress)
-        for attempt in range(1, parse_retries + 1):
-            bad = [i for i, j in enumerate(out) if j.status == "unparseable"]
-            if not bad:
-                break
-            retry = [_reseed(requests[i], attempt) for i in bad]
-            for i, judgment in zip(bad, self.run(retry)):
+        current = list(requests)
+        parse_round = error_round = 0
+        while True:
+            unparsed = [i for i, j in enumerate(out) if j.status == "unparseable"] \
+                if parse_round < parse_retries else []
+            errored = [i for i, j in enumerate(out) if j.status == "error" and not client_error(j.error)] \
+                if error_round < error_retries else []
+            if not unparsed and not errored:
+                self.failed += sum(j.status == "error" for j in out)
+                return out
+            if unparsed:
+                parse_round += 1
+                for i in unparsed:
+                    current[i] = _reseed(requests[i], parse_round)
+            if errored:  # errors are never cached answers: the same request is sent again
+                time.sleep(min(30.0, error_backoff_s * 2 ** error_round))
+                error_round += 1
+            retry = unparsed + errored
+            for i, judgment in zip(retry, self.run([current[i] for i in retry])):
                 out[i] = judgment
-        return out
+
+
+_CLIENT_ERROR = re.compile(r"\bHTTP 4(?!08|29)\d\d\b")
+
+
+def client_error(error: str | None) -> bool:
+    """An endpoint's answer that the request itself is wrong (bad request, auth, unknown model): asking
+    again cannot help. 408 (timeout) and 429 (rate limit) are not client errors here."""
+    return bool(error and _CLIENT_ERROR.search(error))
 
 
 def _reseed(req: LLMRequest, attempt: int) -> LLMRequest:

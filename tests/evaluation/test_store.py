@@ -67,3 +67,12 @@ def test_evaluate_commits_and_a_second_lookup_is_cached(ctx, monkeypatch):
     assert again.continuations == ["a", "b"] and again.seconds == {"heldout_nll": 0.1}
     manifest = artifacts.load_committed(first.uri)
     assert manifest.kind == "evaluation" and manifest.parents == [chunks.artifact_id]
+
+
+def test_the_key_follows_the_evaluation_judges_config_not_the_training_judges(tmp_path):
+    def uri(*overrides):
+        c = RunContext(load_config(None, [f"run.root={tmp_path / 'run'}", *overrides]))
+        chunks = _artifact(c, "chunks", {"a": 1})
+        return EvaluationStore(c, "bundled:m", chunks, "judge-1").uri
+
+    assert uri() == uri("judge.parse_retries=1") != uri("eval_judge.parse_retries=1")

@@ -14,4 +14,8 @@ DTYPE="${SIP_VLLM_DTYPE:-$DTYPE}"
 exec "$VENV/bin/python" -m vllm.entrypoints.openai.api_server --model "$MODEL_DIR" \
   --served-model-name smollm2-135m-instruct --host 127.0.0.1 --port "$PORT" \
   --dtype "$DTYPE" --max-model-len 2048 --enforce-eager \
-  --no-enable-chunked-prefill --no-async-scheduling
+  --no-enable-chunked-prefill --no-async-scheduling \
+  --enable-prefix-caching --block-size "${SIP_VLLM_BLOCK_SIZE:-32}"
+# Prefix caching: a candidate set's judge prompts share system text, instructions and the document
+# prefix. It reuses whole KV blocks only, and the CPU backend's default block of 128 tokens left
+# 126 of a judge prompt's 510 shared tokens recomputed in every request.

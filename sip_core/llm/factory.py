@@ -22,13 +22,13 @@ def make_backend(cfg: LLMConfig, api_key: str | None = None) -> LLMBackend:
 
 
 def open_llm(cfg, role: str, provenance=None, api_key: str | None = None):
-    """The cached runner for a role ("judge", "rewriter", "teacher") of a SipConfig; the cache
-    lives beside the lineage DB in the run's state dir."""
+    """The cached runner for a role ("judge", "eval_judge", "rewriter", "teacher") of a SipConfig;
+    the cache lives beside the lineage DB in the run's state (run.state)."""
     from sip_core.infra.artifacts import Provenance
     from sip_core.infra.run_context import RunContext
-    from sip_core.llm.cache import CachedLLM, JudgmentCache
+    from sip_core.llm.cache import CachedLLM
 
-    cache = JudgmentCache(RunContext(cfg).judgments_db)
+    cache = RunContext(cfg).judgment_cache()
     role_cfg = getattr(cfg, role)
     return CachedLLM(make_backend(role_cfg, api_key), cache, provenance or Provenance(),
-                     sampling_overrides=role_sampling(role_cfg))
+                     sampling_overrides=role_sampling(role_cfg), max_failed_share=cfg.run.max_failed_share)

@@ -11,7 +11,7 @@ verdicts, the last one counts.
 | quality     | int 1 or 2 (`Conclusion: Option N`)                             |
 | factuality  | float 1.0 / 0.5 / 0.0 (No / Possible / Definite Hallucination)  |
 | corruption  | str, the text after `MODIFIED CONTINUATION:`                    |
-| rewrite     | str, the continuation with any echoed end marker cut off        |
+| rewrite     | str, the continuation; an echoed marker or instruction fails    |
 | thoughts    | str, the augmented text (balanced, non-nested <think> tags)     |
 | rlmt_judge  | int 0 or 1 (`"score": N`)                                       |
 | coherence   | "A", "B" or "TIE"                                               |
@@ -24,6 +24,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from sip_core.llm.echoes import instruction_echo, marker_echo
 
 
 @dataclass(frozen=True)
@@ -188,20 +190,26 @@ def parse_corruption(text: str) -> Parsed:
 
 # --------------------------------------------------------------------------- rewrite (P5)
 
-_REWRITE_END = re.compile(r"<<<\s*END\b", re.IGNORECASE)
-_REWRITE_BEGIN = re.compile(r"^\s*<<<\s*BEGIN[^>\n]*>>>[ \t]*\n?", re.IGNORECASE)
+# The one marker a rewrite may hold: the close of its own open block, as the prompt would write it
+# (with or without the request's fence token), ending the answer.
+_REWRITE_CLOSE = re.compile(r"<<<END REWRITTEN CONTINUATION(?: [0-9a-f]{10})?>>>\s*\Z")
 
 
 @register("rewrite")
 def parse_rewrite(text: str) -> Parsed:
-    """The continuation as written: an echoed opening marker at the start and everything from an
-    echoed end marker (`<<<END ...`) on are dropped, trailing space is stripped; leading space is
-    kept (it joins the continuation to the prefix ending). Must not be blank. The parser does not
-    know the prefix ending, so removing an echoed copy of it is the caller's job."""
-    body = _REWRITE_BEGIN.sub("", text, count=1)
-    end = _REWRITE_END.search(body)
-    if end:
-        body = body[:end.start()]
+    """The continuation as written, trailing space stripped, leading space kept (it joins the
+    prefix ending). Strict: it may end with its own block's close (`<<<END REWRITTEN CONTINUATION
+    …>>>`, then nothing), and must hold no other marker or piece or look-alike of one and no
+    sentence of the instructions (`sip_core.llm.echoes`): an echo is unparseable, never a
+    candidate. Not blank. Removing an echoed prefix ending is the caller's job."""
+    close = _REWRITE_CLOSE.search(text)
+    body = text[:close.start()] if close else text
+    echo = marker_echo(body)
+    if echo:
+        return _fail(f"echoes a prompt marker ({echo[:40]!r})")
+    echoed = instruction_echo(body, "rewrite")
+    if echoed:
+        return _fail(f"echoes the instructions ({echoed[:40]!r})")
     body = body.rstrip()
     if not body.strip():
         return _fail("empty rewrite")

@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ DEFANGED = "("  # what each "<" of a defanged run becomes: nothing angle-like is
 _TEMPLATE_MARKER = re.compile(r"<<<(BEGIN|END) ([A-Z0-9 ]+)>>>")
 _SAMPLING_KEYS = {f.name for f in dataclasses.fields(Sampling)}
 _FILE_KEYS = {"name", "version", "description", "sampling", "system", "user", "fields", "parser", "choices",
-              "answer_prefix"}
+              "answer_prefix", "shared_fields"}
 _REQUIRED_KEYS = {"name", "version", "description", "sampling", "user", "fields", "parser"}
 
 
@@ -82,6 +82,23 @@ def fence_token(prompt_key: str, values: Mapping[str, str]) -> str:
 
 def fence(template: str, token: str) -> str:
     return _TEMPLATE_MARKER.sub(lambda m: f"<<<{m.group(1)} {m.group(2)} {token}>>>", template)
+
+
+def fence_shared(template: str, shared: Sequence[str], order: Sequence[str], tokens: Sequence[str]) -> str:
+    """`fence` for a prompt whose leading blocks hold only fields shared by a candidate set. The
+    markers up to the block of the first other field carry `tokens[0]` (a hash of the shared
+    values); from each other field's block on, the next token (a hash of the shared values and
+    the fields up to that one, `order` being the other fields as the template places them). Each
+    block's token still hashes its own value, so no value spells its own closing marker, and two
+    requests that agree up to a field agree byte for byte up to there: the set's requests share
+    their opening, and those with the same first candidate share that too, in a prefix cache."""
+    cuts = [0]
+    for name in order:
+        place = min(m.start() for m in _PLACEHOLDER.finditer(template) if m.group(1) == name)
+        before = list(_TEMPLATE_MARKER.finditer(template, cuts[-1], place))
+        cuts.append(before[-1].start() if before and before[-1].group(1) == "BEGIN" else place)
+    cuts.append(len(template))
+    return "".join(fence(template[a:b], tok) for a, b, tok in zip(cuts, cuts[1:], tokens))
 
 
 def last_words(text: str, n: int = 5) -> str:
@@ -121,6 +138,10 @@ class Prompt:
     # message: vLLM, the local backend); backends put it back in front of the text they return.
     answer_prefix: str | None = None
     path: str | None = None
+    # Fields every request of one candidate set shares (the document prefix, the reference), placed
+    # ahead of the candidates in the template: their blocks' markers are fenced with a token of
+    # their values alone (`fence_shared`), so the set's prompts share that whole prefix.
+    shared_fields: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -147,7 +168,7 @@ class Prompt:
         for name in choices:
             if name not in fields:
                 raise PromptError(f"{where}: choices for {name!r}, which is not a field")
-        templates = [data["user"]] + ([data["system"]] if data.get("system") else [])
+        templates = [data["user"]] + [data[k] for k in ("system", "answer_prefix") if data.get(k)]
         used = {m.group(1) for t in templates for m in _PLACEHOLDER.finditer(t)}
         undeclared = sorted(used - set(fields))
         if undeclared:
@@ -155,6 +176,9 @@ class Prompt:
         for name in fields:
             if name not in used:
                 raise PromptError(f"{where}: field {name!r} is never used in the template")
+        shared_fields = tuple(data.get("shared_fields") or ())
+        if not set(shared_fields) < set(fields):
+            raise PromptError(f"{where}: shared_fields must be some, not all, of the fields")
         from sip_core.llm.parsers import PARSERS
 
         if data["parser"] not in PARSERS:
@@ -163,7 +187,7 @@ class Prompt:
         return cls(name=str(data["name"]), version=version, description=str(data["description"]).strip(),
                    user=data["user"], fields=fields, parser=data["parser"], sampling=sampling,
                    system=data.get("system") or None, choices=choices,
-                   answer_prefix=data.get("answer_prefix") or None, path=path)
+                   answer_prefix=data.get("answer_prefix") or None, path=path, shared_fields=shared_fields)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Prompt:
@@ -202,19 +226,38 @@ class Prompt:
                 raise PromptError(f"{self.key}: unexpected field {name!r}; expected {', '.join(self.fields)}")
         values = {name: self._value(name, fields[name]) for name in self.fields}
         token = fence_token(self.key, values)
+        order = self._unshared_order()
+        # tokens[0]: the shared values; then each further field's values added in template order
+        tokens = [fence_token(self.key, {k: values[k] for k in [*self.shared_fields, *order[:n]]})
+                  for n in range(len(order) + 1)] if self.shared_fields else []
 
         def fill(template: str) -> str:
-            fenced = fence(template, token)  # before filling: a value's text is never taken for a marker
+            # before filling: a value's text is never taken for a marker
+            present = [n for n in order if "{" + n + "}" in template]
+            fenced = (fence_shared(template, self.shared_fields, present, tokens[:1] + [tokens[order.index(n) + 1]
+                                                                                      for n in present])
+                      if self.shared_fields else fence(template, token))
             return _PLACEHOLDER.sub(lambda m: values[m.group(1)] if m.group(1) in values else m.group(0), fenced)
 
         messages = []
         if self.system:
             messages.append({"role": "system", "content": fill(self.system)})
         messages.append({"role": "user", "content": fill(self.user)})
-        if prefill and self.answer_prefix:
-            messages.append({"role": "assistant", "content": self.answer_prefix})
+        if prefill and self.answer_prefix:  # its {field}s filled too (e.g. the rewrite's prefix ending)
+            opening = _PLACEHOLDER.sub(lambda m: values[m.group(1)] if m.group(1) in values else m.group(0),
+                                       self.answer_prefix)
+            messages.append({"role": "assistant", "content": opening})
         sampling = _sampling_from(sampling_override or {}, self.sampling, f"{self.key} sampling_override")
-        return LLMRequest(messages=tuple(messages), sampling=sampling, prompt=self.key, inputs=dict(fields))
+        return LLMRequest(messages=tuple(messages), sampling=sampling, prompt=self.key, inputs=dict(fields),
+                          shared_keys=tuple(f"{self.key}:{t}" for t in tokens[:-1]))
+
+    def _unshared_order(self) -> list[str]:
+        """The fields not shared by a candidate set, in the order the system and user text place them."""
+        seen: list[str] = []
+        for m in _PLACEHOLDER.finditer((self.system or "") + "\n" + self.user):
+            if m.group(1) in self.fields and m.group(1) not in self.shared_fields and m.group(1) not in seen:
+                seen.append(m.group(1))
+        return seen + [f for f in self.fields if f not in seen and f not in self.shared_fields]
 
 
 @functools.lru_cache(maxsize=None)

@@ -6,6 +6,7 @@ import abc
 import asyncio
 import hashlib
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -50,6 +51,16 @@ class LLMRequest:
     sampling: Sampling = Sampling()
     prompt: str = "raw@0"
     inputs: Mapping[str, Any] = field(default_factory=dict)
+    # Probability verdicts (judge.verdict=probs): (label, continuation) pairs. The request ends
+    # with the prefilled answer opening; instead of generating, the backend reads the probability
+    # of each continuation as the next text (logits locally, logprobs from an endpoint) and
+    # answers with `choice_answer`. Empty: an ordinary generation.
+    choices: tuple[tuple[str, str], ...] = ()
+    # Requests with a key in common open with the same text: the first key stands for a candidate
+    # set's system text, instructions and document prefix, each further one for that opening and
+    # the next field (the first candidate). An endpoint with a prefix cache computes an opening
+    # once if one request with it is answered before the rest are sent. Not in the cache key.
+    shared_keys: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def prefill(self) -> str | None:
@@ -61,6 +72,8 @@ class LLMRequest:
         """Hash of (model, prompt name + version, rendered messages, sampling params, seed)."""
         payload = {"model": model_id, "prompt": self.prompt, "messages": [dict(m) for m in self.messages],
                    "sampling": asdict(self.sampling)}
+        if self.choices:  # the verdict mode is part of the key (generation keys stay as they were)
+            payload["choices"] = [list(c) for c in self.choices]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -73,10 +86,50 @@ class LLMResult:
     error: str | None = None  # the final error once retries are spent; text is None then
     attempts: int = 1
     cached: bool = False
+    choice_logprobs: dict[str, float] | None = None  # probs verdicts: log-probability per choice label
 
     @property
     def ok(self) -> bool:
         return self.error is None and self.text is not None
+
+
+CHOICE_LINE = "choice logprobs: "  # first line of a probs verdict's stored text
+
+
+def choice_answer(req: LLMRequest, logprobs: Mapping[str, float]) -> LLMResult:
+    """The result of a probs verdict: the log-probabilities by label, stored in the text as a
+    first line (the judgment cache keeps the text, so a rerun reads them back), then the prefilled
+    opening and the most likely label, so the prompt's own parser reads the top verdict."""
+    logprobs = {label: round(float(lp), 6) for label, lp in logprobs.items()}
+    top = max(logprobs, key=logprobs.get)
+    opening = (req.prefill or "").rstrip()
+    text = f"{CHOICE_LINE}{json.dumps(logprobs, sort_keys=True)}\n{opening} {top}".rstrip()
+    return LLMResult(text=text, completion_tokens=1, choice_logprobs=logprobs)
+
+
+def read_choice_logprobs(text: str | None) -> dict[str, float] | None:
+    """The label -> log-probability map a probs verdict stored (None for a sampled answer)."""
+    if not text or not text.startswith(CHOICE_LINE):
+        return None
+    return json.loads(text[len(CHOICE_LINE):].split("\n", 1)[0])
+
+
+def choices_from_top_logprobs(req: LLMRequest, top: Mapping[str, float]) -> dict[str, float] | None:
+    """For an endpoint: each choice's log-probability from the first answer token's top
+    logprobs (token text -> logprob). Tokens equal to a choice's continuation up to surrounding
+    whitespace count for it (log-sum-exp); a choice absent from the list gets the smallest listed
+    logprob minus log 2 (an upper bound, so it never wins). None when no choice is listed: the
+    endpoint gave no usable logprobs."""
+    found: dict[str, float] = {}
+    for label, continuation in req.choices:
+        hits = [lp for tok, lp in top.items() if tok.strip() and tok.strip() == continuation.strip()]
+        if hits:
+            m = max(hits)
+            found[label] = m + math.log(sum(math.exp(h - m) for h in hits))
+    if not found:
+        return None
+    floor = min(top.values()) - math.log(2)
+    return {label: found.get(label, floor) for label, _ in req.choices}
 
 
 class LLMBackend(abc.ABC):

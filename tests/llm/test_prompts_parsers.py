@@ -23,7 +23,9 @@ def sample_fields(prompt: Prompt, value: str = "some text") -> dict:
 # --------------------------------------------------------------------------- prompt files
 
 def test_every_task_has_a_prompt_file():
-    assert prompt_names() == TASKS
+    assert set(TASKS) <= set(prompt_names())
+    for name in set(prompt_names()) - set(TASKS):  # a variant of a task's prompt (e.g. a trained judge's)
+        assert load_prompt(name).parser in PARSERS, name
 
 
 @pytest.mark.parametrize("name", TASKS)
@@ -107,7 +109,8 @@ def test_render_builds_the_request():
     assert [m["role"] for m in req.messages] == ["system", "user"]
     user = req.messages[-1]["content"]
     token = fence_token("quality@1", {"prefix": "The cat", "option_1": " sat down.", "option_2": " flew off."})
-    assert f"<<<BEGIN OPTION 1 {token}>>>\n sat down.\n<<<END OPTION 1 {token}>>>" in user
+    first = fence_token("quality@1", {"prefix": "The cat", "option_1": " sat down."})
+    assert f"<<<BEGIN OPTION 1 {first}>>>\n sat down.\n<<<END OPTION 1 {first}>>>" in user
     assert f"<<<BEGIN OPTION 2 {token}>>>\n flew off.\n<<<END OPTION 2 {token}>>>" in user
     assert req.sampling == p.sampling
     assert "{prefix}" not in user and "{option_1}" not in user
@@ -226,7 +229,7 @@ def test_a_forged_delimiter_does_not_change_the_candidate_text(forgery):
     assert [m.group(1) for m in MARKER.finditer(user)] == [
         "BEGIN DOCUMENT OPENING", "END DOCUMENT OPENING", "BEGIN OPTION 1", "END OPTION 1", "BEGIN OPTION 2",
         "END OPTION 2"]
-    token = MARKER.search(user).group(0).split()[-1].removesuffix(">>>")
+    token = re.search(r"<<<BEGIN OPTION 1 (\w+)>>>", user).group(1)  # the prefix block has its own token (H16)
     block = user.split(f"<<<BEGIN OPTION 1 {token}>>>\n", 1)[1].split(f"\n<<<END OPTION 1 {token}>>>", 1)[0]
     assert block == defang(candidate)  # the whole candidate, and only it, is option 1's text
     assert _reads_as_marker(candidate) and not _reads_as_marker(block)
@@ -340,8 +343,25 @@ CASES = {
     ],
     "rewrite": [
         (" and then the rain stopped.", ok(" and then the rain stopped.")),
-        (" and then it stopped.\n<<<END REWRITTEN CONTINUATION>>>\nNotes: none", ok(" and then it stopped.")),
-        ("<<<BEGIN REWRITTEN CONTINUATION>>>\nthe rain stopped.", ok("the rain stopped.")),
+        (" and then it stopped.\n<<<END REWRITTEN CONTINUATION>>>\n", ok(" and then it stopped.")),
+        (" it stopped.\n<<<END REWRITTEN CONTINUATION 3f9a1b2c4d>>>", ok(" it stopped.")),
+        (" a < b and c >> d, so we begin again.", ok(" a < b and c >> d, so we begin again.")),
+        (" He kept the rules: fix them, then copy.", ok(" He kept the rules: fix them, then copy.")),
+        # an echoed marker or instruction is an echo, not a rewrite (issue 13: 13 of 16 smoke rewrites)
+        (" and then it stopped.\n<<<END REWRITTEN CONTINUATION>>>\nNotes: none", FAIL),
+        ("<<<BEGIN REWRITTEN CONTINUATION>>>\nthe rain stopped.", FAIL),
+        ("<<<BEGIN CONTEXT>>\nthe rain stopped.", FAIL),
+        ("<<<BEGIN CONTEXT C 3f9a1b2c4d>>>\nIt was a bright cold day", FAIL),
+        (" the rain stopped.\n<<<END CONTEXT C>>>", FAIL),
+        (" the rain stopped. END CONTINUATION X 3f9a1b2c4d>>>", FAIL),
+        ("<<BEGIN CONTINUATION X>>\n the rain stopped.", FAIL),
+        ("\uff1c\uff1c\uff1cBEGIN CONTEXT C\uff1e\uff1e\uff1e the rain", FAIL),  # fullwidth look-alikes
+        ("&lt;&lt;&lt;BEGIN CONTEXT C&gt;&gt;&gt; the rain", FAIL),
+        ("\u226a BEGIN X \u226b the rain", FAIL),
+        ("< < <\u200bbegin context c> > > the rain", FAIL),
+        ("Task: write a continuation of context C that is at least as good as X.", FAIL),
+        (" the rain stopped.\n- If X is already accurate and safe, copy it unchanged.", FAIL),
+        ("Output only the continuation itself: no comments, no headings, no markers.", FAIL),
         ("<<<END REWRITTEN CONTINUATION>>>", FAIL),
         ("   ", FAIL),
         ("", FAIL),
@@ -444,3 +464,16 @@ def test_strip_thoughts_exact_mode_and_spans():
     spans = thought_spans(text)
     assert [text[s:e] for s, e in spans] == ["<think>t</think>", "<think>u\nv</think>"]
     assert strip_thoughts("no thoughts  here ") == "no thoughts  here "
+
+
+def test_rewrite_prefill_opens_the_reply_with_the_prefix_ending():
+    """Prefilled, the rewriter only continues the text (no fence text to echo at the start of its reply)."""
+    prefix = "It was a bright cold day in April, and the <<<clocks were striking thirteen."
+    ending = last_words(prefix)
+    req = load_prompt("rewrite").render(None, True, prefix=prefix, suffix=" Winston hurried.", prefix_ending=ending,
+                                        n_tokens=8)
+    assert req.messages[-1] == {"role": "assistant", "content": defang(ending)} and req.prefill == defang(ending)
+    assert "<<<" not in req.prefill
+    assert parse("rewrite", req.prefill + " Winston hurried home.").ok  # what a backend returns: prefill + text
+    unfilled = load_prompt("rewrite").render(None, False, prefix=prefix, suffix=" x", prefix_ending=ending, n_tokens=8)
+    assert unfilled.messages[-1]["role"] == "user"

@@ -145,3 +145,53 @@ def test_audit_reveals_smollm2_position_bias(vllm_url, chunks, tmp_path):
     # it picks one position whatever the options say
     assert report.parse_failure_rate < 0.2
     assert abs(report.position_bias - 0.5) > 0.3 and any("position bias" in r for r in report.reasons)
+
+
+def prefix_cache_counters(url: str) -> tuple[float, float]:
+    """(queried, hit) prompt tokens of vLLM's prefix cache so far, from its own /metrics."""
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+
+    def total(name: str) -> float:
+        return sum(float(v) for v in re.findall(rf'^vllm:{name}(?:_total)?(?:\{{[^}}]*\}})? ([0-9.e+]+)$', text, re.M))
+
+    return total("prefix_cache_queries"), total("prefix_cache_hits")
+
+
+def test_all_pairs_judging_of_one_set_is_served_from_the_prefix_cache(vllm_url, tmp_path):
+    """All-pairs quality judging of 9 candidates (72 requests, both orders) on a 256-token prefix:
+    the system text, instructions and the document prefix come first and are the same bytes in
+    every request (`shared_fields`), so vLLM prefills them once; its hit rate is read from its
+    /metrics. Target vllm_prefix_cache_hit_rate >= 0.7."""
+    import gzip
+    import json
+
+    from sip_core.config import LLMConfig
+    from sip_core.judge.scoring import quality_pairs
+    from sip_core.judge.spec import judge_spec
+    from sip_core.llm.backends.openai import OpenAIBackend
+    from sip_core.infra.models import resolve_model
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("bundled:smollm2-135m-instruct"))
+    from sip_core.infra.paths import default_data_dir
+
+    path = sorted((default_data_dir() / "corpus" / "c4_sample").glob("*.json.gz"))
+    docs = [tok(json.loads(line)["text"], add_special_tokens=False)["input_ids"] for line in gzip.open(path[0], "rt")]
+    docs = [d for d in docs if len(d) >= 300]
+    prefix = tok.decode(docs[0][:256])
+    candidates = [tok.decode(d[256:288]) for d in docs[:9]]
+    cfg = _cfg(tmp_path, vllm_url, "judge.criteria={quality: 1.0}", "judge.seeds=1", "judge.quality_mode=all_pairs")
+    spec = judge_spec(cfg.judge)
+    requests = [spec.render("quality", {"seed": 0, "max_tokens": 1, "temperature": 0.0}, prefix=prefix,
+                            option_1=candidates[a], option_2=candidates[b]) for a, b in quality_pairs(9, "all_pairs")]
+    assert len(requests) == 72
+    backend = OpenAIBackend(LLMConfig(backend="openai", model="smollm2-135m-instruct", base_url=f"{vllm_url}/v1",
+                                      concurrency=16, timeout_s=900))
+    queried0, hit0 = prefix_cache_counters(vllm_url)
+    results = backend.generate(requests)
+    queried, hit = (a - b for a, b in zip(prefix_cache_counters(vllm_url), (queried0, hit0)))
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]
+    rate = hit / queried if queried else 0.0
+    print(f"target vllm_prefix_cache_hit_rate: {rate:.2f} (goal >= 0.7) {'ok' if rate >= 0.7 else 'BELOW'} "
+          f"({int(hit)} of {int(queried)} prompt tokens)")
+    assert queried > 0 and rate >= 0.7

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sip_core.config import LLMConfig
-from sip_core.llm.types import LLMBackend, LLMRequest, LLMResult, Progress, ResultHook, role_sampling
+from sip_core.llm.types import (LLMBackend, LLMRequest, LLMResult, Progress, ResultHook, choice_answer,
+                                role_sampling)
 from sip_core.infra.models import cpu_decode_threads, fast_bf16, load_causal_lm, resolve_device, resolve_model
 
 
@@ -79,18 +80,56 @@ class LocalHFBackend(LLMBackend):
                                      completion_tokens=len(ids), latency_s=latency))
         return results
 
+    def choice_tokens(self, choices) -> tuple[list[int], dict[str, int]] | str:
+        """(shared leading tokens, each label's first own token) of probs-verdict choices, or why
+        this tokenizer cannot tell them apart ("1" and "2" may both start with a space token)."""
+        ids = {label: self.tokenizer(text, add_special_tokens=False)["input_ids"] for label, text in choices}
+        common: list[int] = []
+        for column in zip(*ids.values()):
+            if len(set(column)) > 1:
+                break
+            common.append(column[0])
+        first = {label: seq[len(common)] for label, seq in ids.items() if len(seq) > len(common)}
+        if len(first) < len(ids) or len(set(first.values())) < len(first):
+            shown = ", ".join(f"{label!r}->{self.tokenizer.convert_ids_to_tokens(seq)}" for label, seq in ids.items())
+            return f"the tokenizer of {self.cfg.model} cannot tell the verdict options apart ({shown})"
+        return common, first
+
+    def _choose_batch(self, batch: list[LLMRequest]) -> list[LLMResult]:
+        """Probs verdicts: one forward pass, each option's log-probability at the answer position."""
+        import torch
+
+        plans = [self.choice_tokens(r.choices) for r in batch]
+        if bad := next((p for p in plans if isinstance(p, str)), None):
+            return [LLMResult(text=None, error=bad) for _ in batch]
+        seqs = [self.tokenizer(self._prompt_text(r), add_special_tokens=False)["input_ids"] + common
+                for r, (common, _) in zip(batch, plans)]
+        width, pad = max(map(len, seqs)), self.tokenizer.pad_token_id or 0
+        ids = torch.tensor([[pad] * (width - len(q)) + q for q in seqs], device=self.device)
+        mask = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in seqs], device=self.device)
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids, attention_mask=mask,
+                                position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[:, -1].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        results = []
+        for i, (req, (_, first), seq) in enumerate(zip(batch, plans, seqs)):
+            results.append(choice_answer(req, {label: float(logprobs[i, tok]) for label, tok in first.items()}))
+            results[-1].prompt_tokens = len(seq)
+        return results
+
     async def agenerate(self, requests: Sequence[LLMRequest], progress: Progress | None = None,
                         on_result: ResultHook | None = None) -> list[LLMResult]:
         results: list[LLMResult | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for i, req in enumerate(requests):
             s = req.sampling
-            groups.setdefault((s.temperature, s.top_p, s.max_tokens), []).append(i)
-        for indices in groups.values():
+            groups.setdefault((bool(req.choices), s.temperature, s.top_p, s.max_tokens), []).append(i)
+        for key, indices in groups.items():
+            run_batch = self._choose_batch if key[0] else self._generate_batch
             for start in range(0, len(indices), self.cfg.batch_size):
                 chunk = indices[start:start + self.cfg.batch_size]
                 try:
-                    batch_results = self._generate_batch([requests[i] for i in chunk])
+                    batch_results = run_batch([requests[i] for i in chunk])
                 except (RuntimeError, ValueError) as exc:  # e.g. out of memory: record, don't lose the batch
                     batch_results = [LLMResult(text=None, error=f"local generate failed: {exc}".splitlines()[0])
                                      for _ in chunk]

@@ -1,11 +1,14 @@
 """Any OpenAI-compatible chat completions server (vLLM, OpenAI, a proxy) behind `LLMBackend`.
 
-One `openai.AsyncOpenAI` client per base URL; requests go round-robin over them (a retry goes to the
-next replica). The client's own retries are off (`max_retries=0`): this module retries, with
+One keep-alive HTTP/1.1 connection pool per base URL (`http1.Origin`, not the openai SDK: its
+request building was most of the client's CPU); requests go round-robin over them (a retry goes to
+the next replica). This module retries, with
 exponential backoff and full jitter bounded by `backoff_max_s`, on timeouts, connection errors,
 unparseable responses, HTTP 408, 429 and 5xx (a `Retry-After`/`retry-after-ms` header, when present,
-is honoured up to `backoff_max_s`); any other 4xx is final at once. A request that still fails gets a
-result whose `error` is one line ("HTTP 500 after 6 attempts (last: http://…/v1)"); a batch never raises for one request.
+is honoured up to `backoff_max_s`); any other 4xx (401, 403, 404, ...) is final at once. A request
+that still fails gets a result whose `error` is one line naming the status, the URL and the server's
+own message ("HTTP 401 from http://…/v1: Incorrect API key provided"; "HTTP 500 after 6 attempts
+(last: http://…/v1): overloaded"); a batch never raises for one request.
 
 Concurrency: at most `cfg.concurrency` requests in flight per event loop (an asyncio.Semaphore, held
 through a request's backoff sleeps too, so a rate-limited server is not hit harder). Each attempt is
@@ -36,17 +39,43 @@ import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import openai
-
 from sip_core.config import LLMConfig
-from sip_core.llm.backends.openai_http import (AttemptFailed, LoopState, close_all, http_client, parse_retry_after,
+from sip_core.llm.backends.http1 import Origin
+from sip_core.llm.backends.openai_http import (AttemptFailed, LoopState, close_all, encode_body,
+                                               first_token_top_logprobs, parse_completion, parse_retry_after,
                                                post_completion)
 from sip_core.llm.backends.openai_redact import NO_KEY, Secret, redact_url, scrub
-from sip_core.llm.types import LLMBackend, LLMRequest, LLMResult, Progress, ResultHook, role_sampling, run_sync
+from sip_core.llm.types import (LLMBackend, LLMRequest, LLMResult, Progress, ResultHook, choice_answer,
+                                choices_from_top_logprobs, role_sampling, run_sync)
+
+TOP_LOGPROBS = 20  # how many of the first answer token's alternatives a probs verdict reads
 
 __all__ = ["NO_KEY", "OpenAIBackend", "parse_retry_after"]
 
 log = logging.getLogger(__name__)
+
+
+def warm_prefix_order(requests: Sequence[LLMRequest]) -> tuple[list[tuple[int, LLMRequest]], dict[int, int]]:
+    """The order to send `requests` in, and for each request that must wait, the request it
+    waits for. Sent together, requests that open with the same text each miss vLLM's prefix
+    cache (it holds only what an earlier step computed). So for each shared key (an opening) its
+    first request leads: the first of a set goes alone, then the first of each deeper opening
+    (each first candidate), then the rest, each once the leader of its deepest opening that it
+    does not lead itself is answered. Leaders of shallower openings are queued first, so no
+    worker waits on a request no worker holds."""
+    leader: dict[str, int] = {}
+    for i, req in enumerate(requests):
+        for key in req.shared_keys:
+            leader.setdefault(key, i)
+    waits_for: dict[int, int] = {}
+    wave: dict[int, int] = {}  # 0: the first of a set, 1: the first of a deeper opening, ...
+    for i, req in enumerate(requests):
+        led = [leader[k] == i for k in req.shared_keys]
+        wave[i] = led.index(True) if True in led else len(led)
+        if wave[i]:
+            waits_for[i] = leader[req.shared_keys[wave[i] - 1]]
+    order = sorted(enumerate(requests), key=lambda item: wave[item[0]])  # stable: request order within a wave
+    return order, waits_for
 
 
 class OpenAIBackend(LLMBackend):
@@ -58,6 +87,8 @@ class OpenAIBackend(LLMBackend):
         urls = [u.strip() for u in urls if u and u.strip()]
         if not urls:
             raise ValueError("openai backend: base_url is empty")
+        for url in urls:
+            Origin(url, {})  # a URL that is not http(s) is a config error now, not at the first request
         self.base_urls = urls
         key = api_key or os.environ.get(cfg.api_key_env) or NO_KEY
         self._key = Secret(key)
@@ -96,16 +127,33 @@ class OpenAIBackend(LLMBackend):
             params["seed"] = s.seed
         if s.stop:
             params["stop"] = list(s.stop)
+        if req.choices:  # a probs verdict: the first answer token's alternatives, not a sample
+            params.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
         return params
+
+    @staticmethod
+    def _answer(req: LLMRequest, data: dict) -> LLMResult:
+        """The result a successful response means: the text (after the prefilled opening), or for
+        a probs verdict each choice's log-probability (`types.choice_answer`)."""
+        result = parse_completion(data)
+        if not req.choices:
+            if req.prefill is not None and result.text is not None:
+                result.text = req.prefill + result.text  # parsers see the whole answer
+            return result
+        lp = choices_from_top_logprobs(req, first_token_top_logprobs(data))
+        if lp is None:
+            return LLMResult(text=None, error="the endpoint returned no logprobs")
+        answer = choice_answer(req, lp)
+        answer.prompt_tokens, answer.completion_tokens = result.prompt_tokens, result.completion_tokens
+        return answer
 
     async def _state(self) -> LoopState:
         loop = asyncio.get_running_loop()
         state = self._states.get(loop)
         if state is None:
-            clients = [openai.AsyncOpenAI(api_key=self._key.reveal(), base_url=url, max_retries=0,
-                                          timeout=self.cfg.timeout_s, http_client=http_client())
-                       for url in self.base_urls]
-            state = LoopState(clients, asyncio.Semaphore(self.cfg.concurrency))
+            auth = {"Authorization": f"Bearer {self._key.reveal()}"}
+            origins = [Origin(url, auth) for url in self.base_urls]
+            state = LoopState(origins, asyncio.Semaphore(self.cfg.concurrency))
             self._states[loop] = state
             # An async generator parked in try/finally: the loop's shutdown (asyncio.run's
             # shutdown_asyncgens) finalizes it, closing the clients even without an aclose().
@@ -119,7 +167,7 @@ class OpenAIBackend(LLMBackend):
         finally:
             if self._states.get(loop) is state:
                 del self._states[loop]
-            await close_all(state.clients)
+            await close_all(state.origins)
 
     def _first_replica(self) -> int:
         """Round-robin: request k's first attempt goes to replica k mod n; its retries go on from
@@ -137,16 +185,17 @@ class OpenAIBackend(LLMBackend):
     # -- one request, a batch ---------------------------------------------------------
 
     async def _one(self, state: LoopState, req: LLMRequest, index: int) -> LLMResult:
-        params = self._params(req)
+        body = encode_body(self._params(req))
         attempts = 0
         first = self._first_replica()
         async with state.sem:
             t0 = time.perf_counter()
             while True:
                 attempts += 1
-                replica = (first + attempts - 1) % len(state.clients)
+                replica = (first + attempts - 1) % len(state.origins)
                 try:
-                    result = await post_completion(state.clients[replica], params, self.cfg.timeout_s, self._scrub)
+                    result = self._answer(req, await post_completion(state.origins[replica], body,
+                                                                     self.cfg.timeout_s, self._scrub))
                 except AttemptFailed as fail:
                     if fail.retry and attempts <= self.cfg.max_retries:
                         wait = self._backoff(attempts, fail.wait_s)
@@ -159,10 +208,8 @@ class OpenAIBackend(LLMBackend):
                 except Exception as exc:  # noqa: BLE001 - one request never sinks the batch
                     result = self._failed(index, self._scrub(f"{type(exc).__name__}: {exc}"))
                 else:
-                    self._count(requests=1, prompt_tokens=result.prompt_tokens,
+                    self._count(requests=1, errors=int(result.error is not None), prompt_tokens=result.prompt_tokens,
                                 completion_tokens=result.completion_tokens)
-                    if req.prefill is not None and result.text is not None:
-                        result.text = req.prefill + result.text  # parsers see the whole answer
                 result.attempts = attempts
                 result.latency_s = time.perf_counter() - t0
                 return result
@@ -179,11 +226,19 @@ class OpenAIBackend(LLMBackend):
             return []
         state = await self._state()
         results: list[LLMResult | None] = [None] * len(requests)
-        todo = iter(enumerate(requests))  # shared by the workers; the loop is single-threaded
+        order, waits_for = warm_prefix_order(requests)
+        answered = {j: asyncio.Event() for j in set(waits_for.values())}
+        todo = iter(order)  # shared by the workers; the loop is single-threaded
 
         async def worker() -> None:
             for i, req in todo:
-                results[i] = result = await self._one(state, req, i)
+                if i in waits_for:
+                    await answered[waits_for[i]].wait()
+                try:
+                    results[i] = result = await self._one(state, req, i)
+                finally:  # answered or failed, the requests waiting for it go on
+                    if i in answered:
+                        answered[i].set()
                 if on_result is not None:
                     on_result(i, result)
                 if progress is not None:
@@ -237,6 +292,5 @@ class OpenAIBackend(LLMBackend):
 def _final_error(fail: AttemptFailed, attempts: int, url: str) -> str:
     """The one-line error of a request whose last attempt failed, naming the endpoint that
     answered last (credentials dropped from the URL; the key never appears)."""
-    if fail.retry:
-        return f"{fail.what} after {attempts} attempts (last: {url})"
-    return f"{fail.what} from {url}: {fail.detail}" if fail.detail else f"{fail.what} from {url}"
+    where = f"after {attempts} attempts (last: {url})" if fail.retry else f"from {url}"
+    return f"{fail.what} {where}: {fail.detail}" if fail.detail else f"{fail.what} {where}"

@@ -1,26 +1,26 @@
 """One HTTP attempt at a chat completion, and what its failure means for a retry.
 
 An attempt either returns an `LLMResult` or raises `AttemptFailed`, which says what went wrong
-(for the final one-line error), whether a retry may help (timeouts, connection errors,
-unparseable responses, HTTP 408, 429 and 5xx), and how long the server asked us to wait.
-Also here: the per-event-loop clients (`LoopState`) and their transport.
+(for the final one-line error: the HTTP status and the server's own message, e.g. a 401 body's
+`error.message`, scrubbed of the key), whether a retry may help (timeouts, connection errors,
+unparseable responses, HTTP 408, 429 and 5xx; never 401/403/404 or another 4xx), and how long the
+server asked us to wait. The bytes go over `http1.Origin` (a lean keep-alive HTTP/1.1 client: the
+openai SDK's request building was most of the client's CPU per request). Also here: the
+per-event-loop connections (`LoopState`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
-import logging
+import json
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import openai
-
+from sip_core.llm.backends.http1 import ConnectionFailed, Origin
 from sip_core.llm.types import LLMResult
-
-log = logging.getLogger(__name__)
 
 RETRY_STATUS = {408, 429}  # plus every 5xx
 
@@ -33,32 +33,51 @@ class AttemptFailed(Exception):
         self.what, self.retry, self.wait_s, self.detail = what, retry, wait_s, detail
 
 
-async def post_completion(client: openai.AsyncOpenAI, params: dict[str, Any], timeout_s: float,
-                          scrub: Callable[[str], str]) -> LLMResult:
-    """One request to one replica, bounded by `timeout_s` in total; `scrub` cleans server texts."""
+def encode_body(params: dict[str, Any]) -> bytes:
+    return json.dumps(params, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+async def post_completion(origin: Origin, body: bytes, timeout_s: float, scrub: Callable[[str], str]) -> dict:
+    """One request (`body`: the encoded chat-completion params) to one replica, bounded by
+    `timeout_s` in total; `scrub` cleans server texts of the key. Returns the response's JSON
+    object (read it with `parse_completion`, or `parse_choice_logprobs` for a probs verdict)."""
     try:
         async with asyncio.timeout(timeout_s):
-            # The documented way to call an endpoint untyped: the same auth, URL handling,
-            # timeouts and status errors as `chat.completions.create`, without its per-call
-            # TypedDict transform and pydantic model build (about half the client's CPU time).
-            data = await client.post("/chat/completions", body=params, cast_to=object)
+            response = await origin.post("/chat/completions", body)
     except TimeoutError:
         raise AttemptFailed("timeout", retry=True) from None
-    except openai.APIConnectionError as exc:  # APITimeoutError included: see transport_failure
-        raise AttemptFailed(transport_failure(exc), retry=True) from None
-    except openai.APIStatusError as exc:
-        status = exc.status_code
+    except ConnectionFailed:  # no server words to quote: refused, reset or closed early
+        raise AttemptFailed("connection error", retry=True) from None
+    except ValueError:  # a garbled length or chunk size
+        raise AttemptFailed("malformed response", retry=True) from None
+    status = response.status
+    if not 200 <= status < 300:
         retry = status in RETRY_STATUS or status >= 500
-        wait = parse_retry_after(exc.response.headers) if retry else None
-        body = exc.body
-        msg = body.get("message") if isinstance(body, dict) else body
-        raise AttemptFailed(f"HTTP {status}", retry=retry, wait_s=wait,
-                            detail="" if status in (401, 403) else scrub(str(msg or ""))) from None
-    except openai.APIResponseValidationError:
+        wait = parse_retry_after(response.headers) if retry else None
+        raise AttemptFailed(f"HTTP {status}", retry=retry, wait_s=wait, detail=scrub(server_message(response.body)))
+    try:
+        data = json.loads(response.body)
+    except ValueError:  # a 200 whose body is not JSON
         raise AttemptFailed("malformed response", retry=True) from None
-    except ValueError:  # a 200 whose JSON body does not parse
-        raise AttemptFailed("malformed response", retry=True) from None
-    return parse_completion(data)
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise AttemptFailed("malformed response", retry=True)
+    return data
+
+
+def server_message(body: bytes) -> str:
+    """The server's own words from an error body: OpenAI's {"error": {"message": ...}}, vLLM's
+    and FastAPI's {"message"/"detail": ...}, or the raw text."""
+    text = body.decode("utf-8", "replace")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            err = err.get("message") or err.get("detail") or err
+        return err if isinstance(err, str) else json.dumps(err)
+    return text
 
 
 def parse_retry_after(headers: Any) -> float | None:
@@ -88,15 +107,14 @@ def parse_retry_after(headers: Any) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def transport_failure(exc: BaseException) -> str:
-    """"timeout" or "connection error", from the innermost cause: the aiohttp transport reports
-    every aiohttp connection error (refused, server hung up) as a connect *timeout*."""
-    root = exc
-    while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
-        root = root.__cause__ or root.__context__  # type: ignore[assignment]
-    if isinstance(root, TimeoutError) or "Timeout" in type(root).__name__:
-        return "timeout"
-    return "connection error"
+def first_token_top_logprobs(data: dict) -> dict[str, float]:
+    """The first generated token's top logprobs (token text -> logprob) from a chat completion
+    asked with `logprobs: true, top_logprobs: n`; {} when the response carries none."""
+    try:
+        entries = data["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        return {str(e["token"]): float(e["logprob"]) for e in entries}
+    except (KeyError, IndexError, TypeError, ValueError):
+        return {}
 
 
 def parse_completion(data: Any) -> LLMResult:
@@ -124,9 +142,9 @@ def parse_completion(data: Any) -> LLMResult:
 
 @dataclass
 class LoopState:
-    """The clients of one event loop (one per base URL) and its slot semaphore."""
+    """The connections of one event loop (one `Origin` per base URL) and its slot semaphore."""
 
-    clients: list[openai.AsyncOpenAI]
+    origins: list[Origin]
     sem: asyncio.Semaphore
     closer: AsyncGenerator[None, None] | None = None
 
@@ -134,25 +152,9 @@ class LoopState:
         if self.closer is not None:
             await self.closer.aclose()
         else:
-            await close_all(self.clients)
+            await close_all(self.origins)
 
 
-def http_client() -> Any:
-    """The aiohttp transport where this openai version has it (`openai[aiohttp]`; aiohttp comes with
-    s3fs): its connection pool costs O(1) per request, httpx's scans every pooled connection, which
-    at 128 connections takes more CPU than the request itself. None: the client's default (httpx)."""
-    factory = getattr(openai, "DefaultAioHttpClient", None)
-    if factory is None:
-        return None
-    try:
-        return factory()
-    except Exception:  # noqa: BLE001 - the aiohttp extra is missing: RuntimeError
-        return None
-
-
-async def close_all(clients: list[openai.AsyncOpenAI]) -> None:
-    for client in clients:
-        try:
-            await client.close()
-        except Exception:  # noqa: BLE001 - closing is best effort
-            log.debug("closing an openai client failed", exc_info=True)
+async def close_all(origins: list[Origin]) -> None:
+    for origin in origins:
+        await origin.aclose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 
 import pytest
@@ -119,13 +120,14 @@ def test_parse_retry_after():
     assert parse_retry_after({}) is None and parse_retry_after(None) is None
 
 
-@pytest.mark.parametrize("status", ["400", "401", "404", "422"])
+@pytest.mark.parametrize("status", ["400", "401", "403", "404", "422"])
 def test_other_4xx_is_not_retried(status):
     with FakeOpenAI(faults={0: status}) as srv:
-        backend = OpenAIBackend(cfg(srv.base_url))
+        backend = OpenAIBackend(cfg(srv.base_url), api_key=KEY)
         [r] = backend.generate(reqs(1))
         assert not r.ok and r.text is None and r.attempts == 1
-        assert r.error.startswith(f"HTTP {status}") and "\n" not in r.error
+        # the status, the URL and the server's own error.message, in one line
+        assert r.error == f"HTTP {status} from {srv.base_url}: fake fault {status}"
         assert srv.requests == 1
         assert backend.stats["errors"] == 1 and backend.stats["retries"] == 0
 
@@ -138,7 +140,8 @@ def test_final_error_after_max_retries_and_the_batch_completes():
         backend = OpenAIBackend(cfg(srv.base_url, max_retries=2))
         results = backend.generate(reqs(8))
         assert [r.ok for r in results] == [True, True, True, False, True, True, True, True]
-        assert results[3].error == f"HTTP 500 after 3 attempts (last: {srv.base_url})" and results[3].attempts == 3
+        assert results[3].error == f"HTTP 500 after 3 attempts (last: {srv.base_url}): fake fault 500"
+        assert results[3].attempts == 3
         assert results[3].text is None
         assert srv.counts["500"] == 3
         assert backend.stats["errors"] == 1 and backend.stats["retries"] == 2 and backend.stats["requests"] == 8
@@ -211,7 +214,8 @@ def test_api_key_is_sent_but_never_shown(caplog):
     errors = [r.error for r in results if r.error]
     assert len(errors) == 3  # 401, 400, and one request whose two attempts both got 500
     assert any(e.startswith(f"HTTP 400 from {url}: ") and "***" in e for e in errors)  # the server echoed it, we scrubbed
-    assert errors[-1] == f"HTTP 500 after 2 attempts (last: {url})"
+    assert errors[0].startswith(f"HTTP 401 from {url}: fake fault 401 (you sent 'Bearer ***')")
+    assert errors[-1].startswith(f"HTTP 500 after 2 attempts (last: {url}): fake fault 500")
     text = caplog.text + repr(backend) + str(backend) + repr(vars(backend)) + "".join(errors)
     assert "fake-model" in repr(backend)
     assert KEY not in text and KEY[8:] not in text
@@ -271,3 +275,169 @@ def test_fake_server_in_a_child_process():
         assert [r.text for r in results] == [f"echo: q{i}" for i in range(4)]
         stats = srv.stats()
         assert stats["requests"] == 5 and stats["counts"] == {"503": 1, "ok": 4} and stats["max_in_flight"] == 2
+
+
+def test_keep_alive_connections_are_reused():
+    """The lean HTTP/1.1 path keeps connections open between requests: two slots, two connections."""
+    from sip_core.llm.types import run_sync
+
+    with FakeOpenAI(latency=0.01) as srv:
+        backend = OpenAIBackend(cfg(srv.base_url, concurrency=2, max_retries=0))
+
+        async def batch():
+            try:
+                results = await backend.agenerate(reqs(6))
+                return results, len((await backend._state()).origins[0]._idle)
+            finally:
+                await backend.aclose()
+
+        results, idle = run_sync(batch())
+    assert all(r.ok and r.attempts == 1 for r in results) and idle == 2
+
+
+@pytest.mark.parametrize("pause_s", [0.0, 0.05])  # reused before or after the close is seen
+def test_a_connection_the_server_closed_is_replaced_without_a_failed_attempt(pause_s):
+    """A server that hangs up after every answer (keep-alive promised, then closed): each next
+    request finds its pooled connection dead and goes out on a fresh one, attempt 1 still."""
+    from sip_core.llm.backends.http1 import Origin
+
+    body = b'{"ok":1}'
+    reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    async def main():
+        accepted = []
+
+        async def serve(reader, writer):
+            accepted.append(1)
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)
+            writer.write(reply)
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        origin = Origin(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", {})
+        try:
+            out = []
+            for _ in range(3):
+                out.append(await origin.post("/chat/completions", b"{}"))
+                await asyncio.sleep(pause_s)
+            return out, len(accepted)
+        finally:
+            await origin.aclose()
+            server.close()
+
+    out, connections = asyncio.run(main())
+    assert [r.body for r in out] == [body] * 3 and connections == 3
+
+
+def test_http_response_framing_chunked_and_close_delimited():
+    """Bodies framed by chunks (with a trailer) or by the server closing, from a raw socket server."""
+    from sip_core.llm.backends.http1 import Origin
+
+    replies = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3;x=1\r\n:1}\r\n0\r\nT: v\r\n\r\n",
+               b"HTTP/1.0 503 Busy\r\nRetry-After: 2\r\n\r\n{\"detail\": \"later\"}"]
+
+    async def main():
+        async def serve(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(replies.pop(0))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        origin = Origin(f"http://127.0.0.1:{port}/v1", {})
+        try:
+            return [await origin.post("/x", b"{}"), await origin.post("/x", b"{}")]
+        finally:
+            await origin.aclose()
+            server.close()
+
+    chunked, closed = asyncio.run(main())
+    assert chunked.status == 200 and chunked.body == b'{"a":1}'
+    assert closed.status == 503 and closed.headers["retry-after"] == "2" and closed.body == b'{"detail": "later"}'
+
+
+def test_non_http_base_url_is_rejected_at_construction():
+    with pytest.raises(ValueError, match="not an http"):
+        OpenAIBackend(cfg("ftp://example.org/v1"))
+
+
+def _choice_request() -> LLMRequest:
+    return LLMRequest(messages=({"role": "user", "content": "Which is better, A or B?"},
+                                {"role": "assistant", "content": "Better:"}),
+                      sampling=Sampling(temperature=0.0, max_tokens=1), choices=(("A", " A"), ("B", " B")))
+
+
+def test_probs_verdict_reads_the_first_tokens_top_logprobs():
+    """judge.verdict=probs on an endpoint: logprobs asked for, the prefill continued, each choice's
+    log-probability read from the first token's top_logprobs (a raw server stands in: the fake
+    server has no logprobs)."""
+    import json as _json
+
+    from sip_core.llm.types import read_choice_logprobs
+
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": " B"},
+                           "logprobs": {"content": [{"token": " B", "logprob": -0.2, "top_logprobs": [
+                               {"token": " B", "logprob": -0.2}, {"token": "B", "logprob": -3.0},
+                               {"token": " A", "logprob": -1.8}, {"token": " maybe", "logprob": -5.0}]}]}}],
+              "usage": {"prompt_tokens": 9, "completion_tokens": 1}}
+    seen = []
+
+    async def main():
+        async def serve(reader, writer):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(next(l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")).split(b":")[1])
+            seen.append(_json.loads(await reader.readexactly(length)))
+            body = _json.dumps(answer).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        backend = OpenAIBackend(cfg(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"))
+        try:
+            return await backend.agenerate([_choice_request()])
+        finally:
+            await backend.aclose()
+            server.close()
+
+    [r] = asyncio.run(main())
+    body = seen[0]
+    assert body["logprobs"] is True and body["top_logprobs"] == 20 and body["continue_final_message"] is True
+    lp = read_choice_logprobs(r.text)
+    assert r.ok and r.choice_logprobs == lp and lp["A"] == pytest.approx(-1.8)
+    assert lp["B"] == pytest.approx(math.log(math.exp(-0.2) + math.exp(-3.0)), abs=1e-6)
+    assert r.prompt_tokens == 9 and r.completion_tokens == 1
+
+
+def test_probs_verdict_without_logprobs_is_an_error_not_a_vote():
+    with FakeOpenAI() as srv:  # answers text only
+        backend = OpenAIBackend(cfg(srv.base_url))
+        [r] = backend.generate([_choice_request()])
+    assert not r.ok and r.error == "the endpoint returned no logprobs" and backend.stats["errors"] == 1
+
+
+def test_a_shared_prefix_is_answered_once_before_its_other_requests_are_sent():
+    """Requests with one shared key (a candidate set's prompts): the first is sent alone and the
+    rest only after its answer, so an endpoint's prefix cache holds their common opening; requests
+    without a key, and the first of every key, go out together."""
+    arrivals: list[tuple[float, str]] = []
+
+    def record(n, messages):
+        arrivals.append((time.monotonic(), messages[-1]["content"]))
+        return None
+
+    def req(text: str, key: str | None) -> LLMRequest:
+        return LLMRequest(messages=({"role": "user", "content": text},), shared_keys=(key,) if key else ())
+
+    requests = [req(f"{key} {i}", key) for i in range(4) for key in ("a", "b")] + [req("solo", None)]
+    with FakeOpenAI(latency=0.3, faults=record) as srv:
+        backend = OpenAIBackend(LLMConfig(backend="openai", model="fake", base_url=srv.base_url, concurrency=16))
+        results = backend.generate(requests)
+    assert [r.text for r in results] == [f"echo: {r.messages[-1]['content']}" for r in requests]
+    start = arrivals[0][0]
+    first = {text for t, text in arrivals if t - start < 0.15}
+    assert first == {"a 0", "b 0", "solo"}, arrivals
+    assert all(t - start >= 0.25 for t, text in arrivals if text not in first), arrivals

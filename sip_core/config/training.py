@@ -64,6 +64,9 @@ class TrainConfig(Section):
     init: str | None = Field(None, description="starting model (a checkpoint folder or model ref); "
                              "default model.policy")
     nproc_per_node: int = Field(1, ge=1, description="processes torchrun starts (one per GPU; >1 on CPU uses gloo)")
+    max_invalid_share: float = Field(0.5, ge=0, le=1, description="stop with one line, committing no final/, once "
+                                     "more than this share of the work seen so far was skipped for failed or "
+                                     "unparseable judgments (checked after each step)")
 
 
 class PretrainConfig(TrainConfig):
@@ -80,6 +83,9 @@ class PretrainConfig(TrainConfig):
     rollout_engine: Literal["hf", "vllm"] = "hf"
     rollout_batch: int = Field(16, ge=1, description="sequences per generate() call (hf)")
     weight_sync_every: int = Field(10, ge=1, description="vllm: reload the newest checkpoint every M steps")
+    data: Literal["all", "unsafe", "rest"] = Field(
+        "all", description="which filter partitions the recipe trains on (stage-1/2 label of each chunk): "
+        "unsafe (the paper's safety setting), rest, or all; recorded in lineage")
     use_rewrites: bool = Field(True, description="read rewrites from the committed rewrite batches; false: "
                                "no rewrites (the default pool is then suffix+rollouts)")
     pool: Literal[tuple(POOLS)] = Field(
@@ -170,5 +176,7 @@ class EvalConfig(Section):
 class LifecycleConfig(Section):
     rewrite_limit: int = Field(16, ge=0, description="suffixes the rewriter rewrites before pretraining (0: none)")
     thought_limit: int | None = Field(None, ge=1, description="chunks the teacher annotates (None: all train chunks)")
+    train_judge: bool = Field(False, description="train the judge first (sip train-judge, cached), audit it with "
+                              "gate enforce, and train SIP and RLMT against it; evaluations keep eval_judge")
     parallel: int = Field(1, ge=1, description="independent training/evaluation stages run at once, each with "
                           "cores/parallel torch threads on a CPU (1: one after another)")

@@ -16,7 +16,10 @@ from collections.abc import Callable
 from sip_core.config import ConfigError, SipConfig, load_config
 from sip_core.infra import artifacts
 from sip_core.infra.artifacts import Manifest, Provenance
+from sip_core.training.recipe import TrainingStopped
 from sip_core.training.runtime import shutdown
+
+STOPPED = 3  # exit status of a run stopped for failed work (no final/): not bad input (2), not a crash
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,5 +63,14 @@ def main(doc: str, train: Callable[[SipConfig, dict[str, Manifest | None], Prove
     """Parse the command line, load the input artifacts, run `train`, end the process group."""
     cfg, args, parser = parse(doc.splitlines()[0], required, optional)
     inputs = {name: load_input(parser, cfg, name, getattr(args, name)) for name in (*required, *optional)}
-    train(cfg, inputs, provenance(args))
+    try:
+        train(cfg, inputs, provenance(args))
+    except TrainingStopped as exc:  # one line, no traceback: the run says why it stopped
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        shutdown()
+        sys.exit(STOPPED)
+    except ConfigError as exc:  # bad input found once the inputs are read (e.g. too few chunks)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        shutdown()
+        sys.exit(2)
     shutdown()

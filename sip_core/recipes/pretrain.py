@@ -34,14 +34,18 @@ from sip_core.training.rollout import (HFRolloutEngine, SamplingSpec, VLLMRollou
                                        step_seed)
 
 class Pretrain(Recipe):
+    invalid_work = ("skipped_invalid", "sets")
+
     def __init__(self, cfg: SipConfig, chunks: Manifest, provenance: Provenance = Provenance()):
         pc, env = cfg.pretrain, RunContext(cfg, provenance)
+        data.check_partition(chunks, pc, env.storage_options)  # pretrain.data selects enough chunks
         self.objective, self.pairing, self.chunks = OBJECTIVES[pc.objective], PAIRINGS[pc.pairing], chunks
         self.judge = open_llm(cfg, "judge", provenance) if pc.uses_judge else None
         reads_rewrites = pc.uses_pool and pc.use_rewrites and "rewrite" in POOLS[pc.pool]
         self.rewrites, rewrite_batches = rewrites_for(env, chunks) if reads_rewrites else ({}, [])
         if pc.uses_pool:  # before the policy loads: a run that would skip every prefix fails at once
-            train_ids = data.read_rows(chunks, "train", env.storage_options, ["chunk_id"]).columns["chunk_id"]
+            train_ids = data.read_chunk_rows(chunks, "train", env.storage_options, ["chunk_id"],
+                                             pc.data).columns["chunk_id"]
             check_rewrites(train_ids, self.rewrites, pc.pool, pc.pairing)
         policy = artifacts.model_manifest(cfg.model.policy, resolve_model(cfg.model.policy, cfg.model.cache_dir))
         parents = [chunks, *rewrite_batches, policy]
@@ -60,7 +64,8 @@ class Pretrain(Recipe):
         self.engine = self._rollout_engine()
 
     def _rows(self, split: str) -> data.Rows:
-        rows = data.read_rows(self.chunks, split, self.env.storage_options, data.CHUNK_COLUMNS)
+        rows = data.read_chunk_rows(self.chunks, split, self.env.storage_options, data.CHUNK_COLUMNS,
+                                    self.tc.data if split == "train" else "all")
         return data.cap_suffixes(rows, self.n_new, self.tok)
 
     def _rollout_engine(self):

@@ -37,6 +37,8 @@ from sip_core.training.think_then_predict import (THINK_OPEN, Rewards, judge_pre
                                                   unmask_forced)
 
 class Rlmt(Recipe):
+    invalid_work = ("skipped_invalid_groups", "groups")
+
     def __init__(self, cfg: SipConfig, chunks: Manifest, thoughts: Manifest | None = None,
                  provenance: Provenance = Provenance()):
         self.chunks, self.thoughts = chunks, thoughts

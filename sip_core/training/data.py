@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from sip_core.config import ConfigError
 from sip_core.infra import artifacts, store
 from sip_core.infra.artifacts import Manifest
 from sip_core.llm.parsers import strip_thoughts, thought_spans
@@ -46,6 +47,62 @@ def read_rows(manifest: Manifest, partition: str | None, storage_options: dict,
 
         table = table.filter(pc.equal(table[where[0]], where[1]))
     return Rows(table.to_pydict())
+
+
+# `pretrain.data`: which chunks a recipe trains on, by the filter label each chunk carries
+# (sip_core.data.chunking: `filter_label`, the document's stage-1 label, or stage 2's on the chunk's
+# prefix). "rest" is everything stage 1 did not flag (quality-excluded documents too, when chunked).
+PARTITIONS: dict[str, tuple[str, ...] | None] = {"all": None, "unsafe": ("unsafe",), "rest": ("rest", "excluded")}
+
+
+class PartitionTooSmall(ConfigError):
+    """`pretrain.data` selects fewer train chunks than one optimizer step needs (bad input: exit 2)."""
+
+
+def read_chunk_rows(chunks: Manifest, split: str, storage_options: dict, columns: list[str],
+                    partition: str = "all") -> Rows:
+    """Chunk rows of one split whose filter label is in `partition` (a `PARTITIONS` key)."""
+    labels = PARTITIONS[partition]
+    if labels is None:
+        return read_rows(chunks, split, storage_options, columns)
+    import pyarrow.compute as pc
+
+    rows = read_rows(chunks, split, storage_options, sorted({*columns, "filter_label"}))
+    table = pa.table(rows.columns) if len(rows) else None
+    if table is None:
+        return Rows({c: [] for c in columns})
+    table = table.filter(pc.is_in(table["filter_label"], pa.array(labels, pa.string())))
+    return Rows({c: table[c].to_pylist() for c in columns})
+
+
+def label_counts(chunks: Manifest, split: str, storage_options: dict) -> dict[str, int]:
+    """Chunks per filter label in one split."""
+    labels = read_rows(chunks, split, storage_options, ["filter_label"]).columns.get("filter_label", [])
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def check_partition(chunks: Manifest, tc, storage_options: dict) -> int:
+    """The number of train chunks `tc.data` selects; raises PartitionTooSmall (one line with the
+    counts) when it is empty, or smaller than one optimizer step's global batch (batch_size x
+    grad_accum x processes): a step would then repeat chunks, and a longer run only the same few."""
+    partition = getattr(tc, "data", "all")
+    counts = label_counts(chunks, "train", storage_options)
+    labels = PARTITIONS[partition]
+    n = sum(v for k, v in counts.items() if labels is None or k in labels)
+    shown = ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
+    need = tc.batch_size * tc.grad_accum * tc.nproc_per_node
+    where = f"pretrain.data={partition}: the chunk artifact's train split has {n} selected chunks (by label: {shown})"
+    if n == 0:
+        why = "stage 1 flagged nothing in this corpus" if partition == "unsafe" else "nothing to train on"
+        raise PartitionTooSmall(f"{where}: {why}; use a corpus with flagged documents or another pretrain.data")
+    if n < need:
+        raise PartitionTooSmall(f"{where}, fewer than one step's global batch of {need} (batch_size {tc.batch_size}"
+                                f" x grad_accum {tc.grad_accum} x {tc.nproc_per_node} processes) for "
+                                f"{tc.steps} steps; lower the batch or use a larger corpus")
+    return n
 
 
 @functools.lru_cache(maxsize=4)

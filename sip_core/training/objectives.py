@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sip_core.training.logprobs import completion_logprobs, masked_mean_nll
+from sip_core.training.logprobs import completion_logprobs, masked_mean_nll, pair_logprobs
 from sip_core.training.losses import dpo_loss
 
 
@@ -41,16 +41,18 @@ def nll(model, pairs: Pairs, pad_id: int, device, **_) -> tuple[torch.Tensor, di
     return masked_mean_nll(per_token, mask), {}
 
 
-def dpo(model, pairs: Pairs, pad_id: int, device, reference=None, beta: float = 0.1,
+def dpo(model, pairs: Pairs, pad_id: int, device, reference=None, beta: float = 0.1, shared_prefix: bool = True,
         ) -> tuple[torch.Tensor, dict[str, float]]:
     """Sigmoid DPO of chosen vs rejected against the frozen reference; also its reward margin and
-    accuracy (how often the chosen completion's implicit reward is the higher one)."""
-    prompts, completions = pairs.prompts * 2, pairs.chosen + pairs.rejected
-    both, _, _ = completion_logprobs(model, prompts, completions, pad_id, device)
+    accuracy (how often the chosen completion's implicit reward is the higher one). Policy and
+    reference each compute a pair's prompt once (`logprobs.pair_logprobs`); `shared_prefix=False`
+    runs chosen and rejected as two full sequences, as TRL does (same numbers, for comparison)."""
+    chosen, rejected = pair_logprobs(model, pairs.prompts, pairs.chosen, pairs.rejected, pad_id, device,
+                                     shared_prefix)
     with torch.no_grad():
-        ref_both, _, _ = completion_logprobs(reference, prompts, completions, pad_id, device)
-    n = len(pairs)
-    per_pair, chosen_reward, rejected_reward = dpo_loss(both[:n], both[n:], ref_both[:n], ref_both[n:], beta)
+        ref_chosen, ref_rejected = pair_logprobs(reference, pairs.prompts, pairs.chosen, pairs.rejected, pad_id,
+                                                 device, shared_prefix)
+    per_pair, chosen_reward, rejected_reward = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
     return per_pair.mean(), {"dpo_margin": float((chosen_reward - rejected_reward).mean()),
                              "reward_accuracy": float((chosen_reward > rejected_reward).float().mean())}
 

@@ -25,7 +25,9 @@ from typing import Any
 from sip_core.config import TrainConfig
 from sip_core.infra.artifacts import Manifest
 from sip_core.infra.run_context import RunContext
-from sip_core.training.session import TrainSession
+from sip_core.training.session import TrainingStopped, TrainSession
+
+__all__ = ["Recipe", "Timers", "TrainingStopped", "mean"]
 
 
 class Timers(Counter):
@@ -49,6 +51,10 @@ def mean(values: list[float]) -> float:
 
 class Recipe(ABC):
     """One training method. Subclasses set up their data and engines and write `train_step`."""
+
+    # The metrics keys (skipped, seen) counting work skipped for failed or unparseable judgments,
+    # whose share `train.max_invalid_share` bounds; None: the recipe judges nothing.
+    invalid_work: tuple[str, str] | None = None
 
     def __init__(self, name: str, env: RunContext, section: TrainConfig, parents: list[Manifest]):
         self.env, self.cfg, self.tc, self.parents = env, env.cfg, section, parents
@@ -82,5 +88,21 @@ class Recipe(ABC):
             metrics.update(self.evaluate(step))
             grad_norm = session.optimizer_step()  # update
             session.log(step, metrics, grad_norm)  # log
+            self.stop_if_invalid(step)  # a dead or confused judge is not training signal
             session.checkpoint_if_due(step)  # checkpoint
         return session.finish(self.summary())
+
+    def stop_if_invalid(self, step: int) -> None:
+        """Stop (no final/) once more than `max_invalid_share` of the work this launch has seen was
+        skipped for failed judgments. Counted from this launch's steps only: a rerun after the
+        endpoint recovered is judged on its own work. Means over ranks, so every rank agrees."""
+        if self.invalid_work is None:
+            return
+        session, (skipped_key, seen_key) = self.session, self.invalid_work
+        rows = [r for r in session.metrics if r["step"] > session.start_step]
+        skipped = self.rt.all_mean(float(sum(r.get(skipped_key) or 0 for r in rows)))
+        seen = self.rt.all_mean(float(sum(r.get(seen_key) or 0 for r in rows)))
+        if seen and skipped / seen > self.tc.max_invalid_share:
+            session.stop(step, f"{skipped / seen:.0%} of its {seen_key} were skipped for failed or unparseable "
+                               f"judgments ({skipped_key} {skipped:g} of {seen:g}; train.max_invalid_share "
+                               f"{self.tc.max_invalid_share:g}), is the judge endpoint up?")

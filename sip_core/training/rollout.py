@@ -1,8 +1,10 @@
 """Rollout engines: one interface, two implementations.
 
 - `HFRolloutEngine`: transformers `generate` on the training model itself (CPU or GPU), left
-  padding, so rollouts always come from the current weights.
-- `VLLMRolloutEngine`: vLLM's offline `LLM` (GPU clusters). It holds its own copy of the weights,
+  padding, so rollouts always come from the current weights. The K rollouts of a prefix share
+  one prefill and decode as one batch.
+- `VLLMRolloutEngine`: vLLM's offline `LLM` (GPU clusters); its prefix cache serves the K
+  rollouts' shared prefix. It holds its own copy of the weights,
   so it is re-synced by reloading the latest saved checkpoint every `sync_every` steps (policy
   lag <= sync_every steps); each reload's seconds are returned by `sync()` and logged.
 """
@@ -50,11 +52,22 @@ class RolloutEngine(abc.ABC):
 
 class HFRolloutEngine(RolloutEngine):
     def __init__(self, model, tokenizer, device: str | torch.device = "cpu", batch_size: int = 16,
-                 autocast_dtype: torch.dtype | None = None, decode_threads: int | None = 1):
+                 autocast_dtype: torch.dtype | None = None, decode_threads: int | None = 1,
+                 share_prefill: bool = True):
         """`decode_threads`: torch threads for the token-by-token steps on a CPU (see
-        `models.cpu_decode_threads`); None keeps torch's count throughout."""
+        `models.cpu_decode_threads`); None keeps torch's count throughout. `share_prefill`: a
+        prompt repeated in a batch (the K rollouts of a prefix) is prefilled once (False: once per
+        row, as plain generate does; for comparison). `autocast_dtype` applies on CUDA; a CPU
+        decodes in fp32 (below)."""
         self.model, self.tokenizer, self.device = model, tokenizer, torch.device(device)
+        # On a CPU, autocast re-casts every weight at every op, and token-by-token decoding is all
+        # small ops: K=16 rollouts of 32 tokens from a 480-token prefix took 18-19 s under bf16
+        # autocast vs 10-12 s in fp32 (AVX512-BF16, benchmarks/bench_train.py), and fp32 was never
+        # slower at the tiny shapes. Autocast stays where it pays: CUDA.
+        if self.device.type == "cpu":
+            autocast_dtype = None
         self.batch_size, self.autocast_dtype, self.decode_threads = batch_size, autocast_dtype, decode_threads
+        self.share_prefill = share_prefill
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.generated_tokens = 0
 
@@ -74,6 +87,31 @@ class HFRolloutEngine(RolloutEngine):
             row = row[: row.index(eos)]
         return row
 
+    def _generate_kwargs(self, spec: SamplingSpec) -> dict:
+        kwargs = dict(max_new_tokens=spec.max_new_tokens, pad_token_id=self.pad_id)
+        if spec.exact_length:
+            kwargs["min_new_tokens"] = spec.max_new_tokens
+        if spec.greedy:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(do_sample=True, temperature=spec.temperature, top_p=spec.top_p, top_k=0)
+        return kwargs
+
+    def _shared_prefill(self, module, rows: list[list[int]], ids: torch.Tensor, attn: torch.Tensor):
+        """The KV cache of all but the last prompt column, computed once per distinct prompt of the
+        batch and repeated for its rows (None when no prompt repeats: nothing to share). generate()
+        then starts from it: the K rollouts of a prefix pay one prefill, not K."""
+        distinct = {tuple(r): i for i, r in reversed(list(enumerate(rows)))}  # prompt -> its first row
+        if len(distinct) == len(rows) or ids.shape[1] < 2:
+            return None
+        first = torch.tensor(list(distinct.values()), device=ids.device)
+        mask = attn[first, :-1]
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate() numbers left-padded rows
+        cache = module(input_ids=ids[first, :-1], attention_mask=mask, position_ids=positions, use_cache=True).cache
+        slot = {key: j for j, key in enumerate(distinct)}
+        cache.batch_select_indices(torch.tensor([slot[tuple(r)] for r in rows], device=ids.device))
+        return cache
+
     @torch.no_grad()
     def generate(self, prompts, n, spec):
         module = getattr(self.model, "module", self.model)  # unwrap DDP
@@ -82,22 +120,20 @@ class HFRolloutEngine(RolloutEngine):
         flat = [list(p) for p in prompts for _ in range(n)]
         out: list[list[int]] = []
         gen = torch.Generator(device="cpu").manual_seed(spec.seed)
-        kwargs = dict(max_new_tokens=spec.max_new_tokens, pad_token_id=self.pad_id)
-        if spec.exact_length:
-            kwargs["min_new_tokens"] = spec.max_new_tokens
-        if spec.greedy:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
-            kwargs.update(do_sample=True, temperature=spec.temperature, top_p=spec.top_p, top_k=0)
+        kwargs = self._generate_kwargs(spec)
         for i in range(0, len(flat), self.batch_size):
-            ids, attn = self._left_pad(flat[i:i + self.batch_size])
+            rows = flat[i:i + self.batch_size]
+            ids, attn = self._left_pad(rows)
             # generate() draws from the global RNG: seed it per batch from our own generator so a
             # resumed run, or another batch size of other runs, does not change these samples.
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
             ctx = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                    else torch.autocast(self.device.type, enabled=False))
-            with ctx, cpu_decode_threads(self.device, self.decode_threads) as processors:
-                seqs = module.generate(input_ids=ids, attention_mask=attn, logits_processor=processors, **kwargs)
+            with ctx:
+                cache = self._shared_prefill(module, rows, ids, attn) if self.share_prefill else None
+                with cpu_decode_threads(self.device, self.decode_threads) as processors:
+                    seqs = module.generate(input_ids=ids, attention_mask=attn, logits_processor=processors,
+                                           cache=cache, **kwargs)
             for row in seqs[:, ids.shape[1]:].tolist():
                 out.append(self._strip(row, spec))
         self.generated_tokens += sum(len(r) for r in out)
@@ -121,8 +157,9 @@ class VLLMRolloutEngine(RolloutEngine):
         from vllm import LLM
 
         self.llm = None  # free the old engine first
+        # prefix caching: the K rollouts of a prefix (and the next step's repeats of it) prefill it once
         self.llm = LLM(model=model_dir, dtype=self.dtype, gpu_memory_utilization=self.gpu_memory_utilization,
-                       enforce_eager=True)
+                       enforce_eager=True, enable_prefix_caching=True)
         self.model_dir = model_dir
 
     def sync(self, checkpoint_dir, step):

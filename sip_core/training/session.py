@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import time
+import warnings
 from typing import Any
 
 import pyarrow as pa
@@ -32,7 +34,12 @@ from sip_core.training import checkpoint, data, runtime
 from sip_core.training.runtime import Runtime
 
 # What is kept on disk does not change the model, so it is not part of the run folder's key.
-BOOKKEEPING = {"keep_checkpoints", "keep_after_finish"}
+BOOKKEEPING = {"keep_checkpoints", "keep_after_finish", "max_invalid_share"}
+
+
+class TrainingStopped(RuntimeError):
+    """A run whose work failed (too many skipped judgments, or no optimizer update at all):
+    it commits no final/, so a rerun trains for real instead of reusing an untrained model."""
 
 
 def run_key(env: RunContext, recipe: str, section: TrainConfig, parents: list[Manifest]) -> dict[str, Any]:
@@ -67,6 +74,8 @@ class TrainSession:
         runtime.seed_everything(tc.seed + self.rt.rank)
         self.metrics: list[dict[str, Any]] = []
         self.start_step = 0
+        self._signal = False  # a backward with training signal since the last optimizer step
+        self.updated = False  # whether the last optimizer step changed the model
         self.final = artifacts.load_committed(store.join(self.run_dir, "final"), self.so)
         self._t0 = time.perf_counter()
 
@@ -130,6 +139,7 @@ class TrainSession:
 
     def backward(self, loss: torch.Tensor) -> None:
         (loss / self.tc.grad_accum).backward()
+        self._signal = True
 
     def backward_nothing(self) -> None:
         """A micro-batch with no training signal. Under DDP every rank must still join the
@@ -140,20 +150,33 @@ class TrainSession:
         self.backward(self.model(input_ids=ids).logits.sum() * 0.0)
 
     def optimizer_step(self) -> float:
-        """Clip, step optimizer and schedule; returns the gradient norm before clipping."""
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
+        """Clip, step optimizer and schedule; returns the gradient norm before clipping. A step in
+        which no rank had a training signal updates nothing (`updated` false in its metrics row):
+        zero gradients would still move AdamW's moments, and such a step is not training."""
+        self.updated = self.rt.all_mean(1.0 if self._signal else 0.0) > 0
+        self._signal = False
+        grad_norm = 0.0
+        if self.updated:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.max_grad_norm))
+            self.optimizer.step()
+        with warnings.catch_warnings():  # the schedule counts steps, updated or not (torch warns on that)
+            warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"))
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(grad_norm)
+        return grad_norm
+
+    @property
+    def updates(self) -> int:
+        """Optimizer steps of this run that changed the model (resumed ones included)."""
+        return sum(1 for r in self.metrics if r.get("updated", True))
 
     def log(self, step: int, metrics: dict[str, Any], grad_norm: float) -> None:
         """The step's metrics row (floats averaged over ranks), kept and emitted."""
         row = {"step": step + 1, **{k: self.rt.all_mean(v) if isinstance(v, float) else v for k, v in metrics.items()},
-               "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0],
+               "grad_norm": grad_norm, "updated": self.updated, "lr": self.scheduler.get_last_lr()[0],
                "elapsed_s": round(time.perf_counter() - self._t0, 2)}
         self.metrics.append(row)
-        self.emit(row)
+        self.emit({**row, "of": self.tc.steps})  # "of": for the console's "step i/N" and ETA
 
     def checkpoint_if_due(self, step: int) -> None:
         if (step + 1) % self.tc.checkpoint_every == 0 and step + 1 < self.tc.steps:
@@ -183,14 +206,44 @@ class TrainSession:
             self.emit({"event": "checkpoint", "step": step})
         self.rt.barrier()
 
+    def stop(self, step: int, reason: str) -> None:
+        """End the run without a final/: keep a checkpoint of the steps so far only when one of
+        them updated the model (a rerun resumes from it); else nothing is kept and a rerun starts over."""
+        kept = self.updates > 0
+        if kept:
+            self.save_checkpoint(step + 1)
+        self.write_metrics()
+        left = (f"checkpoint step {step + 1} kept ({self.updates} updates): a rerun resumes from it" if kept
+                else "no update was made, nothing kept: a rerun starts over")
+        self.halt(f"{self.recipe} stopped at step {step + 1}/{self.tc.steps}: {reason}; no final/ committed, {left}")
+
+    def halt(self, message: str) -> None:
+        """Announce the stop (the task reads the event, whatever torchrun's exit code) and raise it."""
+        self.emit({"event": "stopped", "reason": message})
+        raise TrainingStopped(message)
+
+    def write_metrics(self) -> str:
+        """metrics.parquet beside the checkpoints: every step's full metrics row."""
+        uri = store.join(self.run_dir, "metrics.parquet")
+        if self.rt.is_main and self.metrics:
+            table = pa.Table.from_pylist([dict(r) for r in self.metrics])
+            store.write_bytes(uri, store.parquet_bytes(table), self.so)
+        return uri
+
     def finish(self, summary: dict[str, Any] | None = None) -> Manifest | None:
-        """Save the final model with its metrics table; the committed `final/` marks the run done."""
+        """Save the final model with its metrics table; the committed `final/` marks the run done.
+        A run none of whose steps updated the model while some of its judgments failed has
+        nothing to commit: it stops instead (a dead judge never ships an untrained "final"). With
+        every judgment valid and no signal (all ties) the model is committed, with `updates` 0."""
+        if not self.updates and failed_judgments(self.metrics):
+            self.write_metrics()
+            self.halt(f"{self.recipe}: none of its {self.tc.steps} steps updated the model "
+                      f"({summary_of_skips(self.metrics)}); no final/ committed")
         final = None
+        metrics_uri = self.write_metrics()
         if self.rt.is_main:
-            table = pa.Table.from_pylist([{k: v for k, v in r.items()} for r in self.metrics])
-            store.write_bytes(store.join(self.run_dir, "metrics.parquet"), store.parquet_bytes(table), self.so)
-            stats = {"steps": self.tc.steps, "recipe": self.recipe, "metrics_uri": store.join(self.run_dir, "metrics.parquet"),
-                     **(summary or {})}
+            stats = {"steps": self.tc.steps, "updates": self.updates, "recipe": self.recipe,
+                     "metrics_uri": metrics_uri, **(summary or {})}
             final = checkpoint.save(store.join(self.run_dir, "final"), self.model, self.tokenizer, None,
                                     self.context(), stats)
             if self.tc.keep_after_finish is not None:  # resuming is over: only the final model is needed
@@ -199,3 +252,19 @@ class TrainSession:
         self.rt.barrier()
         return final
 
+
+
+INVALID_KEYS = ("skipped_invalid", "skipped_invalid_groups", "invalid_judgments")
+SKIP_KEYS = ("skipped_invalid", "skipped_invalid_groups", "skipped_all_equal", "no_signal_groups",
+             "skipped_no_rewrite", "invalid_judgments")
+
+
+def summary_of_skips(metrics: list[dict[str, Any]]) -> str:
+    """What the steps skipped, summed ("skipped_invalid 12, skipped_all_equal 2"), for one line."""
+    totals = {k: sum(int(r.get(k) or 0) for r in metrics) for k in SKIP_KEYS}
+    return ", ".join(f"{k} {v}" for k, v in totals.items() if v) or "no training signal"
+
+
+def failed_judgments(metrics: list[dict[str, Any]]) -> int:
+    """Failed or unparseable judgments (and the work they cost) over the steps."""
+    return sum(int(r.get(k) or 0) for r in metrics for k in INVALID_KEYS)

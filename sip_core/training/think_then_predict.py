@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 from sip_core.config import JudgeConfig
 from sip_core.llm.cache import CachedLLM
-from sip_core.llm.prompting import load_prompt
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
@@ -106,10 +105,13 @@ class Rewards:
 def judge_predictions(judge: CachedLLM, cfg: JudgeConfig, prefixes: Sequence[str],
                       predictions: Sequence[str | None], references: Sequence[str], seed: int = 0) -> Rewards:
     """Binary rewards: majority over cfg.seeds judgments of each (prefix, prediction, reference)."""
-    prompt = load_prompt("rlmt_judge")
-    todo = [(i, s) for i, p in enumerate(predictions) if p for s in range(cfg.seeds)]
-    requests = [prompt.render({"seed": seed * 1000 + s}, cfg.prefill, prefix=prefixes[i],
-                              reference=references[i], prediction=predictions[i]) for i, s in todo]
+    from sip_core.judge.spec import judge_spec
+
+    spec = judge_spec(cfg)  # a trained judge is asked its own way (prompt version, prefill, probs)
+    todo = [(i, s) for i, p in enumerate(predictions) if p
+            for s in range(1 if spec.probs("rlmt_judge") else cfg.seeds)]
+    requests = [spec.render("rlmt_judge", {"seed": seed * 1000 + s}, prefix=prefixes[i],
+                            reference=references[i], prediction=predictions[i]) for i, s in todo]
     before = judge.calls
     judgments = judge.run_parsed(requests, cfg.parse_retries) if requests else []
     votes: dict[int, list[float]] = {}

@@ -34,3 +34,4 @@ def test_sft_and_rlmt_recipes_run(chunks, tmp_path):
         assert m["judge_calls"] >= 0
         # budget forcing: every sample reaches a prediction, so none is a format failure
         assert m["format_failures"] == 0 and 0 <= m["forced_closes"] <= 2
+    assert final.stats["updates"] == sum(m["updated"] for m in metrics)  # the stats say how many

@@ -1,0 +1,102 @@
+"""A dead judge trains nothing and ships nothing: train.max_invalid_share stops the run in one
+line with no final/, no checkpoint without an update, and a rerun once the judge is back trains
+for real in the same run folder (no stale "final" to reuse). The judge is the fake OpenAI server."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from fake_openai import FakeOpenAI
+from recipe_fixtures import ROOT, chunks, cli_args, env_vars, read_metrics, tiny_cfg  # noqa: F401  (chunks: fixture)
+
+OPTION = {n: re.compile(rf"BEGIN OPTION {n}[^>]*>>>\n(.*?)\n<<<END OPTION {n}", re.S) for n in (1, 2)}
+
+
+def prefers_longer(messages) -> str:
+    """A judge with a consistent taste: the longer option wins in either order."""
+    text = messages[-1]["content"]
+    one, two = (m.group(1) if (m := OPTION[n].search(text)) else "" for n in (1, 2))
+    return f"Compared.\nConclusion: Option {1 if len(one) >= len(two) else 2}"
+
+
+def judge_sets(url: str, *extra: str) -> tuple[str, ...]:
+    return ("judge.backend=openai", "judge.model=fake-judge", f"judge.base_url={url}", "judge.max_retries=0",
+            "judge.parse_retries=0", "pretrain.steps=2", "pretrain.suffix_tokens=8", *extra)
+
+
+def _run_dirs(root) -> list:
+    return sorted(p for p in (root / "train").glob("pretrain-dpo*/*") if p.is_dir()) if (root / "train").exists() \
+        else []
+
+
+def test_dead_judge_stops_at_step_1_keeping_nothing(chunks, tmp_path):
+    from sip_core.recipes import pretrain
+    from sip_core.training.recipe import TrainingStopped
+
+    root = tmp_path / "run"
+    with FakeOpenAI(faults=lambda n, messages: "500") as srv:
+        with pytest.raises(TrainingStopped) as stopped:
+            pretrain.train(tiny_cfg(root, *judge_sets(srv.base_url, "pretrain.checkpoint_every=1")), chunks)
+    message = str(stopped.value)
+    assert "\n" not in message and "stopped at step 1/2" in message and "skipped_invalid 2 of 2" in message
+    assert "no update was made, nothing kept" in message, message
+    assert not list(root.rglob("final")) and not list(root.rglob("step-*"))
+
+
+@pytest.mark.slow
+def test_dead_judge_stops_in_one_line_then_a_rerun_trains_for_real(chunks, tmp_path):
+    from sip_core.recipes import pretrain
+    from sip_core.training.recipe import TrainingStopped
+
+    root = tmp_path / "run"
+    with FakeOpenAI(faults=lambda n, messages: "500", responder=prefers_longer) as srv:
+        cfg = tiny_cfg(root, *judge_sets(srv.base_url))
+        with pytest.raises(TrainingStopped) as stopped:
+            pretrain.train(cfg, chunks)
+        dead_calls = srv.stats()["requests"]
+        srv.faults = None  # the endpoint recovers: same URL, same model, same run folder
+        final = pretrain.train(cfg, chunks)
+        assert srv.stats()["counts"].get("ok", 0) > 0
+    message = str(stopped.value)
+    assert "\n" not in message and "stopped at step 1/2" in message and "skipped_invalid 2 of 2" in message
+    assert "no update was made, nothing kept" in message, message
+    assert dead_calls > 0
+    metrics = read_metrics(final)
+    assert [m["step"] for m in metrics] == [1, 2]  # trained from step 1: nothing was resumed or reused
+    assert any(m["updated"] for m in metrics) and all(m["skipped_invalid"] == 0 for m in metrics)
+    assert final.uri.startswith(str(root))
+
+
+def test_no_final_without_an_update(chunks, tmp_path):
+    """max_invalid_share=1 lets a dead judge run every step; with no update, finish() refuses."""
+    from sip_core.infra import artifacts
+    from sip_core.recipes import pretrain
+    from sip_core.training.recipe import TrainingStopped
+
+    root = tmp_path / "run"
+    with FakeOpenAI(faults=lambda n, messages: "500") as srv:
+        cfg = tiny_cfg(root, *judge_sets(srv.base_url, "pretrain.max_invalid_share=1.0",
+                                         "pretrain.checkpoint_every=1"))
+        with pytest.raises(TrainingStopped, match=r"none of its 2 steps updated the model \(skipped_invalid 4"):
+            pretrain.train(cfg, chunks)
+    assert not any(artifacts.load_committed(str(d), {}) for d in root.rglob("final"))
+
+
+@pytest.mark.slow
+def test_recipe_command_stopped_is_one_line_exit_3(chunks, tmp_path):
+    """The recipe process (what the Prefect task launches) says why in one stderr line, exit 3,
+    and announces the stop as an event the task turns into exit 1 of `sip`."""
+    with FakeOpenAI(faults=lambda n, messages: "500") as srv:
+        cmd = [sys.executable, "-m", "sip_core.recipes.pretrain",
+               *cli_args(tmp_path / "run", chunks.uri, *judge_sets(srv.base_url))]
+        run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env_vars(), timeout=600)
+    assert run.returncode == 3, run.stderr[-2000:]
+    lines = [line for line in run.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and lines[0].startswith("error: pretrain-dpo stopped at step 1/2"), run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    assert '"event": "stopped"' in run.stdout
+    assert not list((tmp_path / "run").rglob("final"))

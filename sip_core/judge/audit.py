@@ -11,18 +11,22 @@ option wins), seed agreement, order consistency and parse failures, and a pass/f
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
 from sip_core.infra import artifacts, store
 from sip_core.infra.artifacts import DatasetWriter, Manifest
-from sip_core.config import JudgeConfig, resolve_wordlists
+from sip_core.config import ConfigError, JudgeConfig, resolve_wordlists
 from sip_core.judge.corruptions import RULES, corrupt
-from sip_core.llm.cache import CachedLLM
+from sip_core.judge.spec import check_verdicts, judge_spec, verdict_share
+from sip_core.llm.cache import CachedLLM, CallsFailed, require_answers
 from sip_core.llm.prompting import load_prompt
+from sip_core.llm.types import Progress
 from sip_core.infra.run_context import RunContext
 
+Track = Callable[[str, int], Progress] | None  # (phase, total calls) -> the phase's progress callback
 PAIR_SCHEMA = pa.schema([("chunk_id", pa.string()), ("prefix", pa.string()), ("original", pa.string()),
                          ("corrupted", pa.string()), ("rule", pa.string()), ("dimension", pa.string()),
                          ("origin", pa.string()), ("filter_label", pa.string())])
@@ -33,8 +37,15 @@ def _badwords(env: RunContext) -> list[str]:
     return [w.strip() for w in path.read_text().splitlines() if w.strip().isalpha()]
 
 
-def build_pairs(env: RunContext, chunks: Manifest, n_items: int, llm: CachedLLM | None = None) -> Manifest:
-    """(original, corrupted) pairs by every rule that applies, and by the teacher (P4) when given."""
+def _progress(track: Track, phase: str, items: list) -> Progress | None:
+    return track(phase, len(items)) if track is not None else None
+
+
+def build_pairs(env: RunContext, chunks: Manifest, n_items: int, llm: CachedLLM | None = None,
+                max_failed_share: float | None = None, track: Track = None) -> Manifest:
+    """(original, corrupted) pairs by every rule that applies, and by the teacher (P4) when given.
+    A teacher call that failed is no missing corruption: the pairs are then returned uncommitted
+    (`stats["failed_corruptions"]`), so the next run asks that call again."""
     so = env.storage_options
     split = "heldout" if artifacts.shard_uris(chunks, "heldout") else "train"
     tables = [store.read_parquet(f, so, columns=["chunk_id", "prefix_text", "suffix_text", "filter_label"])
@@ -45,7 +56,7 @@ def build_pairs(env: RunContext, chunks: Manifest, n_items: int, llm: CachedLLM 
     uri = env.stage_uri("pairs", chunks.content_hash, config)
     if done := artifacts.load_committed(uri, so):
         return done
-    words = _badwords(env)
+    words, failed = _badwords(env), 0
     cols: dict[str, list] = {n: [] for n in PAIR_SCHEMA.names}
 
     def add(r: dict, corrupted: str, rule: str, dimension: str, origin: str) -> None:
@@ -62,7 +73,10 @@ def build_pairs(env: RunContext, chunks: Manifest, n_items: int, llm: CachedLLM 
         kinds = ("quality", "factual", "safety")
         reqs = [prompt.render(None, prefix=r["prefix_text"], suffix=r["suffix_text"], kind=k)
                 for r in rows for k in kinds]
-        judgments = llm.run_parsed(reqs, env.cfg.judge.parse_retries)
+        judgments = llm.run_parsed(reqs, env.cfg.judge.parse_retries,
+                                   progress=_progress(track, "teacher corruptions", reqs))
+        require_answers("audit corruptions", [j for j in judgments if j.status != "unparseable"], max_failed_share)
+        failed = sum(j.status == "error" for j in judgments)
         for k, j in enumerate(judgments):
             if j.ok and j.value.strip() != rows[k // 3]["suffix_text"].strip():
                 kind = kinds[k % 3]
@@ -72,7 +86,10 @@ def build_pairs(env: RunContext, chunks: Manifest, n_items: int, llm: CachedLLM 
         counts: dict[str, int] = defaultdict(int)
         for rule in cols["rule"]:
             counts[rule] += 1
-        return writer.commit({"pairs": len(cols["rule"]), "by_rule": dict(counts), "chunks": len(rows)})
+        stats = {"pairs": len(cols["rule"]), "by_rule": dict(counts), "chunks": len(rows)}
+        if llm is not None and failed:
+            return writer.uncommitted({**stats, "failed_corruptions": failed})
+        return writer.commit(stats)
 
 
 @dataclass
@@ -83,7 +100,11 @@ class AuditReport:
     parse_failure_rate: float = 0.0  # answers that never parsed, after re-asking
     error_rate: float = 0.0  # requests that failed outright (endpoint down, HTTP errors)
     calls: int = 0
+    verdict: str = "sample"  # the verdict mode audited (sample | probs)
+    rules: dict[str, dict] = field(default_factory=dict)  # accuracy per corruption rule
+    modes: dict[str, dict] = field(default_factory=dict)  # verdict mode -> mode_summary (both where the backend can)
     injection: dict = field(default_factory=dict)  # injection_probe's result, when run
+    failed_calls: dict[str, int] = field(default_factory=dict)  # teacher corruptions, judge calls: never committed
     passed: bool = False
     reasons: list[str] = field(default_factory=list)
 
@@ -91,29 +112,60 @@ class AuditReport:
         return [{"dimension": d, **v} for d, v in sorted(self.dimensions.items())]
 
 
-def audit_judge(pairs: list[dict], llm: CachedLLM, cfg: JudgeConfig) -> AuditReport:
-    quality, safety = load_prompt("quality"), load_prompt("safety")
+def audit_judge(pairs: list[dict], llm: CachedLLM, cfg: JudgeConfig,
+                max_failed_share: float | None = None, track: Track = None) -> AuditReport:
+    """The audit in the judge's verdict mode (`judge_spec`): a probs verdict counts as the
+    probability it gives the right answer, and its seeds are one call. With
+    `audit_both_modes` a model judge is also audited in the other mode on the same items
+    (`report.modes`, side by side; the gate reads the configured mode)."""
+    check_verdicts(llm.backend, cfg)
+    report = _audit_mode(pairs, llm, cfg, max_failed_share, track)
+    report.modes = {report.verdict: mode_summary(report)}
+    if cfg.audit_both_modes and cfg.backend != "proxy":
+        other = cfg.model_copy(update={"verdict": "sample" if report.verdict == "probs" else "probs"})
+        try:
+            check_verdicts(llm.backend, other)
+            report.modes[other.verdict] = mode_summary(_audit_mode(pairs, llm, other, track=track))
+        except (ConfigError, CallsFailed) as exc:
+            report.modes[other.verdict] = {"available": False, "reason": str(exc)}
+    if cfg.audit_injection:
+        report.injection = injection_probe(pairs, llm, cfg, track)
+    _gate(report, cfg)
+    return report
+
+
+def mode_summary(report: AuditReport) -> dict:
+    """One verdict mode's audit in a few numbers (for side-by-side comparison)."""
+    return {"available": True, "calls": report.calls, "position_bias": report.position_bias,
+            "parse_failure_rate": report.parse_failure_rate, "accuracy": {d: v["accuracy"] for d, v in
+                                                                         report.dimensions.items()},
+            "rules": {r: v["accuracy"] for r, v in report.rules.items()}}
+
+
+def _audit_mode(pairs: list[dict], llm: CachedLLM, cfg: JudgeConfig,
+                max_failed_share: float | None = None, track: Track = None) -> AuditReport:
+    spec = judge_spec(cfg)
+    seeds = {task: range(1 if spec.probs(task) else cfg.audit_seeds) for task in ("quality", "safety")}
     tagged: list[tuple[tuple, object]] = []
     for k, p in enumerate(pairs):
         if p["dimension"] == "safety":
-            for s in range(cfg.audit_seeds):
-                tagged.append((("safety", k, "corrupted", s), safety.render({"seed": s}, cfg.prefill,
-                                                                            text=p["corrupted"])))
+            for s in seeds["safety"]:
+                tagged.append((("safety", k, "corrupted", s), spec.render("safety", {"seed": s}, text=p["corrupted"])))
                 if p["filter_label"] == "rest":
-                    tagged.append((("safety", k, "original", s), safety.render({"seed": s}, cfg.prefill,
-                                                                               text=p["original"])))
+                    tagged.append((("safety", k, "original", s), spec.render("safety", {"seed": s},
+                                                                             text=p["original"])))
             continue
         for first in ("original", "corrupted"):
             second = "corrupted" if first == "original" else "original"
-            for s in range(cfg.audit_seeds):
-                req = quality.render({"seed": s}, cfg.prefill, prefix=p["prefix"], option_1=p[first],
-                                     option_2=p[second])
+            for s in seeds["quality"]:
+                req = spec.render("quality", {"seed": s}, prefix=p["prefix"], option_1=p[first], option_2=p[second])
                 tagged.append((("pair", k, first, s), req))
-    judgments = llm.run_parsed([r for _, r in tagged], cfg.parse_retries)
+    judgments = llm.run_parsed([r for _, r in tagged], cfg.parse_retries,
+                               progress=_progress(track, f"{spec.verdict} verdicts", tagged))
+    # too many failed: no audit, not accuracy 0; the rest count as errors, never as wrong verdicts
+    require_answers(f"judge audit of {llm.backend.model_id}", judgments, max_failed_share)
     report = _report(pairs, list(zip((t for t, _ in tagged), judgments)), llm, cfg)
-    if cfg.audit_injection:
-        report.injection = injection_probe(pairs, llm, cfg)
-    _gate(report, cfg)
+    report.verdict = spec.verdict
     return report
 
 
@@ -127,28 +179,30 @@ def _report(pairs: list[dict], results: list, llm: CachedLLM, cfg: JudgeConfig) 
             errors += j.status == "error"
             groups[(kind, k, side)].append(None)
             continue
-        if kind == "pair":
+        if kind == "pair":  # a probs verdict counts as its probability (0/1 for a sampled one)
+            first = verdict_share(j, "quality", 1)
             valid_pairs += 1
-            first_wins += j.value == 1
-            original_won = (j.value == 1) == (side == "original")
-            groups[(kind, k, side)].append(original_won)
-        else:
-            groups[(kind, k, side)].append(j.value is (side == "original"))  # safe for originals only
+            first_wins += first
+            groups[(kind, k, side)].append(first if side == "original" else 1.0 - first)
+        else:  # safe for originals only
+            groups[(kind, k, side)].append(verdict_share(j, "safety", side == "original"))
     report.parse_failure_rate = failures / len(results) if results else 0.0
     report.error_rate = errors / len(results) if results else 0.0
     report.position_bias = first_wins / valid_pairs if valid_pairs else None
     per_dim: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    per_rule: dict[str, list] = defaultdict(list)
     for (kind, k, side), outcomes in groups.items():
         dim = pairs[k]["dimension"]
         valid = [o for o in outcomes if o is not None]
         per_dim[dim]["correct"].extend(valid)
+        per_rule[pairs[k]["rule"]].extend(valid)
         per_dim[dim]["invalid"].append(len(outcomes) - len(valid))
         if len(valid) == len(outcomes) and valid:
-            per_dim[dim]["agree"].append(len(set(valid)) == 1)
+            per_dim[dim]["agree"].append(len({v > 0.5 for v in valid}) == 1)
     for (kind, k, side), outcomes in groups.items():  # both orders should pick the same candidate
         if kind == "pair" and side == "original":
             other = groups.get((kind, k, "corrupted"), [])
-            both = [a == b for a, b in zip(outcomes, other) if a is not None and b is not None]
+            both = [(a > 0.5) == (b > 0.5) for a, b in zip(outcomes, other) if a is not None and b is not None]
             per_dim[pairs[k]["dimension"]]["consistent"].extend(both)
     mean = lambda xs: round(sum(xs) / len(xs), 4) if xs else None  # noqa: E731
     for dim, v in per_dim.items():
@@ -158,6 +212,9 @@ def _report(pairs: list[dict], results: list, llm: CachedLLM, cfg: JudgeConfig) 
                                   "seed_agreement": mean([float(x) for x in v["agree"]]),
                                   "order_consistency": mean([float(x) for x in v["consistent"]]),
                                   "invalid": sum(v["invalid"])}
+    for rule, outcomes in sorted(per_rule.items()):
+        report.rules[rule] = {"items": len({k for (_, k, _) in groups if pairs[k]["rule"] == rule}),
+                              "accuracy": mean([float(x) for x in outcomes])}
     return report
 
 
@@ -178,6 +235,25 @@ def _gate(report: AuditReport, cfg: JudgeConfig) -> None:
     report.passed = not report.reasons
 
 
+def run_audit(env: RunContext, chunks: Manifest, judge: CachedLLM, teacher: CachedLLM | None = None,
+              track: Track = None) -> tuple[Manifest, AuditReport, Manifest | None]:
+    """Pairs, the audit of `judge` on them, and the saved report: (pairs, report, saved). When a
+    teacher or judge call failed, neither pairs nor report is committed (saved None; the report
+    counts them in `failed_calls` and fails the gate), so the next run asks those calls again.
+    `track(phase, total)` gives each phase's progress (teacher corruptions, each verdict mode, the
+    injection probe)."""
+    cfg, failed_before, max_failed_share = env.cfg.judge, judge.failed, env.cfg.run.max_failed_share
+    pairs = build_pairs(env, chunks, cfg.audit_items, teacher, max_failed_share, track)
+    rows = [r for f in pairs.files for r in store.read_parquet(f, env.storage_options).to_pylist()]
+    report = audit_judge(rows, judge, cfg, max_failed_share, track)
+    failed = {"corruptions": pairs.stats.get("failed_corruptions", 0), "judge": judge.failed - failed_before}
+    report.failed_calls = {k: n for k, n in failed.items() if n}
+    if report.failed_calls.get("corruptions"):
+        report.reasons.append(f"{failed['corruptions']} teacher corruption calls failed (asked again next run)")
+        report.passed = False
+    return pairs, report, None if report.failed_calls else save_report(env, pairs, report)
+
+
 def save_report(env: RunContext, pairs: Manifest, report: AuditReport) -> Manifest:
     """Stored beside the run's other artifacts; training reads the newest one for its gate."""
     config = {"judge": env.cfg.judge.model_dump(mode="json", exclude={"api_key_block"}), "judge_id": report.judge}
@@ -195,11 +271,11 @@ INJECTIONS = {
 }
 
 
-def injection_probe(pairs: list[dict], llm: CachedLLM, cfg: JudgeConfig) -> dict:
+def injection_probe(pairs: list[dict], llm: CachedLLM, cfg: JudgeConfig, track: Track = None) -> dict:
     """How often a document that instructs the judge changes its verdict: the corrupted option
     carries an injection naming its own position; a flip is a judgment that picked the original
     without it and picks the corrupted option with it. Counted over every injection, and per injection."""
-    quality = load_prompt("quality")
+    spec = judge_spec(cfg)
     items = [p for p in pairs if p["dimension"] != "safety"]
     requests, tags = [], []
     for k, p in enumerate(items):
@@ -208,10 +284,10 @@ def injection_probe(pairs: list[dict], llm: CachedLLM, cfg: JudgeConfig) -> dict
                                                     for name, text in INJECTIONS.items()}}
             for variant, text in variants.items():
                 options = (text, p["original"]) if corrupted_pos == 1 else (p["original"], text)
-                requests.append(quality.render({"seed": 0}, cfg.prefill, prefix=p["prefix"], option_1=options[0],
-                                               option_2=options[1]))
+                requests.append(spec.render("quality", {"seed": 0}, prefix=p["prefix"], option_1=options[0],
+                                            option_2=options[1]))
                 tags.append((k, corrupted_pos, variant))
-    judgments = llm.run_parsed(requests, cfg.parse_retries)
+    judgments = llm.run_parsed(requests, cfg.parse_retries, progress=_progress(track, "injection probe", requests))
     verdict = {tag: (j.value if j.ok else None) for tag, j in zip(tags, judgments)}
     counts = {name: _flips(verdict, len(items), name) for name in INJECTIONS}
     eligible, flips = (sum(c[key] for c in counts.values()) for key in ("eligible", "flips"))

@@ -20,7 +20,7 @@ from itertools import combinations
 
 from sip_core.config import JudgeConfig
 from sip_core.llm.cache import CachedLLM, Judgment
-from sip_core.llm.prompting import load_prompt
+from sip_core.judge.spec import JudgeSpec, judge_spec, verdict_probs, verdict_share
 from sip_core.llm.types import LLMRequest
 
 
@@ -73,43 +73,45 @@ def quality_pairs(m: int, mode: str, pivot: int | None = 0) -> list[tuple[int, i
 
 def calls_per_set(m: int, cfg: JudgeConfig, with_reference: bool = True) -> int:
     """Judge calls for a set of m candidates; `with_reference`: the original suffix is one of them
-    (the pivot of pivot mode, and not judged on factuality)."""
-    n = 0
+    (the pivot of pivot mode, and not judged on factuality). A probs verdict is one call per request."""
+    spec, n = judge_spec(cfg), 0
     if "quality" in cfg.criteria:
-        n += len(quality_pairs(m, cfg.quality_mode, 0 if with_reference else None)) * cfg.seeds
+        n += len(quality_pairs(m, cfg.quality_mode, 0 if with_reference else None)) * len(_seeds(spec, "quality", cfg))
     if "safety" in cfg.criteria:
-        n += m * cfg.seeds
+        n += m * len(_seeds(spec, "safety", cfg))
     if "factuality" in cfg.criteria:
-        n += (m - 1 if with_reference else m) * cfg.seeds
+        n += (m - 1 if with_reference else m) * len(_seeds(spec, "factuality", cfg))
     return n
 
 
 def _requests(s: CandidateSet, cfg: JudgeConfig) -> list[tuple[tuple, LLMRequest]]:
     """(tag, request) for one set; tags say which criterion/candidates a judgment belongs to."""
     out = []
-    seeds, reference = range(cfg.seeds), s.reference_index()
+    spec, reference = judge_spec(cfg), s.reference_index()
     if "quality" in cfg.criteria:
-        prompt = load_prompt("quality")
         for a, b in quality_pairs(len(s.candidates), cfg.quality_mode, reference):
-            for seed in seeds:
-                req = prompt.render({"seed": seed}, cfg.prefill, prefix=s.prefix,
-                                    option_1=s.candidates[a].text, option_2=s.candidates[b].text)
+            for seed in _seeds(spec, "quality", cfg):
+                req = spec.render("quality", {"seed": seed}, prefix=s.prefix, option_1=s.candidates[a].text,
+                                  option_2=s.candidates[b].text)
                 out.append((("quality", a, b), req))
     if "safety" in cfg.criteria:
-        prompt = load_prompt("safety")
         for c, cand in enumerate(s.candidates):
-            for seed in seeds:
-                out.append((("safety", c), prompt.render({"seed": seed}, cfg.prefill, text=cand.text)))
+            for seed in _seeds(spec, "safety", cfg):
+                out.append((("safety", c), spec.render("safety", {"seed": seed}, text=cand.text)))
     if "factuality" in cfg.criteria:
-        prompt = load_prompt("factuality")
         for c, cand in enumerate(s.candidates):
             if c == reference:  # the yardstick itself: see the module docstring
                 continue
-            for seed in seeds:
-                req = prompt.render({"seed": seed}, cfg.prefill, prefix=s.prefix, reference=s.reference or "",
-                                    continuation=cand.text)
+            for seed in _seeds(spec, "factuality", cfg):
+                req = spec.render("factuality", {"seed": seed}, prefix=s.prefix, reference=s.reference or "",
+                                  continuation=cand.text)
                 out.append((("factuality", c), req))
     return out
+
+
+def _seeds(spec: JudgeSpec, task: str, cfg: JudgeConfig) -> range:
+    """A probs verdict is the expected vote in one call: its seeds would be copies."""
+    return range(1 if spec.probs(task) else cfg.seeds)
 
 
 def _mean(values: list[float], default: float) -> float:
@@ -123,9 +125,8 @@ def _quality(m: int, pivot: int | None, tagged: list[tuple[tuple, Judgment]], mo
     for tag, j in tagged:
         if tag[0] == "quality" and j.ok:
             a, b = tag[1], tag[2]
-            winner = a if j.value == 1 else b
-            lo, hi = min(a, b), max(a, b)
-            wins[(lo, hi)].append(1.0 if winner == lo else 0.0)
+            first = verdict_share(j, "quality", 1)  # a's share: 0/1 for a sampled vote, P(option 1) for probs
+            wins[(min(a, b), max(a, b))].append(first if a < b else 1.0 - first)
     share = {pair: _mean(v, 0.5) for pair, v in wins.items()}  # a pair with no valid vote is a tie
     quality = []
     for c in range(m):
@@ -139,7 +140,8 @@ def _pointwise(criterion: str, m: int, skip: int | None, tagged: list[tuple[tupl
     votes: dict[int, list[float]] = defaultdict(list)
     for tag, j in tagged:
         if tag[0] == criterion and j.ok:
-            votes[tag[1]].append(float(j.value))
+            probs = verdict_probs(j, criterion)
+            votes[tag[1]].append(sum(float(v) * p for v, p in probs.items()))  # expected value of the verdict
     return [None if c == skip else _mean(votes[c], 0.5) for c in range(m)]
 
 

@@ -22,7 +22,7 @@ import yaml
 
 from fake_openai import FakeOpenAI, free_port
 from sip_core.config import load_config
-from test_llm_jobs import copy_rewriter
+from llm_job_fixtures import copy_rewriter
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -37,9 +37,11 @@ FLOWS = {
     "flows/train.py:midtrain": ("midtrain", ["midtrain-gpu"]),
     "flows/evaluate.py:evaluate": ("evaluate", ["evaluate-gpu"]),
     "flows/lifecycle.py:lifecycle": ("lifecycle", ["lifecycle-gpu"]),
+    "flows/train_judge.py:train_judge": ("train-judge", ["train-judge-gpu"]),
 }
 TORCHRUN_STAGES = {"flows/train.py:pretrain": ["pretrain"], "flows/train.py:midtrain": ["sft", "rlmt"],
-                   "flows/evaluate.py:evaluate": [], "flows/lifecycle.py:lifecycle": ["pretrain", "sft", "rlmt"]}
+                   "flows/evaluate.py:evaluate": [], "flows/lifecycle.py:lifecycle": ["pretrain", "sft", "rlmt"],
+                   "flows/train_judge.py:train_judge": ["judge_train"]}
 POOLS = {"sip-docker": ("docker", "docker.json"), "sip-k8s": ("kubernetes", "kubernetes.json"),
          "sip-k8s-gpu": ("kubernetes", "kubernetes-gpu.json")}
 

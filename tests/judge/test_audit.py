@@ -96,3 +96,29 @@ def test_injection_flips_are_part_of_the_gate():
     steady = AuditReport(judge="x", position_bias=0.5, injection={"flip_rate": 0.05, "flips": 1, "eligible": 20})
     _gate(steady, cfg)
     assert steady.passed and steady.reasons == []
+
+
+def test_the_audit_reports_each_phases_progress_to_the_end(chunks, tmp_path):
+    """run_audit's track(phase, total) is asked once per phase (both verdict modes of a model
+    judge, the injection probe) and each phase's progress reaches its total."""
+    from sip_core.judge.audit import run_audit
+
+    _, manifest = chunks
+    done: dict[str, list[int]] = {}
+
+    def track(phase: str, total: int):
+        done[phase] = [0, total]
+        return lambda n: done[phase].__setitem__(0, done[phase][0] + n)
+
+    cfg = load_config(None, [f"run.root={tmp_path}", "judge.backend=openai", "judge.model=fake", "judge.audit_items=6",
+                             "judge.audit_seeds=1", "judge.audit_both_modes=false"])
+    with FakeOpenAI(responder=lambda m: "Conclusion: Option 1" if "Option 1" in m[-1]["content"]
+                    else "FINAL DECISION: NO") as srv:
+        cfg.judge.base_url = srv.base_url
+        run_audit(RunContext(cfg), manifest, open_llm(cfg, "judge"), track=track)
+        asked = srv.stats()["requests"]
+    assert set(done) == {"sample verdicts", "injection probe"}, done
+    assert all(n == total > 0 for n, total in done.values()), done
+    # every request counted: those sent and those the judgment cache answered (the probe's plain
+    # variant repeats the audit's own seed-0 requests)
+    assert 0 < asked < sum(total for _, total in done.values())

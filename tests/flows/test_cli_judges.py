@@ -1,0 +1,32 @@
+"""`sip` with a probs judge behind an endpoint that returns no logprobs: one line, exit 2, before
+any training (the audit's preflight)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_probs_verdicts_from_an_endpoint_without_logprobs_exit_2(tmp_path):
+    from fake_openai import FakeOpenAI
+
+    with FakeOpenAI(responder=lambda messages: "Conclusion: Option 1") as srv:  # text, never logprobs
+        url = srv.base_url
+        cmd = [sys.executable, "-m", "flows.cli", "audit-judge", "--config", str(ROOT / "configs" / "smoke.yaml"),
+               "--set", f"run.root={tmp_path / 'run'}", "--set", "judge.backend=openai", "--set", "judge.model=fake",
+               "--set", f"judge.base_url={srv.base_url}", "--set", "judge.verdict=probs"]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("sip: error:")]
+    assert errors == [f"sip: error: judge fake at {url} cannot give verdict=probs for quality: "
+                      "the endpoint returned no logprobs"], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert srv.requests == 1  # the one preflight request: nothing was judged

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 from pydantic import BaseModel
 
+from sip_core.evaluation.stats import audit_dict
 from sip_core.infra import artifacts, store
 from sip_core.infra.artifacts import ArtifactRef
 from sip_core.infra.run_context import RunContext
@@ -35,6 +36,17 @@ class ReportRef(BaseModel):
 
     def read_markdown(self, storage_options: dict[str, Any] | None = None) -> str:
         return store.read_bytes(self.markdown, storage_options).decode()
+
+    def read_results(self, storage_options: dict[str, Any] | None = None) -> RunResults:
+        return RunResults.model_validate_json(store.read_bytes(store.join(self.uri, "results.json"),
+                                                               storage_options))
+
+    def first_screen_markdown(self, storage_options: dict[str, Any] | None = None) -> str:
+        """The report's first screen (identity, Judges box, headline table, decided comparisons):
+        what the lifecycle's Prefect artifact shows."""
+        from sip_core.report.first_screen import first_screen_markdown
+
+        return first_screen_markdown(self.read_results(storage_options))
 
 
 def metrics_frame(result: ArtifactRef, storage_options: dict[str, Any] | None = None) -> pl.DataFrame | None:
@@ -82,11 +94,39 @@ def judge_note(ctx: RunContext) -> str:
     return f"judge: {judge.model}"
 
 
+def judge_roles(cfg) -> dict[str, Any] | None:
+    """Which judge trained and which graded, and whether that is circular (None: this checkout's
+    judge library cannot say)."""
+    try:
+        from sip_core.judge.independence import judge_roles as roles
+    except ImportError:
+        return None
+    return roles(cfg)
+
+
+def judges_view(cfg, judges: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`RunResults.judges`: the roles (`judge_roles`) with each judge's audit and their agreement,
+    from what the lifecycle measured ({"roles", "audits": {"training", "evaluation"},
+    "judge_agreement"}); the roles alone when it measured nothing."""
+    judges = judges or {}
+    roles = judges.get("roles") or judge_roles(cfg)
+    if roles is None:
+        return None
+    out = dict(roles)
+    if judges.get("audits"):
+        out["audits"] = {role: audit_dict(a) for role, a in judges["audits"].items()}
+    if judges.get("judge_agreement") is not None:
+        agreement = judges["judge_agreement"]
+        out["agreement"] = agreement if isinstance(agreement, dict) else agreement.model_dump(mode="json")
+    return out
+
+
 def run_results(ctx: RunContext, preset: str | None, arms: dict[str, list[tuple[str, ArtifactRef]]],
                 evaluations: dict[str, ModelEvaluation], comparisons: list[tuple[str, str, PairComparison]],
-                audit: dict[str, Any] | None) -> RunResults:
+                audit: dict[str, Any] | None, judges: dict[str, Any] | None = None) -> RunResults:
     """The report of a run: one arm per name in `arms` (its stages, its evaluations), every
-    pairwise result of `comparisons` (A, B, their comparison), the judge audit and notes."""
+    pairwise result of `comparisons` (A, B, their comparison), the (training) judge audit, the
+    judges (`judges_view`) and notes."""
     ec = ctx.cfg.eval
     label = f"{ec.prefixes} held-out prefixes, greedy {ec.continuation_tokens} tokens"
     return RunResults.model_validate({
@@ -97,6 +137,7 @@ def run_results(ctx: RunContext, preset: str | None, arms: dict[str, list[tuple[
         "comparisons": [{"a": a, "b": b, "label": label, "result": c.results[kind]}
                         for a, b, c in comparisons for kind in COMPARED if kind in c.results],
         "judge_audit": audit,
+        "judges": judges_view(ctx.cfg, judges),
         "notes": [judge_note(ctx)],
     })
 

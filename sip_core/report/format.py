@@ -1,4 +1,4 @@
-"""Formatting of numbers and intervals, and the plain-language verdicts the report gives.
+"""Formatting of numbers and intervals (the verdicts are `headline`'s).
 
 Non-overlap of two 95% intervals is a conservative test of a difference, so "intervals overlap"
 means "not shown by this run at this n", never "equal".
@@ -10,8 +10,6 @@ import math
 from typing import Any
 
 from sip_core.evaluation.stats import Interval
-from sip_core.evaluation.winrate import WinRateResult
-from sip_core.report.models import Comparison
 
 NOT_RUN = "not run"
 DASH = "—"
@@ -71,30 +69,3 @@ def overlaps(a: Interval, b: Interval) -> bool:
 
 def has_items(iv: Interval | None) -> bool:
     return iv is not None and iv.n > 0 and math.isfinite(iv.estimate)
-
-
-# --------------------------------------------------------------------------- verdict sentences
-
-
-def difference_sentence(metric: str, a: str, iv_a: Interval, b: str, iv_b: Interval, better: str = "") -> str:
-    """The plain verdict on one metric between two arms."""
-    head = f"{metric}, {a} {fmt_iv(iv_a)} (n = {iv_a.n}) vs {b} {fmt_iv(iv_b)} (n = {iv_b.n})"
-    if overlaps(iv_a, iv_b):
-        return f"{head}: intervals overlap: this run cannot tell {a} from {b}."
-    high, low = (a, b) if iv_a.estimate > iv_b.estimate else (b, a)
-    note = f" ({'lower' if better == 'lower' else 'higher'} is better)" if better else ""
-    return f"{head}: intervals do not overlap: {high} is higher than {low}{note}."
-
-
-def comparison_sentence(comp: Comparison) -> str:
-    """A pairwise win rate: does A's interval exclude 50%?"""
-    iv = comp.result.win_rate if isinstance(comp.result, WinRateResult) else comp.result.score
-    what = "win rate" if isinstance(comp.result, WinRateResult) else "coherence score"
-    label = f" on {comp.label}" if comp.label else ""
-    head = f"{comp.a} vs {comp.b}{label}: {what} of {comp.a} {fmt_iv(iv)} (n = {iv.n})"
-    if not has_items(iv):
-        return f"{head}: no valid judgments: this run cannot tell {comp.a} from {comp.b}."
-    if iv.low <= 0.5 <= iv.high:
-        return f"{head}: the 95% interval contains 50%: this run cannot tell {comp.a} from {comp.b}."
-    winner, loser = (comp.a, comp.b) if iv.low > 0.5 else (comp.b, comp.a)
-    return f"{head}: the 95% interval excludes 50%: {winner} beats {loser}."

@@ -7,7 +7,7 @@ import dataclasses
 import math
 from typing import Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
 from sip_core.evaluation.factuality import JudgedFactualityResult, TruthfulQAResult
 from sip_core.evaluation.nll import NLLResult, ThoughtNLLResult
@@ -86,7 +86,10 @@ class Comparison(BaseModel):
 
 class RunResults(BaseModel):
     """Everything a run report shows. `judge_audit` is the judge-audit report (AuditReport,
-    or its dict: judge, passed, reasons, position_bias, parse_failure_rate, dimensions)."""
+    or its dict: judge, passed, reasons, position_bias, parse_failure_rate, dimensions).
+    `judges` is `sip_core.judge.independence.judge_roles(cfg)` (training and evaluation judge,
+    circular, reasons) plus "agreement" (the two judges on the same held-out pairs: n, agree,
+    rate, low, high); an arm's "judge_agreement" evaluation is moved there on validation."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -95,8 +98,29 @@ class RunResults(BaseModel):
     arms: list[Arm] = Field(default_factory=list)
     comparisons: list[Comparison] = Field(default_factory=list)
     judge_audit: dict[str, Any] | None = None
+    judges: dict[str, Any] | None = None
     notes: list[str] = Field(default_factory=list)
     created_at: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _agreement(cls, data: Any) -> Any:
+        """The judges' agreement is a property of the run, not a result of one arm."""
+        if not isinstance(data, dict) or not isinstance(data.get("arms"), list):
+            return data
+        arms, agreement = [], None
+        for arm in data["arms"]:
+            evals = arm.get("evaluations") if isinstance(arm, dict) else None
+            if isinstance(evals, dict) and "judge_agreement" in evals:
+                evals = dict(evals)
+                agreement = agreement or evals.pop("judge_agreement")
+                arm = {**arm, "evaluations": evals}
+            arms.append(arm)
+        if agreement is None:
+            return data
+        judges = dict(data.get("judges") or {})
+        judges.setdefault("agreement", agreement)
+        return {**data, "arms": arms, "judges": judges}
 
     @field_validator("judge_audit", mode="before")
     @classmethod

@@ -169,3 +169,39 @@ def grouped_interval_bars(title: str, groups: Sequence[str], series_: dict[str, 
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _png(fig)
+
+
+Line = tuple[str, Sequence[float], Sequence[float], str]  # (legend label, xs, ys, line style)
+
+
+def panel_figure(title: str, panels: Sequence[tuple[str, str, Sequence[Line]]], stacked: int | None = None
+                 ) -> bytes | None:
+    """Side-by-side panels (title, y label, lines), one colour per stage across panels; panel
+    `stacked` draws its lines as a stacked area (a composition). None when no panel has data."""
+    panels = [(t, yl, [ln for ln in lines if ln[1]]) for t, yl, lines in panels]
+    keep = [i for i, p in enumerate(panels) if p[2]]
+    if not keep:
+        return None
+    fig = _figure(4.6 * len(keep), 3.4)
+    fig.suptitle(title, fontsize=11, fontweight="bold")
+    colors: dict[str, str] = {}
+    for slot, i in enumerate(keep):
+        ptitle, ylabel, lines = panels[i]
+        ax = fig.add_subplot(1, len(keep), slot + 1)
+        if i == stacked:
+            ax.stackplot(lines[0][1], *[ln[2] for ln in lines], labels=[ln[0] for ln in lines],
+                         colors=COLORS[:len(lines)], alpha=0.7)
+            ax.set_ylim(0, 1)
+        else:
+            for label, xs, ys, style in lines:
+                stage = label.split(" · ")[0]
+                color = colors.setdefault(stage, COLORS[len(colors) % len(COLORS)])
+                ax.plot(xs, ys, linestyle=style, marker="o" if len(xs) < 30 else None, markersize=3, color=color,
+                        label=label)
+        ax.set_title(ptitle, fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.subplots_adjust(left=0.7 / (4.6 * len(keep)), right=0.98, bottom=0.16, top=0.8, wspace=0.3)
+    return _png(fig)

@@ -1,27 +1,27 @@
-"""Render a `RunResults` into a report that says what the run can and cannot show.
+"""Render a `RunResults` into a report whose first screen answers the question.
 
-Every interval is the evaluation library's Wilson 95% interval. For each pairwise comparison the
-report says whether the interval of A's win rate contains 50%; for each metric measured on more
-than one arm, whether the arms' intervals overlap ("intervals overlap: this run cannot tell A
-from B"). Non-overlap of two 95% intervals is a conservative test of a difference, so "overlap"
-means "not shown by this run at this n", never "equal". The judge and its audit verdict come
-first; a failed or missing audit is a warning over every judged number.
+Order: the first screen (identity, Judges box, headline table: `first_screen`), the decided
+comparisons in words and the undecided ones counted per metric family with a power estimate,
+then training (curves and aggregates over all steps), the per-evaluation tables, the audit's
+details, lineage, and last an appendix with every pairwise comparison (collapsed in HTML).
+Every interval is the evaluation library's 95% interval; non-overlap of two of them is a
+conservative test of a difference, so "undecided" means "not shown by this run at this n",
+never "equal".
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import datetime, timezone
-from itertools import combinations
 
 from sip_core.evaluation.rlmt import CONDITIONS, ProbeResult
 from sip_core.evaluation.winrate import CoherenceResult, WinRateResult
 import sip_core.report.plots as plots
 import sip_core.report.training as training
-from sip_core.report.markup import Bullets, Document, Heading, Image, Para, Table, slug, to_html, to_markdown
-from sip_core.report.format import (DASH, NOT_RUN, cluster_note, comparison_sentence, difference_sentence,
-                                     fmt_iv, fmt_num, fmt_seeds, has_items)
+from sip_core.report.appendix import appendix_blocks
+from sip_core.report.first_screen import first_screen_blocks
+from sip_core.report.markup import Bullets, Details, Document, Heading, Image, Para, Table, slug, to_html, to_markdown
+from sip_core.report.format import DASH, NOT_RUN, cluster_note, fmt_iv, fmt_num, fmt_seeds
 from sip_core.report.judge import JudgeView, audit_blocks
 from sip_core.report.models import ReportFiles, RunResults
 from sip_core.report.specs import EXPECTED, SECTIONS, caption_of, spec_of
@@ -35,7 +35,6 @@ class Renderer:
         self.r, self.with_plots = results, with_plots
         self.view = JudgeView(results.judge_audit)
         self.images: dict[str, bytes] = {}
-        self.verdicts: list[str] = []  # every overlap sentence, repeated in the summary at the top
 
     def image(self, name: str, make: Callable[[], bytes | None], alt: str, caption: str = "") -> list:
         """An Image block for the PNG `make()` draws (not drawn at all without plots)."""
@@ -72,7 +71,7 @@ class Renderer:
         blocks: list = [Heading(3, "Pairwise comparisons", "comparisons")]
         if not self.r.comparisons:
             return blocks + [Para(f"Pairwise win rates: {NOT_RUN}.")]
-        rows, labels, ivs, sentences = [], [], [], []
+        rows, labels, ivs = [], [], []
         for c in self.r.comparisons:
             res = c.result
             iv = res.win_rate if isinstance(res, WinRateResult) else res.score
@@ -83,13 +82,10 @@ class Renderer:
                          self.view.label(res)])
             labels.append(f"{c.a} vs {c.b}" + (" (coherence)" if isinstance(res, CoherenceResult) else ""))
             ivs.append(iv)
-            sentences.append(comparison_sentence(c))
-        self.verdicts += sentences
         blocks.append(Table(["A vs B", "on", "metric", "A's score [95% CI]", "W / L / T", "invalid prefixes",
                              "position bias", "n", "seeds", "judge"], rows,
                             "Ties count half; n = prefixes with at least one valid vote"))
         blocks += _note(cluster_note(ivs))
-        blocks.append(Bullets(sentences))
         blocks += self.image("win-rates.png", lambda: plots.interval_bars(
             "Pairwise win rate of A against B (Wilson 95% intervals; dashed line = 50%)", labels, ivs, 0.5,
             "A's win rate"), "win rates with 95% intervals", "Win rates with Wilson 95% error bars.")
@@ -116,6 +112,8 @@ class Renderer:
                 blocks += self.comparison_blocks()
             for key in present:
                 blocks += self.metric_table(key)
+                if key == "safety_rtp":
+                    blocks += self.safety_groups()
             if section == "likelihood":
                 blocks += self.nll_curves()
             if section == "rlmt":
@@ -137,30 +135,30 @@ class Renderer:
                 rows.append([arm.name, f"({type(res).__name__})", *[""] * (len(headers) + 2)])
                 continue
             rows.append([arm.name, *row(res), str(res.n), fmt_seeds(res.seeds), self.view.label(res)])
-        blocks: list = [Heading(3, key, f"eval-{slug(key)}"),
-                        Table(["arm", *headers, "n", "seeds", "judge"], rows, caption_of(sample))]
+        columns, caption = ["arm", *headers, "n", "seeds", "judge"], caption_of(sample)
+        judges = {r[-1] for r in rows if r[-1]}
+        if len(judges) == 1:  # one judge for every arm: named once in the caption, not in every row
+            columns, rows = columns[:-1], [r[:-1] for r in rows]
+            caption += f"; judge: {judges.pop()}"
+        blocks: list = [Heading(3, key, f"eval-{slug(key)}"), Table(columns, rows, caption)]
         blocks += _note(cluster_note([get(a.evaluations[key]) for a in self.r.arms for _, get, _ in heads
                                       if a.evaluations.get(key) is not None
                                       and spec_of(a.evaluations[key])[1] == headers]))
-        if not heads:
-            done = [a.name for a in self.r.arms if a.evaluations.get(key) is not None]
-            if len(done) > 1:
-                blocks.append(Para(f"{key} has no interval: this report does not say whether the differences "
-                                   "between arms are larger than noise.", "note"))
-            return blocks
-        sentences = []
-        for label, get, better in heads:
-            measured = [(a.name, get(a.evaluations[key])) for a in self.r.arms
-                        if a.evaluations.get(key) is not None and spec_of(a.evaluations[key])[1] == headers]
-            measured = [(n, iv) for n, iv in measured if has_items(iv)]
-            for (na, ia), (nb, ib) in combinations(measured, 2):
-                sentences.append(difference_sentence(label, na, ia, nb, ib, better))
-        if sentences:
-            self.verdicts += sentences
-            blocks.append(Bullets(sentences))
-        elif len(rows) > 1:
-            blocks.append(Para(f"{key}: fewer than two arms measured: no comparison between arms.", "note"))
+        if not heads and sum(a.evaluations.get(key) is not None for a in self.r.arms) > 1:
+            blocks.append(Para(f"{key} has no interval: this report does not say whether the differences "
+                               "between arms are larger than noise.", "note"))
         return blocks
+
+    def safety_groups(self) -> list:
+        """The share judged safe per RTP category (every category, with its own n), arms as columns."""
+        by_arm = {a.name: getattr(a.evaluations.get("safety_rtp"), "safe_by_group", None) or {} for a in self.r.arms}
+        groups = list(dict.fromkeys(g for v in by_arm.values() for g in v))
+        if not groups:
+            return []
+        rows = [[g, *((f"{fmt_iv(v[g])} n={v[g].n}" if v[g].n else "none judged (n = 0)") if g in v else NOT_RUN
+                      for v in by_arm.values())] for g in groups]
+        return [Table(["RTP category", *by_arm], rows, "safety_rtp: share judged safe per category "
+                      "[95% CI] n (n = 0: none of that category was judged)")]
 
     def nll_curves(self) -> list:
         curves = []
@@ -181,18 +179,10 @@ class Renderer:
         probes = {k: v for k, v in probes.items() if isinstance(v, ProbeResult)}
         if not probes:
             return []
-        blocks: list = [Heading(4, "Does the model use its own thought?", "probe-within")]
-        sentences = []
-        for name, res in probes.items():
-            own = res.by_condition.get("own")
-            for c in CONDITIONS[1:]:
-                other = res.by_condition.get(c)
-                if has_items(own) and has_items(other):
-                    sentences.append(difference_sentence(f"{name}: probe reward", "own thought", own,
-                                                         f"{c} thought", other))
-        if sentences:
-            self.verdicts += sentences
-            blocks.append(Bullets(sentences))
+        blocks: list = [Heading(4, "Does the model use its own thought?", "probe-within"),
+                        Para("Reward with the model's own thought against a swapped, blank or generic one, per "
+                             "arm: decided differences are listed under Decided comparisons, all of them in the "
+                             "appendix.", "note")]
         blocks += self.image("probe.png", lambda: plots.grouped_interval_bars(
             "Thought-use probe: reward by thought condition (Wilson 95% intervals)",
             [c for c in CONDITIONS if any(c in r.by_condition for r in probes.values())],
@@ -231,25 +221,13 @@ class Renderer:
 
     def document(self) -> Document:
         doc = Document(f"Run report: {self.r.run_name}")
-        body = self.run_blocks() + self.training_blocks() + self.eval_sections() + self.lineage_blocks()
+        doc.add(*first_screen_blocks(self.r))
+        doc.add(*self.training_blocks(), *self.eval_sections(), *audit_blocks(self.view, self.r),
+                *self.run_blocks())
         if self.r.notes:
-            body += [Heading(2, "Notes", "notes"), Bullets(list(self.r.notes))]
-        created = self.r.created_at or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        doc.add(Para(f"Run **{self.r.run_name}**, {len(self.r.arms)} arm(s): "
-                     + (", ".join(a.name for a in self.r.arms) or "none") + f". Report rendered {created}."))
-        doc.add(*audit_blocks(self.view, self.r))
-        doc.add(Heading(2, "What this run can and cannot show", "summary"))
-        doc.add(Para("Intervals are Wilson 95% intervals (z = 1.96) over the n items shown beside each number; "
-                     "seeds are the judge's (or sampler's) seeds. Non-overlapping intervals are a conservative "
-                     "sign of a real difference; overlapping intervals mean this run, at this n, cannot tell the "
-                     "two apart — not that they are equal. Metrics without an interval (NLL) get no verdict.",
-                     "note"))
-        if self.view.passed is not True:
-            doc.add(Para("Judged verdicts below rest on a judge that "
-                         + ("failed its audit." if self.view.audit else "was not audited."), "warn"))
-        doc.add(Bullets(self.verdicts or ["No metric was measured on two arms with intervals, and no pairwise "
-                                          "comparison was run: this run shows no difference between arms."]))
-        doc.add(*body)
+            doc.add(Heading(2, "Notes", "notes"), Bullets(list(self.r.notes)))
+        lineage = self.lineage_blocks()
+        doc.add(*appendix_blocks(self.r), Details(lineage[0].text, lineage[1:]))
         return doc
 
 

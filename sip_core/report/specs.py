@@ -19,11 +19,16 @@ from sip_core.report.format import DASH, fmt_iv, fmt_num, fmt_pct
 Row = Callable[[Any], list[str]]
 # type -> (section, headers, row function, headline intervals: [(label, getter, better)])
 SPECS: dict[type, tuple[str, list[str], Row, list[tuple[str, Callable[[Any], Interval | None], str]]]] = {
-    SafetyResult: ("safety", ["unsafe rate", "safe rate", "invalid"],
-                   lambda r: [fmt_iv(r.unsafe), fmt_pct(r.safe_rate), fmt_num(r.invalid)],
+    SafetyResult: ("safety", ["safe rate", "unsafe rate", "invalid"],
+                   lambda r: [fmt_iv(r.safe) if r.safe is not None else fmt_pct(r.safe_rate), fmt_iv(r.unsafe),
+                              fmt_num(r.invalid)],
                    [("unsafe rate", lambda r: r.unsafe, "lower")]),
-    RefusalResult: ("safety", ["over-refusal (safe prompts)", "refusal of unsafe prompts", "detector"],
+    RefusalResult: ("safety", ["over-refusal (safe half)", "refusal (unsafe half)", "compliance (unsafe half)",
+                               "judged safe (safe half / unsafe half)", "detector"],
                     lambda r: [fmt_iv(r.over_refusal), fmt_iv(r.unsafe_refusal) if r.unsafe_refusal else DASH,
+                               fmt_iv(r.unsafe_compliance) if r.unsafe_compliance else DASH,
+                               " / ".join(fmt_iv(r.judged_safe[h]) if h in r.judged_safe else DASH
+                                          for h in ("safe", "unsafe")) if r.judged_safe else DASH,
                                r.detector],
                     [("XSTest over-refusal", lambda r: r.over_refusal, "lower"),
                      ("XSTest refusal of unsafe prompts", lambda r: r.unsafe_refusal, "higher")]),

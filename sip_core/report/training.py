@@ -1,5 +1,6 @@
-"""The report's Training section: progress, cost and health per stage, the SIP candidate pool
-beside the rollout-chosen rate, and each stage's training curves.
+"""The report's Training section: progress, cost and health per stage (means over all steps and
+over the last window), the SIP candidate pool beside the rollout-chosen rate, the cross-stage
+curves (`curves`) and each stage's training curves.
 
 Stage metrics are the rows of the stage's metrics.parquet; a column an older run did not log
 reads "not logged" (pool columns) or "—" (the rest), never an error.
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import sip_core.report.plots as plots
+from sip_core.report.curves import aggregate, curve_blocks, last_window, pool_composition
 from sip_core.report.format import DASH, NOT_RUN, fmt_num, fmt_pct
 from sip_core.report.markup import Para, Table, slug
 from sip_core.report.models import Arm, Stage
@@ -25,10 +27,8 @@ def progress_row(arm: Arm, i: int, st: Stage) -> list[str]:
     rows = st.metrics
     steps = plots.series(rows, "step")[1] or [float(len(rows))]
     return [arm.name, f"{i}. {st.recipe}", fmt_num(int(max(steps))),
-            _first_last(rows, "loss"), _first_last(rows, "dpo_margin"),
-            _first_last(rows, "reward_accuracy"),
-            " / ".join(_first_last(rows, f"chosen_share_{o}", pct=True) for o in plots.ORIGINS),
-            _first_last(rows, "reward_mean"), _first_last(rows, "heldout_nll")]
+            aggregate(rows, "loss"), aggregate(rows, "dpo_margin"), aggregate(rows, "reward_accuracy"),
+            aggregate(rows, "reward_mean"), _first_last(rows, "heldout_nll")]
 
 
 def cost_row(arm: Arm, i: int, st: Stage) -> list[str]:
@@ -50,42 +50,60 @@ def pool_row(arm: Arm, i: int, st: Stage) -> list[str] | None:
     if not any(k in r for r in rows for k in POOL_KEYS):
         return None
     rollout = _vals(rows, "chosen_share_rollout")
+    chance = pool_composition(rows)[3]
     return [arm.name, f"{i}. {st.recipe}",
-            _first_last(rows, "chosen_share_rollout", pct=True) if rollout else NOT_LOGGED,
             fmt_pct(sum(rollout) / len(rollout)) if rollout else NOT_LOGGED,
+            fmt_pct(_mean_of(last_window(rollout))) if rollout else NOT_LOGGED,
+            fmt_pct(_mean_of(chance)) if chance else NOT_LOGGED,
+            " / ".join(fmt_pct(_mean_of(v)) if (v := _vals(rows, f"chosen_share_{o}")) else DASH
+                       for o in ("original", "rewrite")),
             _range(rows, "pool_size"), _rewrite_sets(rows), _range(rows, "tie_break_seed")]
+
+
+def _mean_of(v: list[float]) -> float:
+    return sum(v) / len(v)
 
 
 def training_blocks(arms: list[Arm], image: Callable[..., list]) -> list:
     """The Training section; `image(name, make, alt, caption)` adds a figure (the renderer's)."""
     progress, cost, pool, figures = [], [], [], []
+    shown: dict[str, list[list[str]]] = {}  # checkpoint -> its rows: a stage two arms share is shown once
     for arm in arms:
         for i, st in enumerate(arm.stages, 1):
-            if not st.metrics:
-                progress.append([arm.name, f"{i}. {st.recipe}", "no metrics logged", *[""] * 6])
+            if st.checkpoint in shown:
+                for row in shown[st.checkpoint]:
+                    row[0] += f" (= {arm.name})"
                 continue
-            progress.append(progress_row(arm, i, st))
-            cost.append(cost_row(arm, i, st))
+            if not st.metrics:
+                progress.append([arm.name, f"{i}. {st.recipe}", "no metrics logged", *[""] * 5])
+                continue
+            rows_of_stage = [progress_row(arm, i, st), cost_row(arm, i, st)]
+            progress.append(rows_of_stage[0])
+            cost.append(rows_of_stage[1])
             if (row := pool_row(arm, i, st)) is not None:
                 pool.append(row)
+                rows_of_stage.append(row)
+            if st.checkpoint:
+                shown[st.checkpoint] = rows_of_stage
             name, rows = f"{arm.name} #{i} {st.recipe}", st.metrics
             figures += image(f"training-{slug(arm.name)}-{i}-{slug(st.recipe)}.png",
                              lambda name=name, rows=rows: plots.training_curves(name, rows),
                              f"training curves: {name}", f"Training curves of {name} (per logged step).")
     if not progress:
         return [Para(f"Training metrics: {NOT_RUN}.")]
-    blocks = [Table(["arm", "stage", "steps", "loss first → last", "DPO margin first → last",
-                     "reward accuracy first → last", "chosen share original / rewrite / rollout (first → last)",
-                     "RLMT reward first → last", "held-out NLL first → last"], progress, "Progress per stage"),
+    blocks = [Table(["arm", "stage", "steps", "loss", "DPO margin", "reward accuracy", "RLMT reward",
+                     "held-out NLL first → last"], progress,
+                    "Progress per stage: mean over all logged steps · mean over the last quarter of them"),
               Table(["arm", "stage", "judge calls", "cache hits", "skipped all-equal", "invalid judgments",
                      "no-signal groups", "format failures", "gen tokens/s (mean)",
                      "time generate / judge / update (s)", "last lr", "last grad norm"], cost,
                     "Cost and health per stage (totals over steps)")]
     if pool:
-        blocks.append(Table(["arm", "stage", "rollout chosen (first → last)", "rollout chosen (mean over steps)",
+        blocks.append(Table(["arm", "stage", "rollout chosen (mean over steps)", "rollout chosen (last ¼ mean)",
+                             "rollout share of pool (chance)", "original / rewrite chosen (mean)",
                              "pool size (candidates per set)", "sets with a rewrite in the pool", "tie-break seed"],
                             pool, POOL_CAPTION))
-    return blocks + figures
+    return blocks + curve_blocks(arms, image) + figures
 
 
 def _vals(rows: list[dict], key: str) -> list[float]:

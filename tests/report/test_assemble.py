@@ -88,6 +88,33 @@ def test_run_results_and_the_saved_report(ctx):
     assert save_run_report(ctx, results, [sft.uri]).uri == report.uri  # same results, same place
 
 
+def test_judges_roles_audits_and_agreement_reach_the_first_screen(ctx):
+    """The lifecycle's `judges` (roles, both audits, agreement) land in RunResults.judges; the saved
+    report's first screen (the lifecycle's Prefect artifact) shows them, and the circular grading."""
+    arms = {"base": [], "base→SFT": [("sft", _checkpoint(ctx, "sft2", ROWS))]}
+    evaluations = {"base": _evaluation("base", 2.0), "base→SFT": _evaluation("sft", 1.5)}
+    comparisons = [("base→SFT", "base", PairComparison(a="sft", b="base", results={"winrate": WIN}))]
+    roles = {"training": {"backend": "proxy", "model": "none", "verdict": "sample"},
+             "evaluation": {"backend": "proxy", "model": "none", "verdict": "sample"}, "circular": True,
+             "reasons": ["the evaluation judge is the training judge (proxy: none)"]}
+    failed = {"judge": "proxy:x", "passed": False, "reasons": ["quality accuracy 0.5 < 0.7"], "dimensions": {}}
+    judges = {"roles": roles, "audits": {"training": failed, "evaluation": None},
+              "judge_agreement": {"metric": "judge_agreement", "n": 8, "agree": 6, "rate": 0.75, "low": 0.41,
+                                  "high": 0.93}}
+    results = run_results(ctx, "smoke", arms, evaluations, comparisons, failed, judges)
+    assert results.judges["circular"] and results.judges["agreement"]["agree"] == 6
+    assert results.judges["audits"]["training"]["passed"] is False
+    md = save_run_report(ctx, results, []).first_screen_markdown()
+    assert md.startswith("# Run report: demo") and "## Headline" in md and "## Decided comparisons" in md
+    assert "| training judge | proxy: none (verdict sample) | **FAILED**: quality accuracy 0.5 < 0.7 |" in md
+    assert "**Grading is circular**: the evaluation judge is the training judge (proxy: none)." in md
+    assert "Agreement of the two judges on the same held-out pairs: 75.0% [41.0%, 93.0%] (6 of 8)." in md
+    assert "## Training" not in md and "Appendix" not in md  # the first screen only
+    # without the lifecycle's measurements, the roles still come from the config (judge_roles)
+    plain = run_results(ctx, "smoke", arms, evaluations, comparisons, failed)
+    assert set(plain.judges) == {"training", "evaluation", "circular", "reasons"}
+
+
 AUDIT = {"judge": "proxy:x", "passed": False, "reasons": ["position bias 0.9", "parse"], "position_bias": 0.9,
          "parse_failure_rate": 0.1234, "calls": 12, "error_rate": 0.01,
          "injection": {"flips": 1, "eligible": 4, "flip_rate": 0.25},

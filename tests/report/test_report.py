@@ -185,43 +185,62 @@ def files(results):
 # --------------------------------------------------------------------------- markdown
 
 
-def test_markdown_has_tables_n_seeds_and_verdicts(files):
+def _main(md: str) -> str:
+    """The report without its appendix (the exhaustive pairwise lists and the lineage)."""
+    return md.split("## Appendix")[0]
+
+
+def test_markdown_has_tables_n_seeds_and_decided_comparisons(files):
     md = files.markdown
-    for heading in ("## Judge and audit", "## What this run can and cannot show", "## Training", "## Safety",
-                    "## Factuality", "## Reasoning", "## Likelihood (held-out NLL)",
-                    "## RLMT reward gate and thought-use probe", "## Lineage of the models compared", "### safety_rtp",
-                    "### xstest", "### truthfulqa", "### gsm8k", "### probe"):
+    for heading in ("## Judges", "## Headline", "## Decided comparisons", "## Training", "## Safety",
+                    "## Factuality", "## Reasoning", "## Likelihood (held-out NLL)", "## Judge audit details",
+                    "## RLMT reward gate and thought-use probe", "## Appendix: every pairwise comparison",
+                    "### safety_rtp", "### xstest", "### truthfulqa", "### gsm8k", "### probe"):
         assert heading in md, heading
-    assert "| arm | unsafe rate | safe rate | invalid | n | seeds | judge |" in md
-    assert "| arm | MC1 | MC2 | scorer | n | seeds | judge |" in md
-    # clearly separated: unsafe 60/100 vs 10/100, TruthfulQA oracle vs anti-oracle
-    assert (f"unsafe rate, {BASE} 60.0% [50.2, 69.1] (n = 100) vs {SIP} 10.0% [5.5, 17.4] (n = 100): intervals do "
-            f"not overlap: {BASE} is higher than {SIP} (lower is better).") in md
-    assert f"TruthfulQA MC1, {BASE} 0.0% [0.0, 8.8] (n = 40) vs {SIP} 100.0% [91.2, 100.0] (n = 40): intervals do " \
-           f"not overlap: {SIP} is higher than {BASE} (higher is better)." in md
-    # overlapping: XSTest over-refusal 20/250 vs 25/250, RLMT reward 11/128 vs 12/128
-    assert re.search(rf"XSTest over-refusal, {BASE} 8\.0% .* vs {SIP} 10\.0% .*: intervals overlap: this run "
-                     rf"cannot tell {BASE} from {SIP}\.", md)
-    assert f"RLMT reward, {BASE} 8.6% [4.9, 14.7] (n = 128) vs {SIP} 9.4% [5.4, 15.7] (n = 128): intervals " \
-           f"overlap: this run cannot tell {BASE} from {SIP}." in md
-    # pairwise comparisons: 100/128 excludes 50%, 68/128 does not
-    assert f"{SIP} vs {BASE} on held-out prefixes: win rate of {SIP} 78.1% [70.2, 84.4] (n = 128): the 95% " \
-           f"interval excludes 50%: {SIP} beats {BASE}." in md
-    assert f"the 95% interval contains 50%: this run cannot tell {NTP} from {BASE}." in md
-    # the probe: own vs swapped separated, own vs blank overlapping
-    assert f"{BASE}: probe reward, own thought 11.7% [7.2, 18.4] (n = 128) vs swapped thought 1.6% [0.4, 5.5] " \
-           "(n = 128): intervals do not overlap: own thought is higher than swapped thought" in md
-    assert f"{SIP}: probe reward, own thought" in md and "cannot tell own thought from blank thought" in md
+    assert "| arm | safe rate | unsafe rate | invalid | n | seeds |" in md  # one judge: named in the caption
+    assert "lower unsafe rate is better, judge temperature 1.0; judge: scripted:report-test (audit FAILED)*" in md
+    assert "| arm | MC1 | MC2 | scorer | n | seeds |" in md
+    decided = md.split("## Decided comparisons")[1].split("### Undecided")[0]
+    # clearly separated: safe rate 40/100 vs 90/100, TruthfulQA MC2 oracle vs anti-oracle, 100/128 wins
+    assert (f"safety rate (RTP): {SIP} 90.0% [82.6, 94.5] (n = 100) is higher than {BASE} 40.0% [30.9, 49.8] "
+            "(n = 100); the intervals do not overlap.") in decided
+    assert f"TruthfulQA MC2: {SIP} 97.4% [87.0, 99.5] (n = 40) is higher than {BASE}" in decided
+    assert (f"win rate (pairwise): {SIP} 78.1% [70.2, 84.4] (n = 128) against {BASE}: the interval excludes 50%, "
+            f"so the judge prefers {SIP} over {BASE}.") in decided
+    assert f"{BASE}: probe reward: own thought 11.7% [7.2, 18.4] (n = 128) is higher than swapped thought" in decided
+    # overlapping ones are not listed as decided, only counted ...
+    assert "RLMT reward" not in decided and "XSTest" not in decided and NTP not in decided
+    assert "cannot tell" not in _main(md)  # ... and the wall of "cannot tell X from Y" is gone
+    undecided = md.split("### Undecided, by metric family")[1].split("## Training")[0]
+    assert "**RLMT reward**: 1 of 1 comparisons undecided at n = 128" in undecided
+    assert "**win rate between trained arms**: 1 of 2 comparisons undecided at n = 128" in undecided
+    # ... and every comparison, decided or not, is in the appendix
+    appendix = md.split("## Appendix")[1]
+    assert "<details>" in appendix and "</details>" in appendix
+    assert (f"| RLMT reward gate | {BASE} | {SIP} | 8.6% [4.9, 14.7] | 9.4% [5.4, 15.7] | 128 / 128 | undecided |"
+            in appendix)
+    assert re.search(rf"\| XSTest over-refusal \(xstest\) \| {BASE} \| {SIP} \| 8\.0% .* \| undecided \|", appendix)
+    assert f"| win rate (pairwise) | {NTP} | {BASE} | 53.1% [44.5, 61.6] | vs 50% | 128 | undecided (interval " \
+           "contains 50%) |" in appendix
     # n and seeds beside the numbers; partial results say "not run"
-    assert "| 100 | 0–2 (3) | scripted:report-test (audit FAILED) |" in md
+    assert "| 0 | 100 | 0–2 (3) |" in md
     assert f"| {NTP} | not run |" in md
     assert "**math500**: not run (no arm has this evaluation)." in md
     assert "**coherence**: not run" in md
     assert "heldout_nll has no interval" in md
-    # every verdict also sits in the summary at the top
-    summary = md.split("## What this run can and cannot show")[1].split("## Run")[0]
-    assert summary.count("intervals overlap: this run cannot tell") >= 2
-    assert summary.count("intervals do not overlap") >= 2 and "excludes 50%" in summary
+
+
+def test_headline_table_marks_only_decided_differences(files):
+    head = files.markdown.split("## Headline")[1].split("## Decided")[0]
+    rows = {line.split(" | ")[0].strip("| "): line for line in head.splitlines() if line.startswith("| ")}
+    assert rows["metric"] == f"| metric | A · {BASE} | B · {SIP} | C · {NTP} |"
+    assert rows["safety rate (RTP)"] == ("| safety rate (RTP) | 40.0% [30.9, 49.8] n=100 | "
+                                         "90.0% [82.6, 94.5] n=100 **> A** | not run |")
+    assert "**>" not in rows["RLMT reward gate"] and "**>" not in rows["judged factuality"]
+    assert rows["RLMT reward gate verdict"] == "| RLMT reward gate verdict | PASSED | FAILED | not run |"
+    assert rows["held-out NLL (nats/token)"] == "| held-out NLL (nats/token) | 2.560 n=128 | 2.600 n=128 | not run |"
+    # no arm is the untrained base model here: the pairwise rows say so
+    assert rows["win rate vs base"] == "| win rate vs base |" + " no base model arm |" * 3
 
 
 def _section(md: str, heading: str) -> str:
@@ -241,43 +260,76 @@ def test_clustered_intervals_say_what_n_counts(files):
 
 def test_training_and_lineage_sections(files):
     md = files.markdown
-    assert "| Progress per stage |" not in md and "*Progress per stage*" in md
-    assert re.search(rf"\| {re.escape(SIP)} \| 1\. pretrain \| 20 \| 0\.690 → 0\.490 \| 0\.050 → 0\.450 \|", md)
-    assert "62.5% → 74.6%" in md  # rollout chosen share, first → last
+    assert "| Progress per stage |" not in md and "*Progress per stage: mean over all logged steps" in md
+    # loss 0.69 → 0.49 linearly over 20 steps: mean 0.590, last quarter (steps 16-20) 0.511
+    assert re.search(rf"\| {re.escape(SIP)} \| 1\. pretrain \| 20 \| mean 0\.590 · last ¼ 0\.511 \|", md)
     assert f"| {SIP} | 1. pretrain | 2,000 | 400 (16.7%) | 20 |" in md  # judge calls, cache hits, skipped
     assert "2.560 → 2.600" in md  # held-out NLL logged during training
-    assert "### " + SIP in md.split("## Lineage")[1]
-    lin = md.split("## Lineage")[1]
-    assert "| 2 | parquet-dataset | /runs/x/prepare/chunk-ab12 | 0.1.0+gabc | 2026-11-22T10:00:00 |" in lin
-    assert "Ancestry: not run (no lineage rows recorded for this arm)." in lin  # the NTP arm
+    for name in ("rollout-chosen.png", "dpo.png", "rlmt.png"):
+        assert f"]({name})" in md
+    lineage = md.split("## Appendix")[1].split("<summary>Lineage of the models compared</summary>")[1]
+    assert "### " + SIP in lineage
+    assert "| 2 | parquet-dataset | /runs/x/prepare/chunk-ab12 | 0.1.0+gabc | 2026-11-22T10:00:00 |" in lineage
+    assert "Ancestry: not run (no lineage rows recorded for this arm)." in lineage  # the NTP arm
     assert "![training curves: base→SIP→SFT→RLMT #1 pretrain]" in md
 
 
-def test_failed_audit_is_a_loud_warning_at_the_top(results, files):
+def test_failed_audit_is_a_loud_warning_in_the_judges_box(results, files):
     md = files.markdown
-    top = md.split("## What this run can and cannot show")[0]
-    assert "> **⚠ WARNING:** The judge **scripted:report-test** FAILED its audit (quality accuracy 0.55 < 0.7; " \
-           "position bias 0.93" in top
-    assert "rests on a judge that failed its audit" in top
-    assert "| quality | 20 | 160 | 55.0% |" in top
+    box = md.split("## Judges")[1].split("## Headline")[0]
+    assert ("| training judge | scripted:report-test | **FAILED**: quality accuracy 0.55 < 0.7; position bias 0.93"
+            in box)
+    assert "rests on a judge that failed its audit" in box
+    assert "Judge roles were not recorded for this run" in box
+    assert "| quality | 20 | 160 | 55.0% |" in md.split("## Judge audit details")[1]
     html = files.html
-    assert html.index('class="box warn"') < html.index('id="training"')
+    judges = html.index('<section id="judges" class="box warn">')
+    assert judges < html.index('id="headline"') < html.index('id="training"')
 
     passed = results.model_copy(update={"judge_audit": {**FAILED_AUDIT, "passed": True, "reasons": []}})
     md = render_report(passed, with_plots=False).markdown
-    assert "PASSED its audit" in md and "WARNING" not in md.split("## What this run")[0]
+    assert "passed (position bias 0.930)" in md and "failed its audit" not in md
     assert "scripted:report-test (audit PASSED)" in md
 
     none = results.model_copy(update={"judge_audit": None})
     md = render_report(none, with_plots=False).markdown
+    assert "| training judge | not recorded | **not audited** |" in md
     assert "No judge audit was supplied" in md and "scripted:report-test (audit not audited)" in md
-    assert "Judged verdicts below rest on a judge that was not audited." in md
+
+
+def test_a_proxy_judge_is_never_shown_as_passing_its_audit():
+    from tiny_fixture import tiny_results
+
+    md = render_report(tiny_results(), with_plots=False).markdown
+    assert "PASSED its audit" not in md and "✓" not in md
+    assert "passes by construction (a proxy stand-in): no evidence about judge quality" in md
+
+
+def test_safety_names_every_rtp_category_and_both_xstest_halves():
+    from sip_core.evaluation.safety import RTP_CATEGORIES
+
+    groups = {g: wilson_interval(min(i, 4), 4) if i < 6 else wilson_interval(0, 0)
+              for i, g in enumerate(RTP_CATEGORIES)}
+    rtp = SafetyResult(n=24, seeds=[0], judge=JUDGE, unsafe=wilson_interval(6, 24), safe=wilson_interval(18, 24),
+                       safe_by_group=groups)
+    xs = RefusalResult(n=8, over_refusal=wilson_interval(1, 8), unsafe_refusal=wilson_interval(6, 8),
+                       unsafe_compliance=wilson_interval(2, 8),
+                       judged_safe={"safe": wilson_interval(8, 8), "unsafe": wilson_interval(5, 8)})
+    md = render_report(RunResults(run_name="s", arms=[Arm(name="a", evaluations={"safety_rtp": rtp, "xstest": xs})]),
+                       with_plots=False).markdown
+    assert "| RTP category | a |" in md
+    for g in RTP_CATEGORIES[:6]:
+        assert f"| {g} | " in md
+    assert "| flirtation | 0.0% [0.0, 49.0] n=4 |" in md and "| threat | none judged (n = 0) |" in md
+    assert "| safety rate (RTP) | 75.0% [55.1, 88.0] n=24 |" in md  # the headline reads the judged-safe share
+    assert ("| a | 12.5% [2.2, 47.1] | 75.0% [40.9, 92.9] | 25.0% [7.1, 59.1] | 100.0% [67.6, 100.0] / "
+            "62.5% [30.6, 86.3] | xstest-strmatch |") in md
 
 
 def test_partial_and_empty_results_render():
     empty = render_report(RunResults(run_name="empty"))
     assert "not run" in empty.markdown and not empty.images
-    assert "this run shows no difference between arms" in empty.markdown
+    assert "This run decides no comparison" in empty.markdown
     solo = Arm(name="solo", stages=[Stage(recipe="sft")],
                evaluations={"safety_rtp": None, "heldout_nll": NLLResult(n=0, nll=math.nan)})
     one = RunResults(run_name="one", arms=[solo])
@@ -298,10 +350,10 @@ def test_html_is_self_contained_and_pngs_decode(files):
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", html, re.I)
     assert "<link" not in html and "<script" not in html and "@import" not in html
     imgs = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    names = {"win-rates.png", "probe.png", "heldout-nll.png"}
+    names = {"win-rates.png", "probe.png", "heldout-nll.png", "rollout-chosen.png", "dpo.png", "rlmt.png"}
     assert names <= set(files.images)
     assert sum(n.startswith("training-") for n in files.images) == 6  # every stage with metrics
-    assert len(imgs) == len(files.images) == 9
+    assert len(imgs) == len(files.images) == 12
     assert sorted(base64.b64decode(b) for b in imgs) == sorted(files.images.values())
     for name, data in files.images.items():
         im = PIL.open(io.BytesIO(data))
@@ -375,10 +427,10 @@ def test_report_opens_in_headless_chromium(results, tmp_path):
     assert high - low > 100  # something was drawn, not a blank page
     dom = subprocess.run([*common, "--dump-dom", page], capture_output=True, text=True, timeout=120,
                          check=True).stdout
-    assert "Run report: tiny-replication" in dom and "FAILED its audit" in dom
+    assert "Run report: tiny-replication" in dom and "<b>FAILED</b>: quality accuracy" in dom
     assert dom.count("<table>") >= 15
     imgs = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', dom)
-    assert len(imgs) == 9
+    assert len(imgs) == 12
     for data in imgs:
         png = PIL.open(io.BytesIO(base64.b64decode(data)))
         png.load()

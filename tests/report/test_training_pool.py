@@ -15,8 +15,14 @@ from sip_core.report import Arm, RunResults, Stage, render_report
 from sip_core.report.assemble import stage_view
 
 CAPTION = "*SIP candidate pool per stage"
-HEADER = ("| arm | stage | rollout chosen (first → last) | rollout chosen (mean over steps) | "
+HEADER = ("| arm | stage | rollout chosen (mean over steps) | rollout chosen (last ¼ mean) | "
+          "rollout share of pool (chance) | original / rewrite chosen (mean) | "
           "pool size (candidates per set) | sets with a rewrite in the pool | tie-break seed |")
+# rollout chosen 50% → 75% over 4 steps: mean 62.5%, last quarter (step 4) 75.0%; pools of 18 with the
+# original, a rewrite in 2, 1, 3, 0 of 8 sets and the rest rollouts: rollout share (17 - r/8) / 18, mean 93.4%;
+# original chosen 50% → 25% (mean 37.5%), rewrite never
+ROW = "| sip | 1. pretrain | 62.5% | 75.0% | 93.4% | 37.5% / 0.0% | 18 | 6 of 32 (18.8%) | 7 |"
+OLD_ROW = "62.5% | 75.0% | not logged | 37.5% / 0.0% | not logged | not logged | not logged |"
 
 
 def sip_rows(steps: int = 4, rewrites: tuple[int, ...] = (2, 1, 3, 0), pool: bool = True) -> list[dict]:
@@ -41,17 +47,17 @@ def test_pool_composition_beside_the_rollout_chosen_rate():
     md = render(Stage(recipe="pretrain", metrics=sip_rows()), Stage(recipe="sft", metrics=[{"step": 1, "loss": 2.0}]))
     assert CAPTION in md and HEADER in md
     # rollout chosen 50% → 75% (mean 62.5%), 18 candidates a set, 6 of the 32 sets held a rewrite
-    assert "| sip | 1. pretrain | 50.0% → 75.0% | 62.5% | 18 | 6 of 32 (18.8%) | 7 |" in md
+    assert ROW in md
     assert "| sip | 2. sft |" not in md.split(CAPTION)[1]  # a stage that judged no pools has no pool row
     varying = sip_rows()
     varying[2]["pool_size"] = 17  # a set lost a candidate: the range is shown, not one value
-    assert "| 50.0% → 75.0% | 62.5% | 17–18 | 6 of 32 (18.8%) | 7 |" in render(Stage(recipe="pretrain",
+    assert "| 17–18 | 6 of 32 (18.8%) | 7 |" in render(Stage(recipe="pretrain",
                                                                                   metrics=varying))
 
 
 def test_runs_without_the_pool_columns_say_not_logged():
     md = render(Stage(recipe="pretrain", metrics=sip_rows(pool=False)))
-    assert "| sip | 1. pretrain | 50.0% → 75.0% | 62.5% | not logged | not logged | not logged |" in md
+    assert "| sip | 1. pretrain | " + OLD_ROW in md
     no_sets = [{k: v for k, v in r.items() if k != "sets"} for r in sip_rows()]
     assert "| 18 | 6 | 7 |" in render(Stage(recipe="pretrain", metrics=no_sets))  # no share without a count
     plain = render(Stage(recipe="sft", metrics=[{"step": 1, "loss": 2.0}]), Stage(recipe="rlmt"))
@@ -75,5 +81,17 @@ def _stage(ctx: RunContext, name: str, rows: list[dict]) -> Stage:
 def test_pool_columns_read_from_metrics_parquet(ctx):
     new, old = _stage(ctx, "new", sip_rows()), _stage(ctx, "old", sip_rows(pool=False))
     md = render(new, old)
-    assert "| sip | 1. pretrain | 50.0% → 75.0% | 62.5% | 18 | 6 of 32 (18.8%) | 7 |" in md
-    assert "| sip | 2. pretrain | 50.0% → 75.0% | 62.5% | not logged | not logged | not logged |" in md
+    assert ROW in md
+    assert "| sip | 2. pretrain | " + OLD_ROW in md
+
+
+def test_curve_aggregates_use_all_steps_and_the_last_window():
+    from sip_core.report.curves import aggregate, last_window, pool_composition, running_mean
+
+    assert running_mean([1.0, 0.0, 1.0, 0.0], 2) == [1.0, 0.5, 0.5, 0.5]
+    assert last_window([float(i) for i in range(10)]) == [8.0, 9.0]  # the last quarter, at least one step
+    assert aggregate(sip_rows(), "chosen_share_rollout", pct=True) == "mean 62.5% · last ¼ 75.0%"
+    xs, orig, rew, roll = pool_composition(sip_rows())
+    assert xs == [1.0, 2.0, 3.0, 4.0] and orig == [1 / 18] * 4
+    assert [round(r * 18 * 8) for r in rew] == [2, 1, 3, 0]  # rewrites per 8 sets, spread over a pool of 18
+    assert all(abs(o + w + r - 1) < 1e-12 for o, w, r in zip(orig, rew, roll))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -20,6 +21,7 @@ from sip_core.infra import artifacts, store
 from sip_core.infra.artifacts import DatasetWriter, Manifest
 from sip_core.llm.cache import CachedLLM, require_answers
 from sip_core.llm.prompting import last_words, load_prompt
+from sip_core.llm.types import Progress
 from sip_core.infra.models import load_tokenizer
 from sip_core.infra.run_context import RunContext
 
@@ -93,23 +95,38 @@ def rewrites_for(env: RunContext, chunks: Manifest) -> tuple[dict[str, list[int]
     return found, batches
 
 
-def answered_chunk_ids(env: RunContext, chunks: Manifest, root: str | None = None) -> set[str]:
-    """Chunks whose rewrite call came back (under one rewriter's `root`, or any). A call that
-    failed leaves its chunk queued for the next run; an unparseable answer is recorded and never
-    used (rewrites_for reads ok rows only), and asking again would return the cached answer."""
-    answered: set[str] = set()
+def answered_chunk_ids(env: RunContext, chunks: Manifest, root: str | None = None,
+                       retry_unparseable: bool = True) -> set[str]:
+    """Chunks that are done (under one rewriter's `root`, or any). A failed call is never done: its
+    chunk stays queued. With `retry_unparseable` (the nightly job) an unparseable answer is not done
+    either: it is asked again on a later run with a fresh seed; without (a lifecycle rerun, which
+    must make no call) any answer that came back counts. Unparseable rows are never candidates."""
+    done = {"ok"} if retry_unparseable else {"ok", "unparseable"}
+    return {cid for cid, statuses in chunk_statuses(env, chunks, root).items() if done & set(statuses)}
+
+
+def chunk_statuses(env: RunContext, chunks: Manifest, root: str | None = None) -> dict[str, list[str]]:
+    """chunk_id -> the status of each rewrite row committed for it (ok, unparseable, error)."""
+    out: dict[str, list[str]] = {}
     for batch in batches_made_from(env, chunks, root):
         for shard in batch.files:
             t = store.read_parquet(shard, env.storage_options, columns=["chunk_id", "status"])
-            answered.update(t.filter(pc.not_equal(t["status"], "error"))["chunk_id"].to_pylist())
-    return answered
+            for cid, status in zip(t["chunk_id"].to_pylist(), t["status"].to_pylist()):
+                out.setdefault(cid, []).append(status)
+    return out
 
 
 def rewrite_next_batch(env: RunContext, chunks: Manifest, llm: CachedLLM, limit: int,
-                       split: str = "train") -> RewriteBatch:
+                       split: str = "train", track: Callable[[int], Progress] | None = None) -> RewriteBatch:
+    """Rewrite the next `limit` chunks no committed batch covers; `track(n)` gives the progress
+    callback for n calls (counts, rate, ETA in the job's log)."""
     so = env.storage_options
     root = rewrite_root(env, chunks, llm)
-    done = answered_chunk_ids(env, chunks, root)
+    statuses = chunk_statuses(env, chunks, root)
+    done = {cid for cid, s in statuses.items() if "ok" in s}
+    # Earlier unparseable answers of a chunk: its next ask gets a fresh seed (the cache would hand
+    # back the same answer), and the batch id names the attempt (a retry batch is a new folder).
+    attempts = {cid: s.count("unparseable") for cid, s in statuses.items()}
     tables = [store.read_parquet(f, so) for f in artifacts.shard_uris(chunks, split)]
     table = pa.concat_tables(tables) if tables else None
     if table is None or table.num_rows == 0:
@@ -119,19 +136,25 @@ def rewrite_next_batch(env: RunContext, chunks: Manifest, llm: CachedLLM, limit:
     if batch.num_rows == 0:
         return RewriteBatch(None, 0, len(done))
     ids = batch["chunk_id"].to_pylist()
-    uri = store.join(root, "batch-" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16])
-    prompt = load_prompt("rewrite")
+    names = "\n".join(f"{cid}:{attempts[cid]}" if attempts.get(cid) else cid for cid in ids)
+    uri = store.join(root, "batch-" + hashlib.sha256(names.encode()).hexdigest()[:16])
+    prompt, retries = load_prompt("rewrite"), env.cfg.judge.parse_retries
     rows = batch.to_pylist()
     # The rewrite continues right after the prefix's last five words (P5).
-    requests = [prompt.render(None, prefix=r["prefix_text"], suffix=r["suffix_text"],
-                              prefix_ending=last_words(r["prefix_text"], 5), n_tokens=len(r["suffix_ids"]))
+    # Prefilled (rewrite@3): the reply opens with the prefix ending, so the rewriter only continues it.
+    requests = [prompt.render({"seed": attempts[r["chunk_id"]] * 1_000_003 * (retries + 1)} if
+                              attempts.get(r["chunk_id"]) else None, True, prefix=r["prefix_text"],
+                              suffix=r["suffix_text"], prefix_ending=last_words(r["prefix_text"], 5),
+                              n_tokens=len(r["suffix_ids"]))
                 for r in rows]
-    judgments = llm.run_parsed(requests, parse_retries=env.cfg.judge.parse_retries)
-    require_answers("rewrite", judgments)
+    judgments = llm.run_parsed(requests, parse_retries=retries, progress=track(len(requests)) if track else None)
+    # Only failed CALLS stop the job: an unparseable answer is an answer, committed as such (never a
+    # candidate: rewrites_for reads ok rows) and asked again on a later run.
+    require_answers("rewrite", [j for j in judgments if j.status != "unparseable"], env.cfg.run.max_failed_share)
     tokenizer = load_tokenizer(env.cfg.model.policy, env.cfg.model.cache_dir)
     out: dict[str, list] = {name: [] for name in REWRITE_SCHEMA.names}
-    for r, j in zip(rows, judgments):
-        text = j.value if j.ok else None
+    for r, j, req in zip(rows, judgments, requests):
+        text = _without_prefill(j.value, req.prefill) if j.ok else None
         ids_ = tokenizer(text, add_special_tokens=False)["input_ids"][:len(r["suffix_ids"])] if text else []
         values = dict(chunk_id=r["chunk_id"], doc_id=r["doc_id"], filter_label=r["filter_label"],
                       suffix_text=r["suffix_text"], rewrite_text=tokenizer.decode(ids_) if text else None,
@@ -148,6 +171,11 @@ def rewrite_next_batch(env: RunContext, chunks: Manifest, llm: CachedLLM, limit:
         writer.write(pa.Table.from_pydict(out, schema=REWRITE_SCHEMA))
         manifest = writer.commit({**stats, "calls": llm.calls, "cache_hits": llm.hits})
     return RewriteBatch(manifest, todo.num_rows - batch.num_rows, len(done))
+
+
+def _without_prefill(text: str, prefill: str | None) -> str:
+    """The rewrite itself: backends return the prefilled opening (the prefix ending) + what followed."""
+    return text[len(prefill):] if prefill and text.startswith(prefill) else text
 
 
 def rewrite_stats(cols: dict[str, list]) -> dict:

@@ -12,14 +12,16 @@ import difflib
 import hashlib
 import re
 import unicodedata
+from collections.abc import Callable
 
 import pyarrow as pa
 
 from sip_core.infra import artifacts, store
 from sip_core.infra.artifacts import DatasetWriter, Manifest
-from sip_core.llm.cache import CachedLLM
+from sip_core.llm.cache import CachedLLM, require_answers
 from sip_core.llm.parsers import strip_thoughts, thought_spans
 from sip_core.llm.prompting import load_prompt
+from sip_core.llm.types import Progress
 from sip_core.infra.run_context import RunContext
 
 THOUGHT_SCHEMA = pa.schema([
@@ -58,7 +60,8 @@ def half_of(chunk_id: str) -> str:
 
 
 def insert_thoughts(env: RunContext, chunks: Manifest, llm: CachedLLM, limit: int | None = None,
-                    match: str = "exact", split: str = "train") -> Manifest:
+                    match: str = "exact", split: str = "train",
+                    track: Callable[[int], Progress] | None = None) -> Manifest:
     so = env.storage_options
     tables = [store.read_parquet(f, so, columns=["chunk_id", "prefix_text", "suffix_text"])
               for f in artifacts.shard_uris(chunks, split)]
@@ -67,14 +70,18 @@ def insert_thoughts(env: RunContext, chunks: Manifest, llm: CachedLLM, limit: in
     raws = [r["prefix_text"] + r["suffix_text"] for r in rows]
     config = {"teacher": env.cfg.teacher.model_dump(mode="json", exclude={"api_key_block"}), "prompt": prompt.key,
               "match": match, "limit": limit, "split": split, "model_id": llm.backend.model_id}
-    uri = env.stage_uri("thoughts", chunks.content_hash, config)
-    if done := artifacts.load_committed(uri, so):
+    uri, done = _next_attempt(env, chunks, config)
+    if done is not None:
         return done
-    judgments = llm.run_parsed([prompt.render(None, text=raw) for raw in raws], env.cfg.judge.parse_retries)
+    judgments = llm.run_parsed([prompt.render(None, text=raw) for raw in raws], env.cfg.judge.parse_retries,
+                               progress=track(len(raws)) if track else None)
+    # A failed call is never data: all failed -> nothing is committed (CallsFailed); some failed ->
+    # committed as status "failed", and the next run asks exactly those again (a new attempt).
+    require_answers("thoughts", [j for j in judgments if j.status != "unparseable"], env.cfg.run.max_failed_share)
     cols: dict[str, list] = {name: [] for name in THOUGHT_SCHEMA.names}
     for r, raw, j in zip(rows, raws, judgments):
         augmented = j.value if j.ok else None
-        status, reason = gate(raw, augmented, match)
+        status, reason = ("failed", j.error or "call failed") if j.status == "error" else gate(raw, augmented, match)
         spans = thought_spans(augmented) if augmented else []
         values = dict(chunk_id=r["chunk_id"], half=half_of(r["chunk_id"]), raw_text=raw, augmented_text=augmented,
                       n_thoughts=len(spans), thought_chars=sum(end - start for start, end in spans),
@@ -85,11 +92,25 @@ def insert_thoughts(env: RunContext, chunks: Manifest, llm: CachedLLM, limit: in
     with DatasetWriter(uri, env.context(config, [chunks]), schema=THOUGHT_SCHEMA,
                        shard_rows=env.cfg.data.shard_rows) as writer:
         table = pa.Table.from_pydict(cols, schema=THOUGHT_SCHEMA)
-        for status in ("ok", "rejected", "malformed"):
+        for status in ("ok", "rejected", "malformed", "failed"):
             part = table.filter(pa.compute.equal(table["status"], status))
             if part.num_rows:
                 writer.write(part, status)
         return writer.commit({**thought_stats(cols, llm), "split": split})
+
+
+def _next_attempt(env: RunContext, chunks: Manifest, config: dict) -> tuple[str, Manifest | None]:
+    """(where this run writes, or the committed thought data to reuse). A committed attempt with no
+    failed call is the answer; one with failed calls is not done: the next attempt asks again (the
+    judgment cache answers every call that came back, so only the failed ones reach the teacher)."""
+    for attempt in range(1000):
+        uri = env.stage_uri("thoughts", chunks.content_hash, {**config, **({"attempt": attempt} if attempt else {})})
+        done = artifacts.load_committed(uri, env.storage_options)
+        if done is None:
+            return uri, None
+        if not done.stats.get("failed"):
+            return uri, done
+    raise RuntimeError(f"thoughts: 1000 attempts with failed calls under {uri}")
 
 
 def thought_stats(cols: dict[str, list], llm: CachedLLM) -> dict:
@@ -97,6 +118,7 @@ def thought_stats(cols: dict[str, list], llm: CachedLLM) -> dict:
     ok = [i for i, s in enumerate(cols["status"]) if s == "ok"]
     count = lambda s: sum(1 for x in cols["status"] if x == s)  # noqa: E731
     return {"rows": n, "kept": len(ok), "rejected": count("rejected"), "malformed": count("malformed"),
+            "failed": count("failed"),
             "thoughts_per_kept_row": round(sum(cols["n_thoughts"][i] for i in ok) / len(ok), 3) if ok else 0.0,
             "mean_coverage": round(sum(cols["coverage"]) / n, 4) if n else 0.0,
             "halves": {h: cols["half"].count(h) for h in ("sft", "rl")}, "calls": llm.calls, "cache_hits": llm.hits}

@@ -228,8 +228,31 @@ def chunk_plan(env: RunContext, filtered_hash: str, fingerprint: str) -> tuple[s
     """Output URI and config of the chunk stage over the filtered dataset `filtered_hash`."""
     data, model = env.cfg.data, env.cfg.model
     config = {"data": data.model_dump(mode="json", exclude=set(INGEST_KEYS)), "policy": model.policy,
-              "tokenizer": fingerprint, "chunk_excluded": env.cfg.filter.chunk_excluded}
+              "tokenizer": fingerprint, "chunk_excluded": env.cfg.filter.chunk_excluded,
+              "llm_stage": stage_two_identity(env.cfg)}
     return env.stage_uri("chunks", filtered_hash, config), config
+
+
+
+
+def stage_two_identity(cfg) -> dict | None:
+    """What filter stage 2's labels depend on (part of the chunk stage's key), None when it is off."""
+    if not cfg.filter.llm_stage:
+        return None
+    return {"judge": cfg.judge.model_dump(mode="json", exclude={"api_key_block"}), "prompt": "safety",
+            "seeds": cfg.judge.safety_stage_seeds, "splits": list(cfg.filter.llm_stage_splits)}
+
+
+def _stage_two(env: RunContext):
+    """Filter stage 2 on chunk prefixes (METHOD §2.3), or None when `filter.llm_stage` is off."""
+    cfg = env.cfg
+    if not cfg.filter.llm_stage:
+        return None
+    from sip_core.data.llm_safety_filter import LLMSafetyStage
+    from sip_core.llm.factory import open_llm
+
+    return LLMSafetyStage(lambda: open_llm(cfg, "judge", env.provenance), cfg.judge.safety_stage_seeds,
+                          cfg.judge.parse_retries, prefill=cfg.judge.prefill, splits=cfg.filter.llm_stage_splits)
 
 
 def chunk_inputs(env: RunContext, filtered: Manifest) -> list[str]:
@@ -254,15 +277,23 @@ def chunk_shard(env: RunContext, filtered_hash: str, index: int, shard_uri: str)
             for doc_id, source, text, label, reason in zip(*(table[c].to_pylist() for c in columns)))
     skips: Counter = Counter()
     counts: Counter = Counter()
+    stage_two = _stage_two(env)
     with _CHUNK_TURN, _part_writer(env, uri, index, CHUNK_SCHEMA) as writer:
-        for chunks in make_chunks(docs, tokenizer, data, fingerprint, skips):
+        tables = list(make_chunks(docs, tokenizer, data, fingerprint, skips))
+        stage_two_stats = None
+        if stage_two is not None and tables:  # judged before anything is written: a failure commits nothing
+            table, stage_two_stats = stage_two.confirm_chunks(pa.concat_tables(tables))
+            tables = [table]
+        for chunks in tables:
             for split in CHUNK_PARTITIONS:
                 part = chunks.filter(pc.equal(chunks["split"], split))
                 if part.num_rows:
                     writer.write(part, split)
                     counts[split] += part.num_rows
-        return {"index": index, "parts": writer.close(),
-                "stats": {"chunks": dict(counts), "skipped": dict(skips)}}
+        stats = {"chunks": dict(counts), "skipped": dict(skips)}
+        if stage_two_stats is not None:
+            stats["llm_stage"] = stage_two_stats
+        return {"index": index, "parts": writer.close(), "stats": stats}
 
 
 def materialize_chunks(env: RunContext, filtered: Manifest, shards: list[dict] | None = None) -> Manifest:
@@ -283,6 +314,10 @@ def materialize_chunks(env: RunContext, filtered: Manifest, shards: list[dict] |
     for r in results:
         counts.update(r["stats"]["chunks"])
         skips.update(r["stats"]["skipped"])
-    return commit_parts(uri, env.context(config, [filtered]), CHUNK_SCHEMA, results, CHUNK_PARTITIONS,
-                        {"chunks": dict(counts), "skipped": dict(skips), "tokenizer": fingerprint,
-                         "suffix_tokens": env.cfg.data.suffix_tokens})
+    stats = {"chunks": dict(counts), "skipped": dict(skips), "tokenizer": fingerprint,
+             "suffix_tokens": env.cfg.data.suffix_tokens}
+    if env.cfg.filter.llm_stage:
+        from sip_core.data.llm_safety_filter import merge_stats
+
+        stats["llm_stage"] = merge_stats(r["stats"].get("llm_stage") for r in results)
+    return commit_parts(uri, env.context(config, [filtered]), CHUNK_SCHEMA, results, CHUNK_PARTITIONS, stats)

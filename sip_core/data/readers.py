@@ -12,10 +12,11 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sip_core.config import DataConfig
@@ -50,18 +51,70 @@ def resolve_source(cfg: DataConfig, storage_options: dict[str, Any] | None = Non
         if data_dir is None:  # a user's machine without the shared samples: stream the real thing
             return ResolvedSource("hf", hf_id=hf_id, hf_config=hf_config)
         spec = str(data_dir / pattern)
-    looks_local = "://" in spec or spec.startswith((".", "/", "~")) or any(
+    # A path that exists here is read as a path (`mydata_folder` is not a Hub dataset id).
+    looks_local = "://" in spec or spec.startswith((".", "/", "~")) or Path(spec).expanduser().exists() or any(
         spec.endswith(ext) for ext in (".jsonl", ".json", ".gz", ".parquet", "*"))
     if not looks_local:
         return ResolvedSource("hf", hf_id=spec, hf_config=cfg.hf_config)
+    if "://" not in spec:
+        spec = str(Path(spec).expanduser())
     fs, _ = fsspec.core.url_to_fs(spec, **(storage_options or {}))
     matches = sorted(fs.glob(fsspec.core.strip_protocol(spec)) if any(c in spec for c in "*?[") else
                      [p for p in [fsspec.core.strip_protocol(spec)] if fs.exists(p)])
-    files = [m for m in matches if fs.isfile(m)]
+    files = [f for m in matches for f in ([m] if fs.isfile(m) else _data_files(fs, m))]
     if not files:
-        raise SourceError(f"data.source: no file matches {cfg.source!r}")
+        what = "no data file (.jsonl, .jsonl.gz, .json, .parquet) in" if matches else "no file matches"
+        raise SourceError(f"data.source: {what} {cfg.source!r}")
     proto = spec.split("://", 1)[0] + "://" if "://" in spec else ""
     return ResolvedSource("files", files=tuple(proto + f for f in files))
+
+
+DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
+
+
+def _data_files(fs, folder: str) -> list[str]:
+    """A folder source: the data files under it, in a stable order."""
+    return sorted(f for f in fs.find(folder) if f.endswith(DATA_SUFFIXES))
+
+
+def check_source(src: ResolvedSource, storage_options: dict[str, Any] | None = None) -> None:
+    """Open every file of a local/remote source far enough to know it is what its name says (a
+    Parquet footer, a gzip header), so a corrupt file fails before any stage runs, in one line.
+    A Hub dataset is asked for once, quickly: unknown, private or unreachable is an error now."""
+    if src.kind == "hf":
+        _check_hf_dataset(src.hf_id)
+    for uri in src.files:
+        try:
+            if uri.endswith(".parquet"):
+                with fsspec.open(uri, "rb", **(storage_options or {})) as fh:
+                    pq.read_metadata(fh)
+            elif uri.endswith(".gz"):
+                with fsspec.open(uri, "rb", compression="gzip", **(storage_options or {})) as fh:
+                    fh.read(1)
+        except (OSError, EOFError, zlib.error, pa.ArrowException) as exc:
+            kind = "Parquet" if uri.endswith(".parquet") else "gzip"
+            raise SourceError(f"data.source: {uri} is not a readable {kind} file "
+                              f"({next(iter(str(exc).splitlines()), type(exc).__name__)})") from None
+
+
+def _check_hf_dataset(hf_id: str, timeout_s: float = 10.0) -> None:
+    from huggingface_hub import constants, dataset_info
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    if constants.HF_HUB_OFFLINE:
+        return  # the datasets cache decides; streaming a Hub dataset offline fails there in one line
+    try:
+        dataset_info(hf_id, timeout=timeout_s)
+    except RepositoryNotFoundError:
+        raise SourceError(f"data.source: {hf_id!r} is neither a path here nor a dataset on the Hugging Face Hub "
+                          "(or it is private: set HF_TOKEN)") from None
+    except HfHubHTTPError as exc:
+        status = getattr(exc.response, "status_code", None)
+        if status is None or status < 500:
+            raise SourceError(f"data.source: Hub dataset {hf_id!r}: HTTP {status}") from None
+    except Exception as exc:  # noqa: BLE001 - no network: streaming could only hang in retries
+        raise SourceError(f"data.source: {hf_id!r} is not a path here, and the Hugging Face Hub cannot be reached "
+                          f"({type(exc).__name__}: {next(iter(str(exc).splitlines()), '')})") from None
 
 
 def _doc_from_record(rec: Any, name: str, index: int, cfg: DataConfig, skips: Counter) -> Document | None:
@@ -122,7 +175,7 @@ def _iter_parquet(uri: str, cfg: DataConfig, skips: Counter, storage_options: di
                     index += 1
                     if doc is not None:
                         yield doc
-    except OSError as exc:
+    except (OSError, pa.ArrowException) as exc:
         raise SourceError(f"data.source: {uri} is not a readable Parquet file ({str(exc).splitlines()[0]})") from None
 
 

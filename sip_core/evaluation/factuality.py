@@ -23,7 +23,8 @@ from sip_core.evaluation.stats import (
     EvalResult, Interval, bounded_mean_interval, clustered_interval, judge_id, wilson_interval,
 )
 from sip_core.evaluation.winrate import EVAL_TEMPERATURE, seed_list
-from sip_core.llm.prompting import load_prompt
+from sip_core.llm.cache import failed_share, require_answers
+from sip_core.judge.spec import judge_spec
 from sip_core.infra.paths import default_data_dir
 
 Scorer = Callable[[str, list[str]], list[float]]
@@ -132,14 +133,16 @@ def judged_factuality(judge, cfg: JudgeConfig, prefixes: Sequence[str], referenc
     if not len(prefixes) == len(references) == len(continuations):
         raise ValueError("prefixes, references and continuations differ in length")
     seeds = seed_list(seeds)
-    prompt = load_prompt("factuality")
+    spec = judge_spec(cfg)  # a trained judge's prompt version and prefill (factuality is always sampled)
+    prompt = spec.prompt("factuality")
     tags, requests = [], []
     for i in range(len(prefixes)):
         for s in seeds:
-            requests.append(prompt.render({"seed": s, "temperature": temperature}, cfg.prefill, prefix=prefixes[i],
-                                          reference=references[i], continuation=continuations[i]))
+            requests.append(spec.render("factuality", {"seed": s, "temperature": temperature}, prefix=prefixes[i],
+                                        reference=references[i], continuation=continuations[i]))
             tags.append(i)
     judgments = judge.run_parsed(requests, cfg.parse_retries) if requests else []
+    require_answers("judged factuality", judgments, failed_share(judge))  # all failed: no result, never a score
     votes: list[list[float]] = [[] for _ in prefixes]
     names = {1.0: "No Hallucination", 0.5: "Possible Hallucination", 0.0: "Definite Hallucination"}
     labels: dict[str, int] = {}

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from sip_core.config import JudgeConfig
 from sip_core.evaluation.stats import EvalResult, Interval, clustered_interval, judge_id
+from sip_core.llm.cache import CallsFailed
 from sip_core.training.think_then_predict import THINK_CLOSE, THINK_OPEN, judge_predictions, split_completion
 
 THINK_TEMPLATE = "{prefix}" + THINK_OPEN
@@ -39,7 +40,7 @@ class RewardGateResult(EvalResult):
     reward: Interval = Field(description="mean binary reward over all samples (format failures score 0)")
     samples_per_prefix: int = 0
     format_failures: int = Field(0, description="completions whose thought never closed (no prediction)")
-    invalid_judgments: int = Field(0, description="judgments that never parsed (scored 0)")
+    invalid_judgments: int = Field(0, description="judgments that failed or never parsed (left out, counted)")
     invalid_rate: float = Field(0.0, description="(format failures + unparsed judgments) / samples")
     mean_prefix_std: float | None = None
     near_zero_variance_rate: float | None = Field(None, description="prefixes whose rewards have std < 1e-5")
@@ -60,6 +61,7 @@ def reward_gate(judge, cfg: JudgeConfig, prefixes: Sequence[str], references: Se
     flat = [(i, split_completion(c)[1]) for i, group in enumerate(completions) for c in group]
     rewards = judge_predictions(judge, cfg, [prefixes[i] for i, _ in flat], [p for _, p in flat],
                                 [references[i] for i, _ in flat], seed=seed)
+    all_failed("reward gate", rewards)
     groups: list[list[float]] = [[] for _ in prefixes]
     for (i, _), v, failed in zip(flat, rewards.values, rewards.failed):
         if not failed:  # a failed judgment is no reward (counted in invalid_rate)
@@ -82,6 +84,15 @@ def reward_gate(judge, cfg: JudgeConfig, prefixes: Sequence[str], references: Se
         mean_prefix_std=sum(stds) / len(stds) if stds else None, near_zero_variance_rate=near_zero,
         mixed_group_rate=mixed, passed=n > 0 and not reasons, reasons=reasons, rewards=groups,
         details={"prefixes": len(prefixes), "calls": rewards.calls})
+
+
+def all_failed(job: str, rewards) -> None:
+    """CallsFailed when every prediction that was judged got a failed judgment: no result at all,
+    never a reward of 0 (a rerun asks again: failed calls are not cached as answers)."""
+    judged = len(rewards.failed) - rewards.format_failures
+    if judged > 0 and sum(rewards.failed) >= judged:
+        raise CallsFailed(f"{job}: all {judged} judged predictions failed or never parsed ({rewards.invalid} "
+                          "judgments); nothing is reported and a rerun asks again")
 
 
 # --------------------------------------------------------------------------- thought-use probe
@@ -174,6 +185,7 @@ def score_probe(judge, cfg: JudgeConfig, prefixes: Sequence[str], references: Se
     preds = [p.strip() if p and p.strip() else None for p in predictions]
     rewards = judge_predictions(judge, cfg, [prefixes[it.prefix_index] for it in items], preds,
                                 [references[it.prefix_index] for it in items], seed=seed)
+    all_failed("thought-use probe", rewards)
     by_cond: dict[str, dict[int, list[float]]] = {}  # condition -> prefix -> rewards
     fails: dict[str, int] = {}
     for it, p, v, failed in zip(items, preds, rewards.values, rewards.failed):

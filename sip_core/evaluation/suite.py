@@ -1,7 +1,8 @@
 """Run the configured evaluations on one model (and greedy continuations for win rates).
 
-Sizes come from `cfg.eval`; judged results carry the judge identity and the audit they ran
-under. Pure library: the Prefect task and the CLI call `evaluate_model` / `compare`.
+Sizes come from `cfg.eval`; every judged result uses the evaluation judge (`cfg.eval_judge`, never
+the training judge unless configured so, which the report then calls circular) and carries its
+identity and the audit it ran under. Pure library: the Prefect task and the CLI call `evaluate_model` / `compare`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,22 @@ class ModelEval:
     results: dict[str, EvalResult] = field(default_factory=dict)
     continuations: list[str] = field(default_factory=list)  # greedy, on the held-out prefixes
     seconds: dict[str, float] = field(default_factory=dict)
+    failed_calls: dict[str, int] = field(default_factory=dict)  # per suite: judge calls that never came back
+
+
+def failed_calls(judge) -> int:
+    """The judge's final endpoint errors so far (a fake judge without the counter has none)."""
+    return getattr(judge, "failed", 0)
+
+
+def count_failures(judge, name: str, result, failed: dict[str, int], before: int):
+    """Record the judge calls of one result that failed (a computed-from-the-rest result is
+    partial: its failed calls are counted in its details and in `failed`, never scored)."""
+    if n := failed_calls(judge) - before:
+        failed[name] = n
+        if result is not None:
+            result.details["failed_calls"] = n
+    return result
 
 
 def heldout_rows(cfg: SipConfig, chunks: Manifest) -> list[dict]:
@@ -68,16 +85,16 @@ def rlmt_suites(cfg: SipConfig, model, tok, device, held: RlmtHeldout, judge, ru
                                      device, force_close=rc.force_close, batch_size=ec.batch_size)
     greedy_after = generation.text_sampler(model, tok, rc.predict_tokens, 0.0, 1.0, device, batch_size=ec.batch_size)
     completions = think([rlmt.think_prompt(p) for p in held.prompts], ec.reward_samples)
-    run("reward_gate", lambda: rlmt.reward_gate(judge, cfg.judge, held.prefixes, held.references, completions))
+    run("reward_gate", lambda: rlmt.reward_gate(judge, cfg.eval_judge, held.prefixes, held.references, completions))
     own = [[t for t in (split_completion(c)[0] for c in group) if t] for group in completions]
-    run("probe", lambda: rlmt.thought_use_probe(judge, cfg.judge, held.prefixes, held.references,
+    run("probe", lambda: rlmt.thought_use_probe(judge, cfg.eval_judge, held.prefixes, held.references,
                                                 [o or [""] for o in own], lambda ps: [c[0] for c in greedy_after(ps, 1)],
                                                 policy_prefixes=held.prompts))
 
 
 def evaluate_model(cfg: SipConfig, model_ref: str, chunks: Manifest, judge, audit: dict | None = None,
                    thought_texts: list[str] | None = None) -> ModelEval:
-    ec, jc = cfg.eval, cfg.judge
+    ec, jc = cfg.eval, cfg.eval_judge  # every judged evaluation uses the evaluation judge
     rt = runtime.setup(ec.device, ec.precision)
     model, tok = load_eval_model(model_ref, cfg, rt)
     out = ModelEval(model_ref)
@@ -92,9 +109,9 @@ def evaluate_model(cfg: SipConfig, model_ref: str, chunks: Manifest, judge, audi
     def run(name: str, fn):
         if name not in ec.suites:
             return
-        start = time.perf_counter()
+        start, failed_before = time.perf_counter(), failed_calls(judge)
         with rt.autocast():
-            result = fn()
+            result = count_failures(judge, name, fn(), out.failed_calls, failed_before)
         out.seconds[name] = round(time.perf_counter() - start, 2)
         if result is not None:
             out.results[name] = attach_audit(result, audit) if result.judge else result
@@ -105,14 +122,15 @@ def evaluate_model(cfg: SipConfig, model_ref: str, chunks: Manifest, judge, audi
                                                         exact_length=True, batch_size=ec.batch_size)
     run("judged_factuality", lambda: factuality.judged_factuality(judge, jc, prefixes, references,
                                                                   out.continuations, seeds))
-    rtp = safety.load_rtp_challenging()[: ec.safety_prompts]
-    run("safety_rtp", lambda: safety.unsafe_rate(judge, jc, generation.greedy_continuations(
-        model, tok, [tok(p["prompt"], add_special_tokens=False)["input_ids"] for p in rtp], ec.continuation_tokens,
-        rt.device, batch_size=ec.batch_size), seeds))
-    xs = safety.load_xstest(label="safe")[: ec.xstest_prompts]
-    run("xstest", lambda: safety.xstest_refusal(xs, [c[0] for c in generation.text_sampler(
-        model, tok, ec.refusal_tokens, 0.0, 1.0, rt.device, chat=True, batch_size=ec.batch_size)(
-        [x["prompt"] for x in xs], 1)]))
+    continue_ids = lambda ids: generation.greedy_continuations(  # noqa: E731
+        model, tok, ids, ec.continuation_tokens, rt.device, batch_size=ec.batch_size)
+    answer = lambda prompts: [c[0] for c in generation.text_sampler(  # noqa: E731
+        model, tok, ec.refusal_tokens, 0.0, 1.0, rt.device, chat=True, batch_size=ec.batch_size)(prompts, 1)]
+    unsafe = safety.heldout_unsafe_prefixes(chunks, cfg.run.storage_options, ec.safety_prompts)
+    for name, thunk in safety.safety_suite(judge, jc, seeds, continue_ids, answer,
+                                           lambda t: tok(t, add_special_tokens=False)["input_ids"],
+                                           ec.safety_prompts, ec.xstest_prompts, unsafe).items():
+        run(name, thunk)
     tqa = factuality.load_truthfulqa_mc()[: ec.truthfulqa_items]
     run("truthfulqa", lambda: factuality.truthfulqa_mc(tqa, factuality.lm_choice_scorer(model, tok, rt.device),
                                                        scorer_name=f"loglik:{model_ref}"))
@@ -129,15 +147,15 @@ def evaluate_model(cfg: SipConfig, model_ref: str, chunks: Manifest, judge, audi
     return out
 
 
-def compare(cfg: SipConfig, a: ModelEval, b: ModelEval, prefixes: list[str], judge, audit: dict | None = None):
+def compare(cfg: SipConfig, a: ModelEval, b: ModelEval, prefixes: list[str], judge, audit: dict | None = None,
+            failed: dict[str, int] | None = None):
     """Pairwise win rate (both orders, several judge seeds) and coherence of A's vs B's greedy
-    continuations on the same held-out prefixes."""
-    seeds = cfg.eval.judge_seeds
+    continuations on the same held-out prefixes; `failed` receives each result's failed judge calls."""
+    seeds, failed = cfg.eval.judge_seeds, {} if failed is None else failed
     results = {}
-    if "winrate" in cfg.eval.suites:
-        results["winrate"] = attach_audit(winrate.pairwise_win_rate(judge, cfg.judge, prefixes, a.continuations,
-                                                                    b.continuations, seeds), audit)
-    if "coherence" in cfg.eval.suites:
-        results["coherence"] = attach_audit(winrate.coherence_eval(judge, cfg.judge, prefixes, a.continuations,
-                                                                   b.continuations, seeds), audit)
+    for name, fn in (("winrate", winrate.pairwise_win_rate), ("coherence", winrate.coherence_eval)):
+        if name in cfg.eval.suites:
+            before = failed_calls(judge)
+            result = fn(judge, cfg.eval_judge, prefixes, a.continuations, b.continuations, seeds)
+            results[name] = attach_audit(count_failures(judge, name, result, failed, before), audit)
     return results

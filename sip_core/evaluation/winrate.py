@@ -14,7 +14,8 @@ from pydantic import Field
 
 from sip_core.config import JudgeConfig
 from sip_core.evaluation.stats import EvalResult, Interval, clustered_interval, counting, judge_id, wilson_interval
-from sip_core.llm.prompting import load_prompt
+from sip_core.llm.cache import failed_share, require_answers
+from sip_core.judge.spec import JudgeSpec, judge_spec, verdict_share
 
 EVAL_TEMPERATURE = 0.7  # METHOD §6.1: eval judge samples at T = 0.7, 8 seeds
 
@@ -47,17 +48,18 @@ class WinRateResult(EvalResult):
     per_prefix: list[float | None] = Field(default_factory=list, description="A's share of valid votes")
 
 
-def _both_orders(prompt, slots: tuple[str, str], prefixes: Sequence[str], continuations_a: Sequence[str],
-                 continuations_b: Sequence[str], seeds: list[int], temperature: float | None,
-                 prefill: bool) -> tuple[list[tuple[int, bool]], list]:
-    """One request per prefix x order (A first, then B first) x seed, and its (prefix index, A first) tag."""
+def _both_orders(spec: JudgeSpec, task: str, slots: tuple[str, str], prefixes: Sequence[str],
+                 continuations_a: Sequence[str], continuations_b: Sequence[str], seeds: list[int],
+                 temperature: float | None) -> tuple[list[tuple[int, bool]], list]:
+    """One request per prefix x order (A first, then B first) x seed, and its (prefix index, A first)
+    tag; a probs verdict is the expected vote, so it is asked once per order."""
     tags, requests = [], []
     for i, (a, b) in enumerate(zip(continuations_a, continuations_b)):
         for a_first in (True, False):
             first, second = (a, b) if a_first else (b, a)
-            for s in seeds:
-                requests.append(prompt.render({"seed": s, "temperature": temperature}, prefill, prefix=prefixes[i],
-                                              **{slots[0]: first, slots[1]: second}))
+            for s in seeds[:1] if spec.probs(task) else seeds:
+                requests.append(spec.render(task, {"seed": s, "temperature": temperature}, prefix=prefixes[i],
+                                            **{slots[0]: first, slots[1]: second}))
                 tags.append((i, a_first))
     return tags, requests
 
@@ -79,22 +81,23 @@ def pairwise_win_rate(judge, cfg: JudgeConfig, prefixes: Sequence[str], continua
     """
     n = _check_lengths(prefixes, continuations_a, continuations_b)
     seeds = seed_list(seeds)
-    prompt = load_prompt("quality")
-    tags, requests = _both_orders(prompt, ("option_1", "option_2"), prefixes, continuations_a, continuations_b,
-                                  seeds, temperature, cfg.prefill)
+    spec = judge_spec(cfg)
+    prompt = spec.prompt("quality")
+    tags, requests = _both_orders(spec, "quality", ("option_1", "option_2"), prefixes, continuations_a,
+                                  continuations_b, seeds, temperature)
     before = judge.calls
     judgments = judge.run_parsed(requests, cfg.parse_retries) if requests else []
-    a_votes, b_votes = [0] * n, [0] * n
+    require_answers("win rate", judgments, failed_share(judge))  # all failed: no result at all, never a 0.5
+    votes: list[list[float]] = [[] for _ in range(n)]  # A's share of each valid vote: 0/1, or P(A) for probs
     first_wins = valid = 0
     for (i, a_first), j in zip(tags, judgments):
         if not j.ok:
             continue
+        first = verdict_share(j, "quality", 1)
         valid += 1
-        first_wins += j.value == 1
-        if (j.value == 1) == a_first:
-            a_votes[i] += 1
-        else:
-            b_votes[i] += 1
+        first_wins += first
+        votes[i].append(first if a_first else 1.0 - first)
+    a_votes, b_votes = [sum(v) for v in votes], [len(v) - sum(v) for v in votes]
     wins = losses = ties = invalid = 0
     per_prefix: list[float | None] = []
     for a, b in zip(a_votes, b_votes):
@@ -103,16 +106,17 @@ def pairwise_win_rate(judge, cfg: JudgeConfig, prefixes: Sequence[str], continua
             per_prefix.append(None)
             continue
         per_prefix.append(a / (a + b))
-        wins, losses, ties = wins + (a > b), losses + (a < b), ties + (a == b)
+        tie = abs(a - b) < 1e-9
+        wins, losses, ties = wins + (a > b and not tie), losses + (a < b and not tie), ties + tie
     decided = wins + losses + ties
     return WinRateResult(
         n=decided, seeds=seeds, judge=judge_id(judge), wins=wins, losses=losses, ties=ties, invalid=invalid,
         win_rate=counting(wilson_interval(wins + 0.5 * ties, decided), "prefixes"),
-        vote_win_rate=clustered_interval([[1.0] * a + [0.0] * b for a, b in zip(a_votes, b_votes)]),
+        vote_win_rate=clustered_interval(votes),
         position_bias=first_wins / valid if valid else None, invalid_judgments=len(judgments) - valid,
         calls=judge.calls - before, per_prefix=per_prefix,
         details={"temperature": temperature, "prompt": prompt.key, "judgments": len(judgments),
-                 "tie_rule": "votes split evenly; ties count half"})
+                 "verdict": spec.verdict, "tie_rule": "votes split evenly; ties count half"})
 
 
 # --------------------------------------------------------------------------- repetition
@@ -162,10 +166,12 @@ def coherence_eval(judge, cfg: JudgeConfig, prefixes: Sequence[str], continuatio
     each side's texts (no judge)."""
     n = _check_lengths(prefixes, continuations_a, continuations_b)
     seeds = seed_list(seeds)
-    prompt = load_prompt("coherence")
-    tags, requests = _both_orders(prompt, ("continuation_a", "continuation_b"), prefixes, continuations_a,
-                                  continuations_b, seeds, temperature, cfg.prefill)
+    spec = judge_spec(cfg)
+    prompt = spec.prompt("coherence")
+    tags, requests = _both_orders(spec, "coherence", ("continuation_a", "continuation_b"), prefixes,
+                                  continuations_a, continuations_b, seeds, temperature)
     judgments = judge.run_parsed(requests, cfg.parse_retries) if requests else []
+    require_answers("coherence", judgments, failed_share(judge))
     votes: list[list[float]] = [[] for _ in range(n)]
     bad = 0
     for (i, a_first), j in zip(tags, judgments):

@@ -212,17 +212,27 @@ def test_corrupt_source_leaves_no_partial_output(tmp_path, corpus):
     assert leftovers == []
 
 
-def test_llm_stage_2_plugs_in_after_the_rules(corpus, tmp_path):
-    """filter.llm_stage: the proxy judge (lexicon safety) confirms the planted unsafe documents."""
+def test_llm_stage_2_judges_chunk_prefixes_after_the_rules(corpus, tmp_path):
+    """filter.llm_stage (METHOD §2.3): the proxy judge (lexicon safety) reads the prefix of each held-out
+    chunk of a stage-1 unsafe document, 3 seeds here; unanimous -> unsafe, else rest; counts in the manifest."""
     from flows.prepare import prepare
 
-    cfg = _cfg(tmp_path, corpus, "filter.llm_stage=true", "judge.model=none", "judge.safety_stage_seeds=3")
+    cfg = _cfg(tmp_path, corpus, "filter.llm_stage=true", "judge.model=none", "judge.safety_stage_seeds=3",
+               "data.heldout_fraction=0.5")
     out = prepare(cfg)
     filtered = pl.read_parquet(f"{out['filtered'].uri}/*/*.parquet")
-    unsafe = filtered.filter(pl.col("label") == "unsafe")
-    assert {f"planted-unsafe-{j}" for j in range(3)} <= set(unsafe["doc_id"])
-    assert set(unsafe["stage"]) == {"llm-safety"} and set(unsafe["reason"]) == {"llm-unanimous-3"}
+    flagged = set(filtered.filter(pl.col("label") == "unsafe")["doc_id"])
+    assert {f"planted-unsafe-{j}" for j in range(3)} <= flagged
     assert out["filtered"].stats["labels"]["excluded"] >= 1  # stage 1's verdicts pass through unchanged
+    chunks = pl.read_parquet(f"{out['chunks'].uri}/*/*.parquet")
+    judged = chunks.filter(pl.col("filter_reason").str.starts_with("llm-"))
+    expected = chunks.filter(pl.col("doc_id").is_in(list(flagged)) & (pl.col("split") == "heldout"))
+    assert set(judged["chunk_id"]) == set(expected["chunk_id"]) and judged.height > 0
+    for label, reason in zip(judged["filter_label"], judged["filter_reason"]):
+        assert (label, reason == "llm-unanimous-3") in {("unsafe", True), ("rest", False)}
+    stats = out["chunks"].stats["llm_stage"]
+    assert stats["judged"] == judged.height == stats["unsafe"] + stats["rest"] and stats["votes"] == 3 * judged.height
+    assert stats["unsafe"] == (judged["filter_label"] == "unsafe").sum()
 
 
 _TEST_PROCESS = os.getpid()

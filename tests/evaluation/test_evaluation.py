@@ -22,7 +22,7 @@ from sip_core.evaluation import (
 )
 from sip_core.evaluation.reasoning import Problem
 from sip_core.evaluation.rlmt import GENERIC_THOUGHTS
-from sip_core.llm.cache import Judgment
+from sip_core.llm.cache import CallsFailed, Judgment
 from sip_core.llm.factory import open_llm
 
 # --------------------------------------------------------------------------- fixtures
@@ -163,8 +163,11 @@ def test_win_rate_ties_count_half(cfg):
     res = pairwise_win_rate(ScriptedJudge(picks_a_mostly), cfg.judge, ["p"] * 2, ["a"] * 2, ["b"] * 2, seeds=2)
     assert (res.wins, res.ties) == (2, 0) and res.per_prefix == [0.75, 0.75]
     assert res.vote_win_rate.estimate == 0.75
-    broken = pairwise_win_rate(ScriptedJudge(lambda r: None), cfg.judge, ["p"], ["a"], ["b"], seeds=1)
-    assert broken.invalid == 1 and broken.n == 0 and broken.invalid_judgments == 2
+    with pytest.raises(CallsFailed):  # every judgment failed: no result at all, never a 0.5
+        pairwise_win_rate(ScriptedJudge(lambda r: None), cfg.judge, ["p"], ["a"], ["b"], seeds=1)
+    partly = pairwise_win_rate(ScriptedJudge(lambda r: None if r.inputs["prefix"] == "q" else 1), cfg.judge,
+                               ["p", "q"], ["a", "a"], ["b", "b"], seeds=1)
+    assert partly.invalid == 1 and partly.n == 1 and partly.invalid_judgments == 2
 
 
 def _vote_intervals(cfg, prefers_a, prefixes: int = 40, seeds: int = 8):

@@ -8,7 +8,7 @@ export PREFECT_HOME ?= $(CURDIR)/.sip/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup run test test-fast browser vllm up down clean
+.PHONY: setup run test test-fast browser postgres vllm up down clean
 
 setup: $(VENV)/.installed
 
@@ -29,7 +29,7 @@ run: setup
 
 # The default suite first, then the suite against a real vLLM CPU server (its own venv under
 # ~/.cache/sip, installed once and reused).
-test: setup browser
+test: setup browser postgres
 	mkdir -p "$(PREFECT_HOME)"
 	$(BIN)/python -m pytest -q -m "not vllm and not slow"
 	$(BIN)/python -m pytest -q -m "slow and not vllm"
@@ -43,6 +43,14 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		echo "chromium not installed: browser tests will skip"
 
+# Postgres for the shared-state tests (a real DuckLake catalog) and `make up STATE_DB=1` (Debian
+# package; skipped when apt is not available, and those tests then skip with a reason).
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
+		echo "postgresql not installed: shared-state tests will skip"
+
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not s3 and not vllm"
 
@@ -51,8 +59,10 @@ vllm: setup
 
 # A local Prefect server (127.0.0.1, port SIP_PORT, default 4200) and a process worker in the background,
 # PIDs in .sip/pids/, then the sip-process pool and `prefect deploy --all` (infra/local.sh).
+# STATE_DB=1: also a local Postgres on 127.0.0.1:5433 for run.state (a DuckLake catalog).
+STATE_DB ?= 0
 up: setup
-	PREFECT=$(CURDIR)/$(BIN)/prefect infra/local.sh up
+	PREFECT=$(CURDIR)/$(BIN)/prefect SIP_STATE_DB=$(STATE_DB) infra/local.sh up
 
 down:
 	infra/local.sh down

@@ -15,10 +15,11 @@ from sip_core.infra.models import ModelRefError
 from sip_core.data.readers import SourceError
 from sip_core.llm.cache import CallsFailed
 from sip_core.training import JudgeGateFailed, RecipeFailed
+from sip_core.training.recipe import TrainingStopped
 
 USER_ERRORS = (ConfigError, SourceError, ModelRefError, FileNotFoundError, RecipeFailed, JudgeGateFailed)
 # A job whose model calls failed: not bad input (exit 1), but one line all the same.
-JOB_FAILURES = (CallsFailed,)
+JOB_FAILURES = (CallsFailed, TrainingStopped)
 
 
 class _QuietUserErrors(logging.Filter):
@@ -56,8 +57,10 @@ def cmd_config_show(args) -> int:
 def cmd_prepare(args) -> int:
     cfg = _load(args)
     _preflight(cfg)
+    from flows._lifeline import install
     from flows.prepare import prepare
 
+    install()  # the temporary Prefect server ends with this process, even after kill -9
     _quiet_prefect_tracebacks()
     started = time.perf_counter()
     out = prepare(cfg)
@@ -74,11 +77,39 @@ def cmd_prepare(args) -> int:
 
 
 def _preflight(cfg: SipConfig) -> None:
-    from sip_core.infra.models import resolve_model
-    from sip_core.data.readers import resolve_source
+    """Bad input fails here, in one line, before Prefect starts and before any stage runs: the run
+    root, the source (every file's header), the policy and every local model a role loads."""
+    from sip_core.data.readers import check_source, resolve_source
+    from sip_core.infra.models import check_model
 
-    resolve_source(cfg.data, cfg.run.storage_options)  # fail fast on bad input, before Prefect starts
-    resolve_model(cfg.model.policy, cfg.model.cache_dir)
+    from sip_core.infra.run_context import RunContext
+
+    _check_root(cfg.run.root)
+    check_source(resolve_source(cfg.data, cfg.run.storage_options), cfg.run.storage_options)
+    check_model(cfg.model.policy, cfg.model.cache_dir)
+    for role in ("judge", "rewriter", "teacher"):
+        llm = getattr(cfg, role)
+        if llm.backend == "local" or (llm.backend == "proxy" and llm.model != "none"):  # loaded in-process
+            try:
+                check_model(llm.model, cfg.model.cache_dir)
+            except ModelRefError as exc:
+                raise ModelRefError(f"{role}.model: {exc}") from None
+    RunContext(cfg).check_state()  # an unreachable or incompatible run.state: StateError, one line
+
+
+def _check_root(root: str) -> None:
+    """A local run.root must be a folder this user can create: not below a file, not read-only."""
+    from pathlib import Path
+
+    from sip_core.infra import store
+    if store.is_remote(root):
+        return
+    path = Path(root).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"run.root {root}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"run.root {root}: {existing} is not writable")
 
 
 def _run_job(args, params_cls: str, flow_name: str, module: str = "flows.llm_jobs", **extra) -> dict:
@@ -88,6 +119,9 @@ def _run_job(args, params_cls: str, flow_name: str, module: str = "flows.llm_job
     from sip_core import config
     params = getattr(config, params_cls)(config_file=args.config, overrides=args.overrides, **extra)
     _preflight(params.load())
+    from flows._lifeline import install
+
+    install()  # the temporary Prefect server ends with this process, even after kill -9
     flow = getattr(importlib.import_module(module), flow_name)
     _quiet_prefect_tracebacks()
     return flow(params)
@@ -106,10 +140,17 @@ def cmd_thoughts(args) -> int:
 def cmd_audit(args) -> int:
     from sip_core.report.summaries import audit_markdown
 
+    params_cfg = _load(args)
     out = _run_job(args, "AuditParams", "audit")
     print(audit_markdown(out.report))
     print(f"audit-judge: {'passed' if out.report['passed'] else 'FAILED'} gate, {out.calls} calls "
-          f"({out.cache_hits} cached) -> {out.audit.uri}")
+          f"({out.cache_hits} cached) -> " + (out.audit.uri if out.audit else
+                                                 f"not committed: calls failed {out.report['failed_calls']}, "
+                                                 "run again to ask them"))
+    if not out.report["passed"] and params_cfg.judge.gate == "enforce":  # what training would refuse
+        print(f"sip: error: judge {out.report['judge']} failed its audit (judge.gate=enforce): "
+              f"{'; '.join(out.report['reasons'])}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -124,7 +165,8 @@ def _train_summary(name: str, out) -> None:
 def cmd_pretrain(args) -> int:
     objective = getattr(args, "objective", None)
     out = _run_job(args, "PretrainParams", "pretrain", "flows.train", objective=objective)
-    _train_summary(f"pretrain ({objective or 'config objective'})", out["pretrain"])
+    result = out["pretrain"]
+    _train_summary(f"pretrain ({result.stats.get('objective') or objective or _load(args).pretrain.objective})", result)
     return 0
 
 
@@ -141,7 +183,10 @@ def cmd_evaluate(args) -> int:
     from sip_core.report.summaries import results_markdown
 
     print(results_markdown(args.model, out["model"].results))
-    print(f"evaluate: -> {out['model'].uri}")
+    partial = [e for e in (out["model"], out.get("against"), out.get("comparison")) if e is not None and e.partial]
+    failed = sum(sum(e.failed_calls.values()) for e in partial)
+    print(f"evaluate: -> {out['model'].uri}" + (f" (partial, not committed: {failed} judge calls failed; "
+                                                 "run again to ask them)" if partial else ""))
     return 0
 
 
@@ -153,14 +198,13 @@ def cmd_lifecycle(args) -> int:
 
 
 def cmd_cache_stats(args) -> int:
-    from sip_core.llm.cache import JudgmentCache
     from sip_core.infra.run_context import RunContext
 
     cfg = _load(args)
     path = RunContext(cfg).judgments_db
     if not path.exists():
         raise FileNotFoundError(f"no judgment cache at {path} (run a job first, or pass the run's --config)")
-    rows = JudgmentCache(path).stats()
+    rows = RunContext(cfg).judgment_cache().stats()
     cols = ["prompt", "model_id", "hits", "misses", "stored", "ok", "parse_failures", "errors", "prompt_tokens",
             "completion_tokens", "mean_latency_s"]
     widths = [max(len(c), *(len(str(r[c])) for r in rows)) if rows else len(c) for c in cols]
@@ -175,7 +219,11 @@ def cmd_cache_stats(args) -> int:
 def cmd_lineage(args) -> int:
     from sip_core.infra.ancestry import ancestry, format_ancestry
 
+    from sip_core.infra import store
+
     cfg = _load(args)
+    if not store.exists(args.uri, cfg.run.storage_options):
+        raise FileNotFoundError(f"lineage: no such artifact or shard: {args.uri}")
     rows = ancestry(args.uri, cfg)
     print(format_ancestry(rows, verbose=args.verbose))
     return 0
@@ -232,7 +280,18 @@ def build_parser() -> argparse.ArgumentParser:
     _command(sub, "lineage", "print an artifact's ancestry back to its sources", cmd_lineage,
              arg("uri", help="a dataset folder or a shard file"),
              arg("--verbose", "-v", action="store_true", help="also print each artifact's config"))
+    _area_commands(sub)
     return parser
+
+
+def _area_commands(sub) -> None:
+    """Commands that live beside their stage: each `flows/cli_<area>.py` exposes `add_commands(sub)`."""
+    import importlib
+    import pkgutil
+
+    import flows
+    for module in sorted(m.name for m in pkgutil.iter_modules(flows.__path__) if m.name.startswith("cli_")):
+        importlib.import_module(f"flows.{module}").add_commands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from flows.llm_jobs import heldout_thoughts
 from flows.prepare import prepare
 from flows.train import judge_gate
 from sip_core.config import EvaluateParams
+from sip_core.judge.independence import as_training_judge
 from sip_core.report.summaries import results_markdown
 from tasks.evaluate import compare_task, evaluate_task
 
@@ -18,7 +19,7 @@ def evaluate(params: EvaluateParams = EvaluateParams()) -> dict:
     """{"model": ModelEvaluation, and with `against`: "against": ModelEvaluation, "comparison": PairComparison}."""
     cfg = params.load()
     chunks = prepare(cfg)["chunks"]
-    audit = judge_gate(cfg, chunks)
+    audit = judge_gate(as_training_judge(cfg, "eval_judge"), chunks)  # the judge these evaluations use
     thoughts = heldout_thoughts(cfg, chunks)
     a = evaluate_task(cfg, params.model, chunks, audit, thoughts)
     out = {"model": a}

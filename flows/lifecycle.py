@@ -3,8 +3,11 @@
     base -> thinking SFT -> RLMT
     base -> self-improving pretraining -> thinking SFT -> RLMT
     base -> next-token baseline
-Data prep, rewrites, thoughts and the judge audit are shared. Every arm (and the base model) is
-evaluated, the arms are compared pairwise, and one report compares them all. Every stage is
+Data prep, rewrites, thoughts and the judge audits are shared. With lifecycle.train_judge the judge
+is trained first (sip train-judge) and SIP and RLMT train against it. Every arm (and the base
+model) is evaluated by the evaluation judge (eval_judge), the arms are compared pairwise, both
+judges grade the same held-out pairs (judge_agreement), and one report compares them all, saying
+when the grading is circular (sip_core/judge/independence.py). Every stage is
 content-addressed, so a rerun reuses each finished stage and repeats no judge call; a failed
 stage is retried alone (task retries resume training from the last checkpoint).
 """
@@ -23,7 +26,8 @@ from sip_core.config import LifecycleParams, SipConfig
 from sip_core.infra.artifacts import ArtifactRef
 from sip_core.infra.models import torch_threads
 from sip_core.report.assemble import ReportRef
-from tasks.evaluate import compare_task, evaluate_task, report_task
+from sip_core.judge.independence import as_training_judge, judge_roles
+from tasks.evaluate import agreement_task, compare_task, evaluate_task, report_task
 from tasks.llm_jobs import ThoughtsResult, rewrite_task, thoughts_task
 from tasks.slots import threads_per_slot
 from tasks.train import pretrain_task, rlmt_task, sft_task
@@ -38,23 +42,40 @@ def _rewrites_missing(cfg: SipConfig, chunks: ArtifactRef) -> int:
     from sip_core.augment.rewrites import answered_chunk_ids
     from sip_core.infra.run_context import RunContext
 
-    answered = answered_chunk_ids(RunContext(cfg), chunks.manifest(cfg.run.storage_options))
+    # an unparseable rewrite counts as answered here (a lifecycle rerun calls nothing); `sip rewrite` retries it
+    answered = answered_chunk_ids(RunContext(cfg), chunks.manifest(cfg.run.storage_options), retry_unparseable=False)
     return max(0, cfg.lifecycle.rewrite_limit - len(answered))
 
 
+def trained_judge(cfg: SipConfig, chunks: ArtifactRef) -> SipConfig:
+    """With lifecycle.train_judge: train the judge (cached: a rerun reuses the checkpoint), and
+    return the config whose training judge is that checkpoint (its card sets the prompts and the
+    verdict mode), audited with gate enforce. The evaluation judge stays eval_judge."""
+    if not cfg.lifecycle.train_judge:
+        return cfg
+    from sip_core.training.checkpoint import local_copy
+    from tasks.train_judge import train_judge_task
+
+    out = train_judge_task(cfg, chunks)
+    folder = local_copy(out.uri, cfg.run.storage_options)
+    return cfg.replace({"judge.backend": "local", "judge.model": folder, "judge.gate": "enforce"})
+
+
 def shared_stages(cfg: SipConfig, chunks: ArtifactRef, calls: dict[str, int]
-                  ) -> tuple[dict | None, ThoughtsResult, ThoughtsResult | None]:
-    """The judge audit, the rewrites still missing, the thought data of train chunks (the recipes')
-    and of a few held-out chunks (the evaluation's thought NLL): what every arm shares."""
+                  ) -> tuple[dict[str, dict | None], ThoughtsResult, ThoughtsResult | None]:
+    """The audits of both judges (training, evaluation), the rewrites still missing, the thought
+    data of train chunks (the recipes') and of a few held-out chunks (the evaluation's thought
+    NLL): what every arm shares."""
     audit_calls: list[int] = []
-    audit = judge_gate(cfg, chunks, audit_calls)
+    audits = {"training": judge_gate(cfg, chunks, audit_calls),
+              "evaluation": judge_gate(as_training_judge(cfg, "eval_judge"), chunks, audit_calls)}
     calls["audit"] = sum(audit_calls)
     if missing := _rewrites_missing(cfg, chunks):
         calls["rewrite"] = rewrite_task(cfg, chunks, missing, "train").calls
     thoughts = thoughts_task(cfg, chunks, cfg.lifecycle.thought_limit, "exact")
     heldout = heldout_thoughts(cfg, chunks)
     calls["thoughts"] = thoughts.calls + (heldout.calls if heldout else 0)
-    return audit, thoughts, heldout
+    return audits, thoughts, heldout
 
 
 def submit_training(cfg: SipConfig, chunks: ArtifactRef, thoughts: ThoughtsResult) -> dict:
@@ -77,8 +98,10 @@ def arm_stages(stage: dict) -> dict[str, list[tuple[str, object]]]:
 
 
 def publish_report(cfg: SipConfig, report: ReportRef) -> None:
-    create_markdown_artifact(report.read_markdown(cfg.run.storage_options), key="lifecycle-report",
-                             description=f"lifecycle report {report.uri}")
+    """The Prefect artifact shows the report's first screen (identity, Judges box, headline);
+    the whole report is the linked HTML."""
+    create_markdown_artifact(report.first_screen_markdown(cfg.run.storage_options), key="lifecycle-report",
+                             description=f"lifecycle report {report.uri} (first screen; the whole report: the link)")
     create_link_artifact(report.html, key="lifecycle-report-html", link_text="report.html")
 
 
@@ -87,8 +110,10 @@ def lifecycle(params: LifecycleParams = LifecycleParams()) -> dict:
     started = time.perf_counter()
     cfg = params.load()
     chunks = prepare(cfg)["chunks"]
+    cfg = trained_judge(cfg, chunks)
     calls: dict[str, int] = {}
-    audit, thoughts, heldout = shared_stages(cfg, chunks, calls)
+    audits, thoughts, heldout = shared_stages(cfg, chunks, calls)
+    audit = audits["evaluation"]  # the audit every judged evaluation ran under
 
     # The arms train, and the five models are evaluated, as their inputs are ready: up to
     # lifecycle.parallel stages at once (tasks/slots.py).
@@ -103,11 +128,16 @@ def lifecycle(params: LifecycleParams = LifecycleParams()) -> dict:
         publish_metrics(trained[name], f"{name}-metrics", cfg)
     arms = arm_stages(trained)
     comparisons = [(a, b, compare_task(cfg, evals[a], evals[b], chunks, audit)) for a, b in PAIRS]
-    report = report_task(cfg, params.preset, arms, evals, comparisons, audit, [trained[k].uri for k in PUBLISHED])
+    agreement = agreement_task(cfg, [(evals[a], evals[b]) for a, b in PAIRS], chunks)
+    judges = {"roles": judge_roles(cfg), "audits": audits, "judge_agreement": agreement}
+    report = report_task(cfg, params.preset, arms, evals, comparisons, audits["training"],
+                         [trained[k].uri for k in PUBLISHED], judges)
     calls["evaluation"] = sum(e.judge_calls for e in evals.values()) + sum(c.judge_calls for _, _, c in comparisons)
+    calls["agreement"] = sum(agreement["details"]["calls"].values())
     publish_report(cfg, report)
     finals = {name: stages[-1][1].uri if stages else cfg.model.policy for name, stages in arms.items()}
-    return summarize(report, time.perf_counter() - started, calls, finals, list(trained.values()), evals)
+    out = summarize(report, time.perf_counter() - started, calls, finals, list(trained.values()), evals)
+    return {**out, "judges": judges}
 
 
 def summarize(report: ReportRef, seconds: float, calls: dict[str, int], finals: dict[str, str], trained: list,
@@ -115,9 +145,11 @@ def summarize(report: ReportRef, seconds: float, calls: dict[str, int], finals: 
     """Log and print what the run did; the flow's result."""
     judge_calls = sum(calls.values())
     reused, cached = sum(r.reused for r in trained), sum(e.cached for e in evals.values())
+    partial = sum(e.partial for e in evals.values())
     get_run_logger().info("lifecycle finished in %.0fs; model calls this run: %s", seconds, calls)
     print(f"lifecycle: report -> {report.html} (markdown {report.markdown}); {seconds:.0f}s, "
           f"{judge_calls} model calls ({', '.join(f'{k} {v}' for k, v in calls.items())}); "
-          f"{reused}/{len(trained)} training stages reused, {cached}/{len(evals)} evaluations cached")
+          f"{reused}/{len(trained)} training stages reused, {cached}/{len(evals)} evaluations cached"
+          + (f", {partial} partial (failed judge calls, asked again next run)" if partial else ""))
     return {"report": report, "seconds": seconds, "judge_calls": judge_calls, "calls": calls, "finals": finals,
             "reused_stages": reused, "cached_evals": cached}

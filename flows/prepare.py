@@ -12,12 +12,14 @@ import inspect
 import os
 from pathlib import Path
 
-from prefect import Flow, flow, unmapped
+from prefect import Flow, flow, get_run_logger, unmapped
 
 from flows._common import run_cached
 from sip_core.infra import artifacts
 from sip_core.infra.artifacts import ArtifactRef
 from sip_core.config import ConfigError, SipConfig
+from sip_core.data.readers import SourceError
+from tasks.progress import CountProgress
 from tasks.prepare import (_load, chunk_shard_task, chunk_task, create_judgment_cache, filter_shard_task, filter_task,
                            ingest_task)
 
@@ -61,6 +63,11 @@ def _sharded(shard_task, commit_task, cfg: SipConfig, parent: ArtifactRef, input
                          if refresh else (shard_task, commit_task))
         parts = shard.map(unmapped(cfg), unmapped(parent), range(len(inputs)), inputs, unmapped(version),
                           **{k: unmapped(v) for k, v in extra.items()})
+        progress = CountProgress(commit_task.name, len(inputs), get_run_logger(), unit="shards")
+        for part in parts:  # in order: wait() is what every task runner's futures have (Ray's too)
+            part.wait()
+            progress(1)
+        progress.close()
         parts.result()  # a failed shard (after its retries) fails the stage here, with its own error
         return commit(cfg, parent, version, parts)
 
@@ -96,7 +103,23 @@ def prepare(config: SipConfig = SipConfig()) -> dict[str, ArtifactRef]:
                         artifacts.shard_uris(_load(docs, config)), parallel=config.run.task_runner != "ray")
     chunks = _sharded(chunk_shard_task, chunk_task, config, filtered,
                       chunk_inputs(RunContext(config), _load(filtered, config)))
+    require_chunks(config, docs, filtered, chunks)
     return {"docs": docs, "filtered": filtered, "chunks": chunks}
+
+
+def require_chunks(cfg: SipConfig, docs: ArtifactRef, filtered: ArtifactRef, chunks: ArtifactRef) -> None:
+    """A corpus that yields no chunk is bad input, said with the counts, never an empty success."""
+    split = chunks.stats.get("chunks", {})
+    if sum(split.values()):
+        return
+    labels = filtered.stats.get("labels", {})
+    d = cfg.data
+    raise SourceError(
+        f"data.source {d.source}: 0 chunks from {docs.stats.get('documents', 0)} documents "
+        f"({sum(docs.stats.get('skipped', {}).values())} bad records skipped; filter: "
+        f"{', '.join(f'{k} {v}' for k, v in labels.items()) or 'nothing kept'}; "
+        f"{chunks.stats.get('skipped', {}).get('too_short', 0)} documents shorter than "
+        f"data.min_prefix_tokens {d.min_prefix_tokens} + data.suffix_tokens {d.suffix_tokens} tokens)")
 
 
 # `def prepare` stays a plain @flow in the source (deployments read its signature from there).

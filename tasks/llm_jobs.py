@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from prefect import task
 from pydantic import BaseModel
 
-from sip_core.infra import store
 from sip_core.infra.artifacts import ArtifactRef
-from sip_core.judge.audit import AuditReport, audit_judge, build_pairs, save_report
+from sip_core.judge.audit import run_audit
 from sip_core.config import SipConfig
 from sip_core.llm.factory import open_llm
 from sip_core.augment.rewrites import rewrite_next_batch
 from sip_core.augment.thought_insertion import insert_thoughts
+from tasks.progress import CountProgress
 from tasks.runs import provenance, run_context, transient
 
 
@@ -31,6 +32,13 @@ def _llm(cfg: SipConfig, role: str):
     return open_llm(cfg, role, provenance(), api_key(cfg, role))
 
 
+def _tracker(job: str):
+    """Progress of a job's model calls in the task's log (counts, rate, ETA; tqdm on a terminal)."""
+    from prefect import get_run_logger
+
+    return lambda total: CountProgress(job, total, get_run_logger())
+
+
 class LLMJobResult(BaseModel):
     """Model calls a job made, and the judgment-cache hits that spared others."""
 
@@ -45,8 +53,11 @@ class RewriteResult(LLMJobResult):
 
     def summary(self) -> str:
         rows, uri = (self.batch.stats.get("rows", 0), self.batch.uri) if self.batch else (0, None)
-        return (f"rewrite: {rows} chunks this run, {self.remaining} left, {self.calls} model calls, "
-                f"{self.cache_hits} cache hits -> {uri}")
+        status = self.batch.stats.get("status", {}) if self.batch else {}
+        unparsed = status.get("unparseable", 0)
+        return (f"rewrite: {rows} chunks this run ({status.get('ok', 0)} ok"
+                + (f", {unparsed} unparseable: asked again next run" if unparsed else "")
+                + f"), {self.remaining} left, {self.calls} model calls, {self.cache_hits} cache hits -> {uri}")
 
 
 class ThoughtsResult(LLMJobResult, ArtifactRef):
@@ -55,18 +66,15 @@ class ThoughtsResult(LLMJobResult, ArtifactRef):
     def summary(self) -> str:
         s = self.stats
         return (f"thoughts ({s.get('split', 'train')}): {s['kept']}/{s['rows']} rows kept, {s['rejected']} rejected by the integrity gate, "
-                f"{s['malformed']} malformed, {s['thoughts_per_kept_row']} thoughts per kept row, "
+                f"{s['malformed']} malformed, {s.get('failed', 0)} failed calls (asked again next run), "
+                f"{s['thoughts_per_kept_row']} thoughts per kept row, "
                 f"coverage {s['mean_coverage']} -> {self.uri}")
 
 
 class AuditResult(LLMJobResult):
     pairs: ArtifactRef
-    audit: ArtifactRef
-
-    @property
-    def report(self) -> dict[str, Any]:
-        """The audit report (`AuditReport` as a dict: judge, passed, reasons, dimensions, ...)."""
-        return self.audit.stats
+    audit: ArtifactRef | None = None  # None: a call failed, so nothing was committed (report.failed_calls)
+    report: dict[str, Any] = {}  # the audit report (`AuditReport` as a dict: judge, passed, reasons, ...)
 
 
 # No Prefect result cache here: the judgment cache already makes a rerun free of model calls,
@@ -78,7 +86,7 @@ OPTIONS = dict(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=transi
 def rewrite_task(cfg: SipConfig, chunks: ArtifactRef, limit: int, split: str) -> RewriteResult:
     llm = _llm(cfg, "rewriter")
     batch = rewrite_next_batch(run_context(cfg), chunks.manifest(cfg.run.storage_options), llm, limit,
-                               split)
+                               split, track=_tracker("rewrite"))
     return RewriteResult(batch=ArtifactRef.of(batch.manifest) if batch.manifest else None, remaining=batch.remaining,
                          done_before=batch.done_before, calls=llm.calls, cache_hits=llm.hits)
 
@@ -90,7 +98,7 @@ def thoughts_task(cfg: SipConfig, chunks: ArtifactRef, limit: int | None, match:
     evaluation's thought NLL."""
     llm = _llm(cfg, "teacher")
     manifest = insert_thoughts(run_context(cfg), chunks.manifest(cfg.run.storage_options), llm, limit,
-                               match, split)
+                               match, split, track=_tracker(f"thoughts ({split})"))
     return ThoughtsResult(**ArtifactRef.of(manifest).model_dump(), calls=llm.calls, cache_hits=llm.hits)
 
 
@@ -99,9 +107,11 @@ def audit_task(cfg: SipConfig, chunks: ArtifactRef) -> AuditResult:
     env = run_context(cfg)
     judge = _llm(cfg, "judge")
     teacher = _llm(cfg, "teacher") if cfg.judge.audit_llm_corruptions else None
-    pairs = build_pairs(env, chunks.manifest(cfg.run.storage_options), cfg.judge.audit_items, teacher)
-    rows = [r for f in pairs.files for r in store.read_parquet(f, cfg.run.storage_options).to_pylist()]
-    report: AuditReport = audit_judge(rows, judge, cfg.judge)
-    saved = save_report(env, pairs, report)
-    return AuditResult(pairs=ArtifactRef.of(pairs), audit=ArtifactRef.of(saved), calls=judge.calls,
+    from prefect import get_run_logger
+
+    log = get_run_logger()
+    pairs, report, saved = run_audit(env, chunks.manifest(cfg.run.storage_options), judge, teacher,
+                                     track=lambda phase, total: CountProgress(f"judge audit: {phase}", total, log))
+    return AuditResult(pairs=ArtifactRef.of(pairs), audit=ArtifactRef.of(saved) if saved else None,
+                       report=asdict(report), calls=judge.calls,
                        cache_hits=judge.hits)

@@ -41,11 +41,11 @@ def _source_fingerprint(cfg: SipConfig) -> list:
 
 
 def _filter_stage_types(cfg: SipConfig) -> list[type]:
-    """The filter's stage classes (each names itself): the plan needs their names, not loaded stages."""
-    from sip_core.data.llm_safety_filter import LLMSafetyStage
+    """The filter's stage classes (each names itself): the rules alone. Filter stage 2 (the judge on
+    chunk prefixes, METHOD §2.3) runs inside the chunk stage, whose plan names the judge."""
     from sip_core.data.rule_filters import RuleStage
 
-    return [RuleStage, LLMSafetyStage] if cfg.filter.llm_stage else [RuleStage]
+    return [RuleStage]
 
 
 STAGE_OF = {"filter-shard": "filter-documents", "chunk-shard": "materialize-chunks"}
@@ -58,8 +58,7 @@ def planned_output(stage: str, cfg: SipConfig, parent_hash: str | None) -> list:
     if stage == "ingest-documents":
         return [env.stage_uri("docs", _source_fingerprint(cfg), {k: getattr(cfg.data, k) for k in INGEST_KEYS})]
     if stage == "filter-documents":
-        judge = cfg.judge.model_dump(mode="json", exclude={"api_key_block"}) if cfg.filter.llm_stage else None
-        return [filter_plan(env, parent_hash, _filter_stage_types(cfg))[0], judge]
+        return [filter_plan(env, parent_hash, _filter_stage_types(cfg))[0]]
     # The tokenizer's fingerprint would cost a tokenizer load per lookup; the policy names it.
     return [chunk_plan(env, parent_hash, None)[0]]
 
@@ -90,16 +89,8 @@ def ingest_task(cfg: SipConfig, code_version: str) -> ArtifactRef:
 
 
 def _filter_stages(cfg: SipConfig, env: RunContext) -> list | None:
-    """None (the rule stage alone), or the rules then the LLM safety stage 2, stage 1 unchanged."""
-    if not cfg.filter.llm_stage:
-        return None
-    from sip_core.llm.factory import open_llm
-    from sip_core.data.prepare import build_rule_stage
-    from sip_core.data.llm_safety_filter import LLMSafetyStage
-
-    judge = open_llm(cfg, "judge", env.provenance)
-    return [build_rule_stage(env), LLMSafetyStage(judge, cfg.judge.safety_stage_seeds, cfg.judge.parse_retries,
-                                                  prefill=cfg.judge.prefill)]
+    """None: the filter is the rule stage alone (stage 2 judges chunk prefixes in the chunk stage)."""
+    return None
 
 
 # Shards on threads of one process take turns with the LLM stage: one judgment-cache writer at a time.
@@ -110,9 +101,7 @@ def create_judgment_cache(cfg: SipConfig) -> None:
     """Create the judgment cache's tables before shards open it at once (DuckDB refuses two
     concurrent CREATEs of one table)."""
     if cfg.filter.llm_stage:
-        from sip_core.llm.cache import JudgmentCache
-
-        JudgmentCache(RunContext(cfg).judgments_db)
+        RunContext(cfg).judgment_cache()
 
 
 @task(name="filter-shard", **OPTIONS)

@@ -19,7 +19,14 @@ from sip_core.config import SipConfig
 from sip_core.infra import artifacts
 from sip_core.infra.artifacts import ArtifactRef
 from sip_core.training import RecipeFailed
+from sip_core.training.recipe import TrainingStopped
+from tasks.progress import step_line
+from tasks.runs import die_with_parent
 from tasks.slots import compute_slot, threads_per_slot
+
+
+class RecipeCrashed(RecipeFailed):
+    """The recipe process died (a signal, an out-of-memory kill, an exception): worth one relaunch."""
 
 
 class TrainResult(ArtifactRef):
@@ -52,28 +59,47 @@ def _run_recipe(module: str, cfg: SipConfig, nproc: int, args: list[str], log) -
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), "PYTHONUNBUFFERED": "1"}
     if threads := threads_per_slot(cfg.lifecycle.parallel):
         env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads in the recipe
-    tail: deque[str] = deque(maxlen=20)
-    final, reused, judge_calls = None, False, 0
     try:
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
-            for line in proc.stdout:
-                line = line.rstrip()
-                if not line or "it/s]" in line:  # progress-bar redraws say nothing a log needs
-                    continue
-                tail.append(line)
-                log(line)
-                if line.startswith("{"):
-                    event = json.loads(line)
-                    if event.get("event") in ("done", "reused"):
-                        final, reused = event["final"], event["event"] == "reused"
-                    judge_calls += int(event.get("judge_calls") or 0)
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                              preexec_fn=die_with_parent) as proc:  # no orphan after kill -9 of `sip`
+            out = _follow(proc.stdout, log)
             rc = proc.wait()
     finally:
         os.unlink(f.name)
+    final, reused, judge_calls, stopped, tail = out
+    if stopped:  # its work failed (a dead judge): no final/, and relaunching now would fail the same way
+        raise TrainingStopped(stopped)
+    if rc not in (0, 2):  # killed or crashed: a relaunch resumes from its newest checkpoint
+        raise RecipeCrashed(f"{module} exited with {rc}: {tail[-1] if tail else 'no output'}")
     if rc != 0 or final is None:
         raise RecipeFailed(f"{module} exited with {rc}: {tail[-1] if tail else 'no output'}")
     ref = ArtifactRef.of(artifacts.load_manifest(final, cfg.run.storage_options))
     return TrainResult(**ref.model_dump(), reused=reused, judge_calls=judge_calls)
+
+
+def _follow(lines, log) -> tuple[str | None, bool, int, str | None, deque]:
+    """Read a recipe's output: log it (a JSON event as one compact line; every metric stays in
+    metrics.parquet) and collect (final URI, reused, judge calls, stop reason, last lines)."""
+    tail: deque[str] = deque(maxlen=20)
+    final, reused, judge_calls, stopped, first_step = None, False, 0, None, None
+    for line in lines:
+        line = line.rstrip()
+        if not line or "it/s]" in line:  # progress-bar redraws say nothing a log needs
+            continue
+        tail.append(line)
+        if not line.startswith("{"):
+            log(line)
+            continue
+        event = json.loads(line)
+        if first_step is None and "step" in event and "event" not in event:
+            first_step = event["step"] - 1  # a resumed run's ETA counts this launch's steps
+        if (compact := step_line(event, first_step or 0)) is not None:
+            log(compact)
+        if event.get("event") in ("done", "reused"):
+            final, reused = event["final"], event["event"] == "reused"
+        stopped = event["reason"] if event.get("event") == "stopped" else stopped
+        judge_calls += int(event.get("judge_calls") or 0)
+    return final, reused, judge_calls, stopped, tail
 
 
 def _logger_line():
@@ -81,8 +107,21 @@ def _logger_line():
     return logger.info
 
 
+def relaunchable(task, task_run, state) -> bool:
+    """A crashed recipe is relaunched; one that stopped for failed work or bad input is not."""
+    try:
+        state.result()
+    except RecipeCrashed:
+        return True
+    except (TrainingStopped, RecipeFailed):
+        return False
+    except Exception:
+        return True
+    return False
+
+
 # Retries relaunch the recipe, which resumes from its newest checkpoint (no work is redone).
-OPTIONS = dict(retries=1, retry_delay_seconds=10)
+OPTIONS = dict(retries=1, retry_delay_seconds=10, retry_condition_fn=relaunchable)
 
 
 @task(name="pretrain", **OPTIONS)

@@ -17,19 +17,24 @@ _BLOCK = re.compile(r"<<<BEGIN ([A-Z0-9 ]+?) ([0-9a-f]{10})>>>\n?(.*?)\n?<<<END 
 _ANSWER_OPENER = re.compile(r"<<<BEGIN REWRITTEN CONTINUATION [0-9a-f]{10}>>>\n")
 
 
+def user_text(messages) -> str:
+    """The last user message (a prefilled request ends with the assistant's opening)."""
+    return next(m["content"] for m in reversed(messages) if m.get("role") == "user")
+
+
 def blocks(messages) -> dict[str, str]:
-    return {name: body for name, _, body in _BLOCK.findall(messages[-1]["content"])}
+    return {name: body for name, _, body in _BLOCK.findall(user_text(messages))}
 
 
 def outside_blocks(messages) -> str:
     """The user message with every fenced block cut out: what a judge may take as instructions."""
-    return _BLOCK.sub("", messages[-1]["content"])
+    return _BLOCK.sub("", user_text(messages))
 
 
 def copy_rewriter(messages) -> str:
     """A rewriter that copies X after its first five words, as a good one does for safe text."""
     x = blocks(messages)["CONTINUATION X"]
-    ending = _ANSWER_OPENER.split(messages[-1]["content"])[-1]
+    ending = _ANSWER_OPENER.split(user_text(messages))[-1]
     return x[len(ending):] if x.startswith(ending) else x
 
 

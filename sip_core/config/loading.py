@@ -43,7 +43,11 @@ def read_config_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> SipConfig:
     tree: dict[str, Any] = read_config_tree(path) if path is not None else {}
     for item in overrides:
-        key, value = parse_override(item)
+        try:
+            key, value = parse_override(item)
+        except yaml.YAMLError as exc:  # e.g. data.source=[unclosed: quote it, or fix the value
+            where = str(exc).splitlines()[0]
+            raise ConfigError(f"override {item!r}: the value is not YAML ({where}); quote it if it is text") from None
         set_dotted(tree, key, value)
     try:
         return SipConfig.model_validate(tree)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sip_core.infra.paths import default_data_dir
 
@@ -24,11 +24,19 @@ class RunConfig(Section):
         None, description="local dir for DuckDB lineage/cache files; default <root>/_state for a "
         "local root, ~/.cache/sip/state/<hash of root> for a remote one (DuckDB needs a local file)")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options, e.g. endpoint_url")
+    state: str | None = Field(None, description="where the judgment cache and lineage live. None: one local "
+                              "DuckDB file under state_dir (embedded, zero setup); a DuckLake catalog URI "
+                              "(postgres://user@host/db) shares them across machines, data under run.root")
     task_runner: Literal["threads", "ray"] = Field(
         "threads", description="where mapped per-shard tasks run: threads of the flow's process, or Ray "
         "(prefect-ray's RayTaskRunner; pip install -e '.[ray]')")
     ray_address: str | None = Field(None, description="Ray cluster to join, e.g. ray://head:10001; "
                                     "default: start a local Ray")
+    max_failed_share: float | None = Field(
+        None, ge=0, le=1, description="the share of a job's model calls that may fail (endpoint errors; for a "
+        "job that scores answers, also answers that never parsed) before the job fails with the counts "
+        "(CallsFailed) and commits nothing; below it, failed items are counted, never scored or marked done, "
+        "and asked again next run. None: the job fails only when every call failed")
 
 
 class DataConfig(Section):
@@ -65,8 +73,13 @@ class FilterConfig(Section):
     max_bullet_lines: float = 0.9
     max_top_2gram: float = 0.2
     chunk_excluded: bool = Field(False, description="also chunk documents a quality rule excluded")
-    llm_stage: bool = Field(False, description="stage 2: the judge confirms each rule-flagged document, "
-                            "unsafe only if all judge.safety_stage_seeds verdicts agree")
+    llm_stage: bool = Field(False, description="stage 2: the judge (P1) reads the prefix of each chunk of a "
+                            "rule-flagged document, judge.safety_stage_seeds times; the chunk stays unsafe only if "
+                            "every vote says unsafe (METHOD §2.3). A failed or unparseable vote is never a verdict: "
+                            "nothing is committed and a rerun asks again")
+    llm_stage_splits: list[Literal["train", "heldout"]] = Field(
+        default_factory=lambda: ["heldout"], description="chunk splits stage 2 judges (METHOD §2.3: val/test "
+        "only; train chunks keep the stage-1 label)")
 
 
 class ModelConfig(Section):
@@ -98,6 +111,15 @@ class LLMConfig(Section):
 
 
 class JudgeConfig(LLMConfig):
+    """A judge role: the training judge (`judge`) or the evaluation judge (`eval_judge`)."""
+
+    model: str = Field("none", description="openai: the served model name; local: a model reference or a "
+                       "trained judge checkpoint; proxy: the small LM whose likelihood scores quality, or none "
+                       "(lexical statistics only). A proxy's scoring LM may not be the policy or the DPO reference")
+    verdict: Literal["sample", "probs"] | None = Field(
+        None, description="sample: generate each verdict (S seeds = S votes); probs: prefill the answer up "
+        "to the choice and read each option's probability in one call (local logits, openai logprobs), both "
+        "orders averaged. None: what a trained judge checkpoint was trained with, else sample")
     seeds: int = Field(1, ge=1, description="samples per judgment (votes)")
     parse_retries: int = Field(3, ge=0, description="re-asks with a new seed when an answer does not parse")
     quality_mode: Literal["all_pairs", "pivot"] = Field(
@@ -113,10 +135,14 @@ class JudgeConfig(LLMConfig):
                                 "draws are seeded from this and the step (logged as the metric tie_break_seed)")
     prefill: bool = Field(False, description="send each judge prompt's answer_prefix as the start of the reply "
                           "(vLLM and local backends): a weak judge then only has to pick")
-    safety_stage_seeds: int = Field(4, ge=1, description="filter stage 2: unsafe only if all seeds agree")
+    safety_stage_seeds: int = Field(8, ge=1, description="filter stage 2: a stage-1 unsafe chunk stays unsafe "
+                                    "only if all seeds judge its prefix unsafe (METHOD §2.3: 8)")
     audit_items: int = Field(24, ge=1, description="chunks the judge audit corrupts into binary-choice items")
     audit_seeds: int = Field(2, ge=1)
     audit_llm_corruptions: bool = Field(False, description="also corrupt suffixes with the teacher (P4)")
+    audit_both_modes: bool = Field(True, description="a model judge (local, openai) is also audited in the other "
+                                   "verdict mode on the same items, reported side by side (the gate reads the "
+                                   "configured mode)")
     audit_injection: bool = Field(True, description="also measure how often a document that instructs the "
                                   "judge flips its verdict")
     gate: Literal["enforce", "warn", "off"] = Field("warn", description="what training does when the audit fails")
@@ -125,6 +151,26 @@ class JudgeConfig(LLMConfig):
     gate_max_parse_failures: float = Field(0.2, ge=0, le=1)
     gate_max_injection_flips: float = Field(0.1, ge=0, le=1, description="max share of verdicts a document's "
                                             "injection (an instruction, a forged delimiter) may flip")
+
+    @field_validator("criteria", mode="before")
+    @classmethod
+    def _weights_by_name(cls, value: Any) -> Any:
+        # [quality, safety] is the obvious way to type equal weights; a misspelt name would score nothing.
+        if isinstance(value, (list, tuple)):
+            value = {name: 1.0 for name in value}
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - {"quality", "safety", "factuality"})
+            if unknown:
+                raise ValueError(f"unknown criteria {unknown} (quality, safety, factuality)")
+            if not value:
+                raise ValueError("needs at least one criterion")
+        return value
+
+    @model_validator(mode="after")
+    def _names_a_model(self) -> JudgeConfig:
+        if self.backend != "proxy" and self.model == "none":
+            raise ValueError(f"a {self.backend} judge needs a model (none is the proxy's lexical-only setting)")
+        return self
 
 
 def resolve_wordlists(cfg: FilterConfig) -> Path:

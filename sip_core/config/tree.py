@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 from pydantic import Field, model_validator
 
+from sip_core.config.judge_training import JudgeTrainConfig
 from sip_core.config.sections import DataConfig, FilterConfig, JudgeConfig, LLMConfig, ModelConfig, RunConfig, Section
 from sip_core.config.training import POOLS, EvalConfig, LifecycleConfig, PretrainConfig, RLMTConfig, SFTConfig
 
@@ -16,10 +17,15 @@ class SipConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="the training judge: scores the "
+                               "candidate sets, rewards RLMT, filters (stage 2)")
+    eval_judge: JudgeConfig = Field(default_factory=JudgeConfig, description="the evaluation judge: win rate, "
+                                    "coherence, judged safety and factuality, reward gate, thought-use probe. "
+                                    "When it is the training judge the report calls the comparison circular")
     rewriter: LLMConfig = Field(default_factory=lambda: LLMConfig(backend="local"))
     teacher: LLMConfig = Field(default_factory=lambda: LLMConfig(backend="local"))
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    judge_train: JudgeTrainConfig = Field(default_factory=JudgeTrainConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     rlmt: RLMTConfig = Field(default_factory=RLMTConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -32,6 +38,18 @@ class SipConfig(Section):
         if pc.uses_judge and self.judge.quality_mode == "pivot" and "original" not in POOLS[pc.pool]:
             raise ValueError(f"judge.quality_mode=pivot compares each candidate with the original suffix, "
                              f"but pretrain.pool={pc.pool} has none")
+        return self
+
+    @model_validator(mode="after")
+    def _proxy_lm_not_trained(self) -> SipConfig:
+        """A proxy judge scoring with the policy's likelihood rewards what the reference already finds
+        likely (and grades the arms by it): its scoring LM must be none or another model."""
+        from sip_core.judge.independence import policy_conflicts
+
+        for role in ("judge", "eval_judge"):
+            role_cfg = getattr(self, role)
+            if role_cfg.backend == "proxy" and (conflicts := policy_conflicts(role, role_cfg, self)):
+                raise ValueError(f"{conflicts[0]}: set {role}.model=none (lexical proxy) or another model")
         return self
 
     def replace(self, values: dict[str, Any]) -> SipConfig:

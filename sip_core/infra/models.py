@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -70,11 +71,61 @@ def resolve_model(ref: str, cache_dir: str | None = None) -> str:
             target.parent.mkdir(parents=True, exist_ok=True)
             _convert_gguf(gguf, target)
         return str(target)
-    if Path(ref).expanduser().is_dir():
-        return str(Path(ref).expanduser().resolve())
+    folder = Path(ref).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise ModelRefError(f"model folder {ref} holds no model (no config.json): a Hugging Face model "
+                                "folder, a checkpoint's final/ or a bundled: model is needed")
+        return str(folder.resolve())
+    if folder.exists():
+        raise ModelRefError(f"model {ref} is a file, not a model folder")
     if ref.startswith((".", "/", "~")):
         raise ModelRefError(f"model folder not found: {ref}")
+    if not HUB_ID.fullmatch(ref):
+        raise ModelRefError(f"model {ref!r} is neither a folder here nor a Hugging Face model id (org/name)")
     return ref  # a Hub id; from_pretrained downloads it (needs network)
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def check_model(ref: str, cache_dir: str | None = None, timeout_s: float = 10.0) -> str:
+    """resolve_model, and for a Hub id, whether it can be loaded, asked once and quickly: offline
+    (HF_HUB_OFFLINE) it must be in the local cache; online, a missing, private or gated repo
+    (404/401/403) is an error at once, never retried; an unreachable Hub is an error unless the
+    model is cached. For a preflight: a stage should never find out after ingest and filter ran."""
+    path = resolve_model(ref, cache_dir)
+    if path != ref or Path(path).is_dir():
+        return path
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    cached = isinstance(try_to_load_from_cache(ref, "config.json"), str)
+    if constants.HF_HUB_OFFLINE:
+        if cached:
+            return ref
+        raise ModelRefError(f"model {ref!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+    try:
+        model_info(ref, timeout=timeout_s)
+    except GatedRepoError:
+        raise ModelRefError(f"model {ref!r} is gated on the Hugging Face Hub: accept its terms and set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise ModelRefError(f"model {ref!r}: no such model on the Hugging Face Hub (or it is private: set "
+                            "HF_TOKEN)") from None
+    except HfHubHTTPError as exc:
+        status = getattr(exc.response, "status_code", None)
+        if status is not None and status < 500:
+            raise ModelRefError(f"model {ref!r}: the Hugging Face Hub answered HTTP {status}") from None
+        if not cached:
+            raise ModelRefError(f"model {ref!r}: the Hugging Face Hub answered HTTP {status} and the model "
+                                "is not cached here") from None
+    except Exception as exc:  # noqa: BLE001 - no network (DNS, refused, timeout): the cache decides
+        if not cached:
+            raise ModelRefError(f"model {ref!r}: the Hugging Face Hub cannot be reached "
+                                f"({type(exc).__name__}: {next(iter(str(exc).splitlines()), '')}) and the model "
+                                "is not cached here; use a local folder, or a cached model with "
+                                "HF_HUB_OFFLINE=1") from None
+    return ref
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0):

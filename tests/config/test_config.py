@@ -34,11 +34,18 @@ def test_overrides_are_typed_and_win_over_the_file():
     (["data.suffix_tokens=0"], "data.suffix_tokens"),
     (["filter.combine=xor"], "filter.combine"),
     (["data.max_docs"], "key=value"),
+    (["judge.criteria={qualty: 1.0}"], "unknown criteria ['qualty']"),
+    (["judge.criteria=[]"], "at least one criterion"),
 ])
 def test_bad_overrides_give_one_line_errors(overrides, fragment):
     with pytest.raises(ConfigError) as err:
         load_config(None, overrides)
     assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_criteria_listed_by_name_weigh_one_each():
+    cfg = load_config(None, ["judge.criteria=[quality, safety]"])
+    assert cfg.judge.criteria == {"quality": 1.0, "safety": 1.0}
 
 
 def test_bad_files(tmp_path):

@@ -74,3 +74,24 @@ def test_report_opens_in_headless_chromium(runs, tmp_path):
     assert len(re.findall(r"<table", dom)) >= 5
     assert len(re.findall(r'<img[^>]+src="data:image/png;base64,', dom)) >= 3
     assert "base→SIP→SFT→RLMT" in dom and "Lineage" in dom
+
+
+def test_report_compare_puts_the_two_smoke_runs_side_by_side(runs, capsys):
+    """`sip report compare` on two real smoke lifecycle reports (the first run and its rerun): every
+    arm's headline rows appear with both runs as columns, and two runs with the same numbers have
+    no difference marked."""
+    from flows.cli import main
+
+    _, first, second = runs
+    a, b = (str(Path(r["report"].html).parent) for r in (first, second))
+    assert a != b
+    capsys.readouterr()
+    assert main(["report", "compare", a, b]) == 0
+    md = capsys.readouterr().out
+    assert md.startswith("# Runs compared:")
+    for arm in ("base→SFT→RLMT", "base→SIP→SFT→RLMT", "base→NTP"):
+        block = md.split(f"## {arm}\n")[1].split("\n## ")[0]
+        assert "| metric | A · " in block and " | B · " in block
+        assert re.search(r"^\| held-out NLL", block, re.M), block
+    table_rows = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+    assert table_rows and not any("**> " in row or "**< " in row for row in table_rows)

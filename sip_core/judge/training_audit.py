@@ -17,10 +17,14 @@ from __future__ import annotations
 from collections import defaultdict
 
 from sip_core.config import SipConfig
+from sip_core.evaluation.stats import wilson_interval
 from sip_core.infra import artifacts, store
 from sip_core.infra.artifacts import Manifest
 from sip_core.judge import training_items
 from sip_core.judge.corruptions import RULES
+
+
+REPORT_FORMAT = 2  # 2: reports carry `counts` (items per measure); older cached reports are recomputed
 
 
 def audit_items(chunks: Manifest, cfg: SipConfig, tokenizer, n_chunks: int) -> list[dict]:
@@ -95,8 +99,8 @@ def cached_audit(ref: str, items: list[dict], cfg: SipConfig) -> dict:
     from sip_core.infra.models import resolve_model
 
     jc, so = cfg.judge_train, cfg.run.storage_options
-    key = artifacts.json_digest([_fingerprint(resolve_model(ref, cfg.model.cache_dir)), items, jc.quality_prompt,
-                                 jc.safety_prompt, jc.precision])[:16]
+    key = artifacts.json_digest([REPORT_FORMAT, _fingerprint(resolve_model(ref, cfg.model.cache_dir)), items,
+                                 jc.quality_prompt, jc.safety_prompt, jc.precision])[:16]
     uri = store.join(store.normalize(cfg.run.root), "judge-audits", f"{key}.json")
     if store.exists(uri, so):
         return store.read_json(uri, so)
@@ -105,16 +109,40 @@ def cached_audit(ref: str, items: list[dict], cfg: SipConfig) -> dict:
     return report
 
 
+def trained_rules_accuracy(report: dict, left_out: list[str]) -> tuple[float, int] | None:
+    """Accuracy pooled over the pairwise rules the judge was trained on (left-out rules and the
+    pointwise safety items excluded), with its item count; None for a report without counts."""
+    counts = report.get("counts") or {}
+    keys = [k for k in counts if k.startswith("rule/") and ":" not in k and k.split("/", 1)[1] not in left_out]
+    n = sum(counts[k] for k in keys)
+    return (sum(report[k] * counts[k] for k in keys) / n, n) if n else None
+
+
+def _cell(report: dict, key: str) -> str:
+    """A measure with its 95% Wilson interval and n where the report counts its items."""
+    value, n = report.get(key), (report.get("counts") or {}).get(key)
+    if not isinstance(value, float | int) or isinstance(value, bool) or not n:
+        return "" if value is None else str(value)
+    iv = wilson_interval(value * n, n)
+    return f"{value:.3f} [{iv.low:.2f}, {iv.high:.2f}] n={n}"
+
+
 def markdown(reports: dict[str, dict], left_out: list[str]) -> str:
-    """One table: a row per measure, a column per judge; rules left out of training are marked."""
+    """One table: a row per measure (value, 95% Wilson interval, n), a column per judge; rules
+    left out of training are marked, and a pooled row gives accuracy on the trained rules."""
     names = list(reports)
-    keys = sorted({k for r in reports.values() for k in r if k not in ("gate", "gate_reasons")},
-                  key=lambda k: (k.split("/")[0] != "all", k))
+    reports = {name: dict(r) for name, r in reports.items()}
+    for r in reports.values():
+        if (pooled := trained_rules_accuracy(r, left_out)) is not None:
+            r["trained rules (pairs)"] = round(pooled[0], 4)
+            r["counts"] = {**r["counts"], "trained rules (pairs)": pooled[1]}
+    keys = sorted({k for r in reports.values() for k in r if k not in ("gate", "gate_reasons", "counts")},
+                  key=lambda k: (k.split("/")[0] != "all", not k.startswith("trained"), k))
     lines = ["| measure | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key in keys:
         rule = key.split("/", 1)[1].split(":")[0] if key.startswith("rule/") else None
         label = key + (" (left out of training)" if rule in left_out else "")
-        lines.append(f"| {label} | " + " | ".join(str(reports[n].get(key, "")) for n in names) + " |")
+        lines.append(f"| {label} | " + " | ".join(_cell(reports[n], key) for n in names) + " |")
     lines.append("| gate | " + " | ".join(f"{r['gate']}" + (f": {'; '.join(r['gate_reasons'])}"
                                                                if r["gate_reasons"] else "")
                                           for r in reports.values()) + " |")

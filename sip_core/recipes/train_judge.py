@@ -146,7 +146,8 @@ def verdict_probs(model, encoded: list[Encoded], pad_id: int, device, batch_size
 
 
 def accuracy_by(encoded: list[Encoded], probs: list[float]) -> dict:
-    """Accuracy overall, per rule and per dimension, and the first-option share of pair verdicts."""
+    """Accuracy overall, per rule and per dimension, and the first-option share of pair verdicts;
+    `counts` holds each accuracy's number of items (for intervals and pooled rows)."""
     groups: dict[str, list[float]] = {}
     first = []
     for e, p in zip(encoded, probs):
@@ -157,7 +158,8 @@ def accuracy_by(encoded: list[Encoded], probs: list[float]) -> dict:
         if e.item["kind"] == "pair":
             first.append(float((p > 0.5) == (e.target == 0)))
     return {**{k: round(mean(v), 4) for k, v in sorted(groups.items())},
-            "first_option_share": round(mean(first), 4) if first else None, "n": len(encoded)}
+            "first_option_share": round(mean(first), 4) if first else None, "n": len(encoded),
+            "counts": {k: len(v) for k, v in sorted(groups.items())} | {"first_option_share": len(first)}}
 
 
 class TrainJudge(Recipe):
@@ -204,7 +206,9 @@ class TrainJudge(Recipe):
             probs = verdict_probs(self.session.module, self.validation, self.tok.pad_token_id, self.rt.device,
                                   self.tc.batch_size)
         self.model.train()
-        return accuracy_by(self.validation, probs)
+        report = accuracy_by(self.validation, probs)
+        report.pop("counts")  # metrics and stats stay scalar; the held-out audit is where counts are read
+        return report
 
     def train_step(self, step: int) -> dict:
         timers, metrics = Timers(), {"loss": [], "verdict_accuracy": [], "reward_mean": []}

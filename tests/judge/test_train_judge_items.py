@@ -163,3 +163,27 @@ def test_the_heldout_audit_counts_order_consistency_first_option_share_and_the_g
     assert reports["right"]["order_consistency/quality"] == 1.0 and reports["right"]["gate"] == "passed"
     table = markdown(reports, ["repeat_loop"])
     assert "rule/repeat_loop (left out of training)" in table and "| gate | FAILED" in table
+
+
+def test_the_heldout_audit_table_gives_intervals_and_pools_only_the_trained_rules():
+    """Each accuracy carries its Wilson interval and n; the pooled row weighs the trained pairwise
+    rules by their item counts and leaves out the left-out rule and the pointwise items."""
+    from types import SimpleNamespace
+
+    from sip_core.judge.training_audit import markdown, trained_rules_accuracy
+    from sip_core.recipes.train_judge import accuracy_by
+
+    def item(rule, kind="pair", label="1"):
+        it = {"kind": kind, "chunk_id": "c", "rule": rule, "dimension": "quality", "label": label}
+        return SimpleNamespace(item=it, target=0 if label in ("1", "YES") else 1)
+
+    encoded = ([item("repeat_loop")] * 6 + [item("shuffle_sentences")] * 2 + [item("swap_entities")] * 4
+               + [item("original", "point", "YES")] * 3)
+    right = [0.9] * 6 + [0.9, 0.1] + [0.1] * 4 + [0.1] * 3
+    report = accuracy_by(encoded, right) | {"gate": "passed", "gate_reasons": []}
+    assert report["counts"]["rule/repeat_loop"] == 6 and report["counts"]["rule/original:point"] == 3
+    accuracy, n = trained_rules_accuracy(report, ["swap_entities"])
+    assert n == 8 and accuracy == 7 / 8
+    table = markdown({"judge": report}, ["swap_entities"])
+    assert "| trained rules (pairs) | 0.875 [0.53, 0.98] n=8 |" in table  # Wilson 7/8 by hand: 0.529, 0.978
+    assert "| rule/swap_entities (left out of training) | 0.000 [0.00, 0.49] n=4 |" in table

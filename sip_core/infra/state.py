@@ -16,7 +16,9 @@ import os
 import random
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +42,7 @@ def first_line(exc: BaseException) -> str:
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
-class StateStore:
+class StateStore(ABC):
     """A place the judgment cache and lineage tables live. Subclasses give `connection` and `write`."""
 
     kind = "?"
@@ -53,14 +55,14 @@ class StateStore:
     def exists(self) -> bool:
         return True
 
-    @contextmanager
-    def connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        raise NotImplementedError
+    @abstractmethod
+    def connection(self) -> contextlib.AbstractContextManager[duckdb.DuckDBPyConnection]:
+        """A connection to the store, as a context manager."""
 
+    @abstractmethod
     def write(self, fn: Callable[[duckdb.DuckDBPyConnection], T], turn: bool = True) -> T:
         """Run `fn(con)` in one transaction. `turn`: serialize with every other writer (needed for
         insert-if-absent); plain appends pass False."""
-        raise NotImplementedError
 
     def read(self, query: str, params: Any = None) -> list[dict[str, Any]]:
         with self.connection() as con:

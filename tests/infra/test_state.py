@@ -188,3 +188,21 @@ def test_compact_merges_a_ducklake_stores_batches_and_keeps_every_judgment(tmp_p
     assert main(["state", "compact", *args]) == 0
     assert "judgments in 1 data file(s)" in capsys.readouterr().out
     assert cache.state.read(files)[0]["n"] == 1 and cache.count() == 5
+
+
+@pytest.mark.parametrize("part", ["judgments", "lineage"])
+def test_the_ducklake_schema_has_the_local_files_tables_and_columns(part):
+    """sql/lake_*.sql repeats sql/*.sql without keys or indexes (DuckLake has none): the two must
+    create the same tables with the same columns and types, or export/import would lose fields."""
+    import duckdb
+
+    from sip_core.infra import db
+    from sip_core.infra.ducklake import DuckLakeStore
+
+    def columns(ddl: str) -> list[tuple]:
+        con = duckdb.connect()
+        con.execute(db.sql(ddl))
+        return con.execute("SELECT table_name, column_name, data_type FROM information_schema.columns "
+                           "ORDER BY table_name, ordinal_position").fetchall()
+
+    assert columns(DuckLakeStore.ddl[part]) == columns(LocalStore.ddl[part])

@@ -171,6 +171,9 @@ def _aggregate(s: CandidateSet, tagged: list[tuple[tuple, Judgment]], cfg: Judge
     invalid = sum(1 for _, j in tagged if not j.ok)
     result = SetScores(s.set_id, _combine(by_criterion, cfg.criteria, m), by_criterion, calls=len(tagged),
                        invalid=invalid)
+    if invalid:  # a failed or unparsed judgment is never a preference: no pick, whatever the other votes say
+        result.skipped_reason = "invalid judgments"
+        return result
     pick_extremes(result, s, tie_break_seed)
     return result
 

@@ -109,3 +109,26 @@ def test_step_tie_break_seed_draws_and_is_logged():
         picks.add((result.chosen, result.rejected))
         assert result.chosen in (0, 1, 2) and result.rejected in (3, 4, 5) and result.details["tie_break_seed"]
     assert len(picks) > 1  # uniform draws, not always the first of the tied
+
+
+def test_a_set_with_a_failed_judgment_gets_no_pick(tmp_path):
+    """One failed call among a set's votes: the set is counted invalid and has no chosen or
+    rejected candidate, though its other votes would pick one (a failure is never a preference)."""
+    import dataclasses
+
+    from sip_core.judge.scoring import Candidate, CandidateSet, score_sets
+
+    judge, jc = _judge(tmp_path)
+    sets = [CandidateSet("s1", TOWN, [Candidate(MINUTES, "original"), Candidate(MANY_NUMBERS, "rollout"),
+                                      Candidate(ONE_NUMBER, "rollout")], reference=MINUTES)]
+    [clean] = score_sets(judge, sets, jc)
+    assert clean.chosen is not None and clean.invalid == 0
+
+    class FirstCallFails:
+        def run_parsed(self, requests, parse_retries, **kw):
+            out = judge.run_parsed(requests, parse_retries, **kw)
+            return [dataclasses.replace(out[0], status="error", value=None, error="HTTP 500"), *out[1:]]
+
+    [s] = score_sets(FirstCallFails(), sets, jc)
+    assert s.invalid == 1 and s.skipped_reason == "invalid judgments"
+    assert s.chosen is None and s.rejected is None

@@ -112,13 +112,30 @@ def _check_root(root: str) -> None:
         raise ConfigError(f"run.root {root}: {existing} is not writable")
 
 
-def _run_job(args, params_cls: str, flow_name: str, module: str = "flows.llm_jobs", **extra) -> dict:
-    """Build the job's parameter model (as a deployment would get it), check it, run the flow."""
+def _preflight_judges(cfg: SipConfig, roles: tuple[str, ...]) -> None:
+    """A probs judge behind an endpoint must give option logprobs: one tiny request per task, before
+    Prefect starts and before any training (ConfigError: one line, exit 2). A key kept in a Prefect
+    block is checked by the audit instead: reading the block needs the Prefect server."""
+    from sip_core.judge.spec import check_verdicts
+    from sip_core.llm.factory import make_backend
+
+    for role in roles:
+        role_cfg = getattr(cfg, role)
+        if role_cfg.backend == "openai" and not role_cfg.api_key_block:
+            check_verdicts(make_backend(role_cfg), role_cfg)
+
+
+def _run_job(args, params_cls: str, flow_name: str, module: str = "flows.llm_jobs",
+             judges: tuple[str, ...] = (), **extra) -> dict:
+    """Build the job's parameter model (as a deployment would get it), check it and the judge
+    roles it reads (`judges`), run the flow."""
     import importlib
 
     from sip_core import config
     params = getattr(config, params_cls)(config_file=args.config, overrides=args.overrides, **extra)
-    _preflight(params.load())
+    cfg = params.load()
+    _preflight(cfg)
+    _preflight_judges(cfg, judges)
     from flows._lifeline import install
 
     install()  # the temporary Prefect server ends with this process, even after kill -9
@@ -164,14 +181,17 @@ def _train_summary(name: str, out) -> None:
 
 def cmd_pretrain(args) -> int:
     objective = getattr(args, "objective", None)
-    out = _run_job(args, "PretrainParams", "pretrain", "flows.train", objective=objective)
+    judged = (objective or _load(args).pretrain.objective) != "ntp"
+    out = _run_job(args, "PretrainParams", "pretrain", "flows.train", judges=("judge",) * judged, objective=objective)
     result = out["pretrain"]
     _train_summary(f"pretrain ({result.stats.get('objective') or objective or _load(args).pretrain.objective})", result)
     return 0
 
 
 def cmd_midtrain(args, stage: str | None = None) -> int:
-    out = _run_job(args, "MidtrainParams", "midtrain", "flows.train", stage=stage or args.stage, init=args.init)
+    stage = stage or args.stage
+    out = _run_job(args, "MidtrainParams", "midtrain", "flows.train", judges=("judge",) * (stage != "sft"),
+                   stage=stage, init=args.init)
     for name in ("sft", "rlmt"):
         if name in out:
             _train_summary(name, out[name])
@@ -179,7 +199,8 @@ def cmd_midtrain(args, stage: str | None = None) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    out = _run_job(args, "EvaluateParams", "evaluate", "flows.evaluate", model=args.model, against=args.against)
+    out = _run_job(args, "EvaluateParams", "evaluate", "flows.evaluate", judges=("eval_judge",), model=args.model,
+                   against=args.against)
     from sip_core.report.summaries import results_markdown
 
     print(results_markdown(args.model, out["model"].results))
@@ -192,7 +213,8 @@ def cmd_evaluate(args) -> int:
 
 def cmd_lifecycle(args) -> int:
     preset = None if args.config else args.preset
-    out = _run_job(args, "LifecycleParams", "lifecycle", "flows.lifecycle", preset=preset)
+    out = _run_job(args, "LifecycleParams", "lifecycle", "flows.lifecycle", judges=("judge", "eval_judge"),
+                   preset=preset)
     print(f"report: {out['report'].html}")
     return 0
 

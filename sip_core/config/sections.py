@@ -152,6 +152,11 @@ class JudgeConfig(LLMConfig):
     gate_max_injection_flips: float = Field(0.1, ge=0, le=1, description="max share of verdicts a document's "
                                             "injection (an instruction, a forged delimiter) may flip")
 
+    @field_validator("gate", mode="before")
+    @classmethod
+    def _bare_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML 1.1 reads a bare `off` (file or --set) as false
+
     @field_validator("criteria", mode="before")
     @classmethod
     def _weights_by_name(cls, value: Any) -> Any:

@@ -43,6 +43,15 @@ def test_bad_overrides_give_one_line_errors(overrides, fragment):
     assert fragment in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_bare_off_gate_is_off_not_a_type_error(tmp_path):
+    """YAML 1.1 reads `off` as false; `judge.gate=off` is how a user writes it, on the line or in a file."""
+    assert load_config(None, ["judge.gate=off", "eval_judge.gate=off"]).judge.gate == "off"
+    (tmp_path / "c.yaml").write_text("judge:\n  gate: off\n")
+    assert load_config(tmp_path / "c.yaml").judge.gate == "off"
+    with pytest.raises(ConfigError, match="judge.gate"):
+        load_config(None, ["judge.gate=true"])
+
+
 def test_criteria_listed_by_name_weigh_one_each():
     cfg = load_config(None, ["judge.criteria=[quality, safety]"])
     assert cfg.judge.criteria == {"quality": 1.0, "safety": 1.0}

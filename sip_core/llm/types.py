@@ -116,13 +116,21 @@ def read_choice_logprobs(text: str | None) -> dict[str, float] | None:
 
 def choices_from_top_logprobs(req: LLMRequest, top: Mapping[str, float]) -> dict[str, float] | None:
     """For an endpoint: each choice's log-probability from the first answer token's top
-    logprobs (token text -> logprob). Tokens equal to a choice's continuation up to surrounding
-    whitespace count for it (log-sum-exp); a choice absent from the list gets the smallest listed
-    logprob minus log 2 (an upper bound, so it never wins). None when no choice is listed: the
-    endpoint gave no usable logprobs."""
+    logprobs (token text -> logprob). A token counts for a choice (log-sum-exp) when, up to
+    surrounding whitespace, it is the choice's continuation or a start of it that starts no other
+    choice: a tokenizer may split " YES" into " Y" + "ES", and then " Y" is the first token of
+    YES. A choice absent from the list gets the smallest listed logprob minus log 2 (an upper
+    bound, so it never wins). None when no choice is listed: the endpoint gave no usable logprobs."""
+    texts = {label: continuation.strip() for label, continuation in req.choices}
+
+    def counts_for(tok: str, label: str) -> bool:
+        tok = tok.strip()
+        return bool(tok) and texts[label].startswith(tok) and not any(
+            other != label and t.startswith(tok) for other, t in texts.items())
+
     found: dict[str, float] = {}
-    for label, continuation in req.choices:
-        hits = [lp for tok, lp in top.items() if tok.strip() and tok.strip() == continuation.strip()]
+    for label, _ in req.choices:
+        hits = [lp for tok, lp in top.items() if counts_for(tok, label)]
         if hits:
             m = max(hits)
             found[label] = m + math.log(sum(math.exp(h - m) for h in hits))

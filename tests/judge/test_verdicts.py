@@ -5,6 +5,7 @@ same way as sampled votes; bad setups fail as one-line ConfigErrors."""
 from __future__ import annotations
 
 import json
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -50,6 +51,14 @@ def test_endpoint_top_logprobs_map_to_choices():
     req = PROBS.render("quality", None, prefix="p", option_1="a", option_2="b")
     assert choices_from_top_logprobs(req, {" 1": -0.2, "1": -3.0, " the": -4.0})["2"] < -4.0
     assert choices_from_top_logprobs(req, {" the": -0.1}) is None
+    # a tokenizer that splits " YES" into " Y" + "ES" (SmolLM2's): " Y" is YES's first token
+    safety = PROBS.render("safety", None, text="t")
+    assert dict(safety.choices) == {"YES": " YES", "NO": " NO"}
+    lp = choices_from_top_logprobs(safety, {" Y": -0.3, " NO": -1.5, "Y": -4.0, " the": -6.0})
+    assert lp["YES"] == pytest.approx(math.log(math.exp(-0.3) + math.exp(-4.0))) and lp["NO"] == -1.5
+    # a start shared by several choices (" " before "1" and "2") says nothing about either
+    assert choices_from_top_logprobs(PROBS.render("quality", None, prefix="p", option_1="a", option_2="b"),
+                                     {" ": -0.1, " the": -3.0}) is None
 
 
 class ProbsJudge:

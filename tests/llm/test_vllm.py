@@ -28,13 +28,17 @@ VENV = Path(os.environ.get("SIP_VLLM_VENV", Path.home() / ".cache" / "sip" / "vl
 
 @pytest.fixture(scope="module")
 def vllm_url(tmp_path_factory):
+    yield from serve(tmp_path_factory.mktemp("vllm") / "server.log")
+
+
+def serve(log: Path, env: dict | None = None):
+    """infra/vllm/serve.sh on a free port until the generator is closed: yields its URL."""
     if not (VENV / "bin" / "python").exists():
         pytest.skip(f"vLLM venv not found at {VENV}: run infra/vllm/setup.sh")
     port = free_port()
-    log = tmp_path_factory.mktemp("vllm") / "server.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen([str(ROOT / "infra" / "vllm" / "serve.sh"), str(port)], stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 600
     while time.time() < deadline:

@@ -140,13 +140,8 @@ def rewrite_next_batch(env: RunContext, chunks: Manifest, llm: CachedLLM, limit:
     uri = store.join(root, "batch-" + hashlib.sha256(names.encode()).hexdigest()[:16])
     prompt, retries = load_prompt("rewrite"), env.cfg.judge.parse_retries
     rows = batch.to_pylist()
-    # The rewrite continues right after the prefix's last five words (P5).
-    # Prefilled (rewrite@3): the reply opens with the prefix ending, so the rewriter only continues it.
-    requests = [prompt.render({"seed": attempts[r["chunk_id"]] * 1_000_003 * (retries + 1)} if
-                              attempts.get(r["chunk_id"]) else None, True, prefix=r["prefix_text"],
-                              suffix=r["suffix_text"], prefix_ending=last_words(r["prefix_text"], 5),
-                              n_tokens=len(r["suffix_ids"]))
-                for r in rows]
+    requests = [rewrite_request(prompt, r, {"seed": attempts[r["chunk_id"]] * 1_000_003 * (retries + 1)} if
+                                attempts.get(r["chunk_id"]) else None) for r in rows]
     judgments = llm.run_parsed(requests, parse_retries=retries, progress=track(len(requests)) if track else None)
     # Only failed CALLS stop the job: an unparseable answer is an answer, committed as such (never a
     # candidate: rewrites_for reads ok rows) and asked again on a later run.
@@ -155,7 +150,7 @@ def rewrite_next_batch(env: RunContext, chunks: Manifest, llm: CachedLLM, limit:
     out: dict[str, list] = {name: [] for name in REWRITE_SCHEMA.names}
     for r, j, req in zip(rows, judgments, requests):
         text = _without_prefill(j.value, req.prefill) if j.ok else None
-        ids_ = tokenizer(text, add_special_tokens=False)["input_ids"][:len(r["suffix_ids"])] if text else []
+        ids_ = rewrite_ids(tokenizer, text, r["suffix_ids"]) if text else []
         values = dict(chunk_id=r["chunk_id"], doc_id=r["doc_id"], filter_label=r["filter_label"],
                       suffix_text=r["suffix_text"], rewrite_text=tokenizer.decode(ids_) if text else None,
                       rewrite_ids=ids_, token_overlap=token_overlap(r["suffix_ids"], ids_) if text else None,
@@ -171,6 +166,18 @@ def rewrite_next_batch(env: RunContext, chunks: Manifest, llm: CachedLLM, limit:
         writer.write(pa.Table.from_pydict(out, schema=REWRITE_SCHEMA))
         manifest = writer.commit({**stats, "calls": llm.calls, "cache_hits": llm.hits})
     return RewriteBatch(manifest, todo.num_rows - batch.num_rows, len(done))
+
+
+def rewrite_request(prompt, row: dict, sampling: dict | None = None):
+    """The P5 request for one chunk row. Prefilled (rewrite@3): the reply opens with the prefix's
+    last five words, so the rewriter only continues them. `sip train-rewriter` trains on these."""
+    return prompt.render(sampling, True, prefix=row["prefix_text"], suffix=row["suffix_text"],
+                         prefix_ending=last_words(row["prefix_text"], 5), n_tokens=len(row["suffix_ids"]))
+
+
+def rewrite_ids(tokenizer, text: str, suffix_ids: list[int]) -> list[int]:
+    """A rewrite's tokens, cut to its suffix's length (the candidate a rewrite becomes)."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"][:len(suffix_ids)]
 
 
 def _without_prefill(text: str, prefill: str | None) -> str:

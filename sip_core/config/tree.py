@@ -8,6 +8,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from sip_core.config.judge_training import JudgeTrainConfig
+from sip_core.config.rewriter_training import RewriterTrainConfig
 from sip_core.config.sections import DataConfig, FilterConfig, JudgeConfig, LLMConfig, ModelConfig, RunConfig, Section
 from sip_core.config.training import POOLS, EvalConfig, LifecycleConfig, PretrainConfig, RLMTConfig, SFTConfig
 
@@ -26,6 +27,7 @@ class SipConfig(Section):
     teacher: LLMConfig = Field(default_factory=lambda: LLMConfig(backend="local"))
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     judge_train: JudgeTrainConfig = Field(default_factory=JudgeTrainConfig)
+    rewriter_train: RewriterTrainConfig = Field(default_factory=RewriterTrainConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     rlmt: RLMTConfig = Field(default_factory=RLMTConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

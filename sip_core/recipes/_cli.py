@@ -59,12 +59,19 @@ def load_input(parser: _Parser, cfg: SipConfig, name: str, uri: str | None) -> M
 
 
 def main(doc: str, train: Callable[[SipConfig, dict[str, Manifest | None], Provenance], Manifest],
-         required: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> None:
-    """Parse the command line, load the input artifacts, run `train`, end the process group."""
+         required: tuple[str, ...] = (), optional: tuple[str, ...] = (), user_errors: tuple[type, ...] = (),
+         name: str = "") -> None:
+    """Parse the command line, load the input artifacts, run `train`, end the process group.
+    `user_errors`: the recipe's own bad-input errors, one line `<name>: error: ...` and exit 2."""
     cfg, args, parser = parse(doc.splitlines()[0], required, optional)
     inputs = {name: load_input(parser, cfg, name, getattr(args, name)) for name in (*required, *optional)}
     try:
-        train(cfg, inputs, provenance(args))
+        try:
+            train(cfg, inputs, provenance(args))
+        except user_errors as exc:  # the caller's input, not a crash
+            print(f"{name}: error: {exc}", file=sys.stderr, flush=True)
+            shutdown()
+            sys.exit(2)
     except TrainingStopped as exc:  # one line, no traceback: the run says why it stopped
         print(f"error: {exc}", file=sys.stderr, flush=True)
         shutdown()

@@ -15,7 +15,6 @@ the prefixes are the train chunks' own prefix/suffix boundaries.
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 
 import torch
@@ -154,12 +153,8 @@ def train(cfg: SipConfig, chunks: Manifest, thoughts: Manifest | None = None,
 
 
 def main() -> None:
-    try:
-        _cli.main(__doc__, lambda cfg, inputs, prov: train(cfg, inputs["chunks"], inputs["thoughts"], prov),
-                  required=("chunks",), optional=("thoughts",))
-    except NoThoughtData as exc:  # the caller's data, not a crash: one line, exit 2
-        print(f"rlmt: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    _cli.main(__doc__, lambda cfg, inputs, prov: train(cfg, inputs["chunks"], inputs["thoughts"], prov),
+              required=("chunks",), optional=("thoughts",), user_errors=(NoThoughtData,), name="rlmt")
 
 
 if __name__ == "__main__":

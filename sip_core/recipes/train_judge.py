@@ -20,7 +20,6 @@ input cuts and items it was trained with): pointing `judge.model` at the folder 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -271,11 +270,8 @@ def train(cfg: SipConfig, chunks: Manifest, provenance: Provenance = Provenance(
 
 
 def main() -> None:
-    try:
-        _cli.main(__doc__, lambda cfg, inputs, prov: train(cfg, inputs["chunks"], prov), required=("chunks",))
-    except (NoJudgeItems, ModelRefError) as exc:  # the caller's input, not a crash: one line, exit 2
-        print(f"train-judge: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    _cli.main(__doc__, lambda cfg, inputs, prov: train(cfg, inputs["chunks"], prov), required=("chunks",),
+              user_errors=(NoJudgeItems, ModelRefError), name="train-judge")
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def label_counts(chunks: Manifest, split: str, storage_options: dict) -> dict[st
     return dict(sorted(counts.items()))
 
 
-def check_partition(chunks: Manifest, tc, storage_options: dict) -> int:
+def check_partition(chunks: Manifest, tc, storage_options: dict, key: str = "pretrain.data") -> int:
     """The number of train chunks `tc.data` selects; raises PartitionTooSmall (one line with the
     counts) when it is empty, or smaller than one optimizer step's global batch (batch_size x
     grad_accum x processes): a step would then repeat chunks, and a longer run only the same few."""
@@ -94,10 +94,10 @@ def check_partition(chunks: Manifest, tc, storage_options: dict) -> int:
     n = sum(v for k, v in counts.items() if labels is None or k in labels)
     shown = ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
     need = tc.batch_size * tc.grad_accum * tc.nproc_per_node
-    where = f"pretrain.data={partition}: the chunk artifact's train split has {n} selected chunks (by label: {shown})"
+    where = f"{key}={partition}: the chunk artifact's train split has {n} selected chunks (by label: {shown})"
     if n == 0:
         why = "stage 1 flagged nothing in this corpus" if partition == "unsafe" else "nothing to train on"
-        raise PartitionTooSmall(f"{where}: {why}; use a corpus with flagged documents or another pretrain.data")
+        raise PartitionTooSmall(f"{where}: {why}; use a corpus with flagged documents or another {key}")
     if n < need:
         raise PartitionTooSmall(f"{where}, fewer than one step's global batch of {need} (batch_size {tc.batch_size}"
                                 f" x grad_accum {tc.grad_accum} x {tc.nproc_per_node} processes) for "

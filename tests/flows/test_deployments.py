@@ -38,10 +38,12 @@ FLOWS = {
     "flows/evaluate.py:evaluate": ("evaluate", ["evaluate-gpu"]),
     "flows/lifecycle.py:lifecycle": ("lifecycle", ["lifecycle-gpu"]),
     "flows/train_judge.py:train_judge": ("train-judge", ["train-judge-gpu"]),
+    "flows/train_rewriter.py:train_rewriter": ("train-rewriter", ["train-rewriter-gpu"]),
 }
 TORCHRUN_STAGES = {"flows/train.py:pretrain": ["pretrain"], "flows/train.py:midtrain": ["sft", "rlmt"],
                    "flows/evaluate.py:evaluate": [], "flows/lifecycle.py:lifecycle": ["pretrain", "sft", "rlmt"],
-                   "flows/train_judge.py:train_judge": ["judge_train"]}
+                   "flows/train_judge.py:train_judge": ["judge_train"],
+                   "flows/train_rewriter.py:train_rewriter": ["rewriter_train"]}
 POOLS = {"sip-docker": ("docker", "docker.json"), "sip-k8s": ("kubernetes", "kubernetes.json"),
          "sip-k8s-gpu": ("kubernetes", "kubernetes-gpu.json")}
 

@@ -21,7 +21,7 @@ TRAIN = ["device=cpu", "precision=fp32", "heldout_rows=2", "max_prefix_tokens=32
 
 
 def overrides(root, *extra: str) -> list[str]:
-    sections = [f"{s}.{kv}" for s in ("pretrain", "sft", "rlmt") for kv in TRAIN if not (
+    sections = [f"{s}.{kv}" for s in ("pretrain", "sft", "rlmt", "rewriter_train") for kv in TRAIN if not (
         s == "sft" and kv.startswith("max_prefix"))]
     return [f"run.root={root}", *DATA, "judge.model=none", "teacher.model=none", "pretrain.k_rollouts=1",
             "pretrain.batch_size=2", "pretrain.checkpoint_every=100", "pretrain.eval_every=100", *sections, *extra]
@@ -55,6 +55,24 @@ def prepare_chunks(cfg):
 
     env = RunContext(cfg)
     return materialize_chunks(env, filter_documents(env, ingest_documents(env)))
+
+
+def save_tiny_llama(folder) -> str:
+    """A 2-layer Llama with SmolLM2's tokenizer and chat template: a recipe's full path in seconds."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sip_core.infra.models import load_tokenizer
+
+    tok = load_tokenizer("bundled:smollm2-135m-instruct")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                         max_position_embeddings=2048, tie_word_embeddings=True,
+                                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
 
 
 _SHARED: dict = {}

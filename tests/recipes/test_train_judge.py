@@ -11,29 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from recipe_fixtures import CONFIG, ROOT, chunks, env_vars, read_metrics, tiny_cfg  # noqa: F401  (chunks: fixture)
+from recipe_fixtures import (CONFIG, ROOT, chunks, env_vars, read_metrics, save_tiny_llama,  # noqa: F401  (chunks: fixture)
+                             tiny_cfg)
 
 POLICY = "bundled:smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="module")
 def tiny_judge(tmp_path_factory) -> str:
-    """A 2-layer Llama with SmolLM2's tokenizer and chat template: the recipe's full path in seconds."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from sip_core.infra.models import load_tokenizer
-
-    tok = load_tokenizer(POLICY)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                                         max_position_embeddings=2048, tie_word_embeddings=True,
-                                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
-    folder = tmp_path_factory.mktemp("tiny-judge")
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-judge"))
 
 
 def _cfg(root, init, *extra):

@@ -27,6 +27,21 @@ def _fingerprint(path: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
 
+def prompt_text(tokenizer, req: LLMRequest) -> str:
+    """The text a local model reads for `req`: its chat template with the generation prompt, then
+    the prefilled answer opening. Training a model that is later served here (a rewriter) renders
+    its prompts with this too, so it is trained on exactly what it will read."""
+    messages = [dict(m) for m in req.messages]
+    prefill = req.prefill or ""
+    if prefill:
+        messages = messages[:-1]  # the answer's opening is written after the generation prompt
+    if tokenizer.chat_template:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = "\n\n".join(m["content"] for m in messages) + "\n\n"
+    return text + prefill
+
+
 class LocalHFBackend(LLMBackend):
     kind = "local"
 
@@ -42,15 +57,7 @@ class LocalHFBackend(LLMBackend):
         self.model, self.tokenizer = load_causal_lm(path, self.device, dtype=dtype, padding_side="left")
 
     def _prompt_text(self, req: LLMRequest) -> str:
-        messages = [dict(m) for m in req.messages]
-        prefill = req.prefill or ""
-        if prefill:
-            messages = messages[:-1]  # the answer's opening is written after the generation prompt
-        if self.tokenizer.chat_template:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:
-            text = "\n\n".join(m["content"] for m in messages) + "\n\n"
-        return text + prefill
+        return prompt_text(self.tokenizer, req)
 
     def _generate_batch(self, batch: list[LLMRequest]) -> list[LLMResult]:
         import torch

@@ -68,6 +68,8 @@ def step_line(event: dict, first_step: int) -> str | None:
     loss = event.get("loss")
     parts = [f"{recipe} step {step}/{total or '?'}", f"loss {loss:.4g}" if isinstance(loss, float) else None,
              *(f"{k} {event[k]:.4g}" if isinstance(event[k], float) else f"{k} {event[k]}"
-               for k in ("reward_mean", "heldout_nll", "skipped_invalid", "skipped_invalid_groups") if event.get(k)),
+               for k in ("reward_mean", "heldout_nll", "skipped_invalid", "skipped_invalid_groups")
+               # a mean of 0 is a value worth seeing; a count of 0 skipped is not
+               if event.get(k) or (k in ("reward_mean", "heldout_nll") and event.get(k) is not None)),
              f"elapsed {eta(elapsed)}", f"ETA {eta(left)}"]
     return ", ".join(p for p in parts if p)

@@ -29,4 +29,6 @@ def test_a_step_is_one_short_line_and_failed_work_shows():
     assert step_line(row, 0) == "pretrain-dpo step 3/30, loss 0.6931, elapsed 30s, ETA 4m30s"
     resumed = {**row, "step": 12, "elapsed_s": 20.0, "skipped_invalid": 2}
     assert step_line(resumed, 10) == "pretrain-dpo step 12/30, loss 0.6931, skipped_invalid 2, elapsed 20s, ETA 3m00s"
+    no_reward = {"recipe": "rewriter", "step": 4, "of": 20, "loss": 0.0, "reward_mean": 0.0, "elapsed_s": 40.0}
+    assert step_line(no_reward, 0) == "rewriter step 4/20, loss 0, reward_mean 0, elapsed 40s, ETA 2m40s"
     assert step_line({"recipe": "rlmt", "event": "checkpoint", "step": 10}, 0) == "rlmt checkpoint: step 10"

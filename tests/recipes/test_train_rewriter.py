@@ -101,3 +101,22 @@ def test_smollm2_learns_to_copy_safe_suffixes(chunks, tmp_path):
     rewards = [m["reward_mean"] for m in read_metrics(final)]
     assert 0 < rewards[0] < 1 and sum(rewards[-2:]) / 2 > rewards[0] + 0.15, rewards
     assert final.stats["updates"] >= 1
+
+
+@pytest.mark.slow
+def test_the_command_on_a_corpus_stage_1_finds_clean_is_one_line_with_the_counts(tmp_path):
+    """`sip train-rewriter` on the unsafe partition of bundled C4 at the paper's min_badwords (5):
+    stage 1 flags nothing, so there is nothing to rewrite; one line naming the counts, exit 2."""
+    import subprocess
+    import sys
+
+    from recipe_fixtures import CONFIG, ROOT, env_vars
+
+    cmd = [sys.executable, "-m", "flows.cli", "train-rewriter", "--config", CONFIG, "--set", f"run.root={tmp_path}",
+           "--set", "data.max_docs=60", "--set", "rewriter_train.data=unsafe"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env_vars())
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("sip: error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert "rewriter_train.data=unsafe" in errors[0] and "0 selected chunks (by label: rest" in errors[0]
+    assert "stage 1 flagged nothing" in errors[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "train").exists() or not any((tmp_path / "train").rglob("final"))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-BEFORE_AFTER = ("copy_rate_safe", "overlap_safe", "judged_safety_unsafe", "judged_quality_unsafe")
+BEFORE_AFTER = ("copies_safe", "copy_rate_safe", "unparseable_safe", "unparseable_unsafe", "judged_unsafe",
+                "judged_safety_unsafe", "judged_quality_unsafe")
 
 
 def cmd_train_rewriter(args) -> int:

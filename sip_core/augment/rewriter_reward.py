@@ -27,12 +27,18 @@ class RewriteRewards:
     values: list[float]
     failed: list[bool]  # a judgment of this sample failed: its value is no reward
     unparseable: int = 0
+    unparseable_unsafe: int = 0  # of those, rewrites of unsafe suffixes
     judge_calls: int = 0
     invalid_judgments: int = 0
     copies: list[bool] = field(default_factory=list)  # safe rows only: exact copy
     overlaps: list[float] = field(default_factory=list)  # safe rows only
     safety: list[float] = field(default_factory=list)  # unsafe rows only: J_safety
     quality: list[float] = field(default_factory=list)  # unsafe rows only: J_quality
+
+    def copy_rate(self) -> float | None:
+        """Exact copies over every safe row's rewrite: one that did not parse is no copy."""
+        safe = len(self.copies) + self.unparseable - self.unparseable_unsafe
+        return sum(self.copies) / safe if safe else None
 
 
 def rewrite_rewards(judge: CachedLLM | None, judge_cfg, tokenizer, rows: Sequence[dict], texts: Sequence[str],
@@ -45,6 +51,7 @@ def rewrite_rewards(judge: CachedLLM | None, judge_cfg, tokenizer, rows: Sequenc
         parsed = parse_rewrite(text)
         if not parsed.ok:
             out.unparseable += 1
+            out.unparseable_unsafe += row["filter_label"] == "unsafe"
             continue
         if row["filter_label"] == "unsafe":
             judged.append((i, parsed.value))

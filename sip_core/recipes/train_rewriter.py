@@ -10,8 +10,8 @@ rewards are all equal carries no signal.
 
 Before the first step and after the last, `validation_rows` chunks kept out of training (the
 held-out split first, then train chunks left out; half unsafe where there are any) are rewritten
-once each: the copy rate and token overlap on safe suffixes, and on unsafe ones the judged safety and
-quality vs the original, by `eval_judge`. Judged by the training judge, those numbers would grade
+once each: the copy rate on safe suffixes (a rewrite that does not parse is no copy), and on unsafe
+ones the judged safety and quality vs the original, by `eval_judge`. Judged by the training judge, those numbers would grade
 the rewriter with its own reward: the summary then says so (`validation_circular`).
 
 The final checkpoint is a rewriter model folder: `rewriter.backend=local rewriter.model=<uri>`
@@ -113,7 +113,7 @@ class TrainRewriter(Recipe):
     # ------------------------------------------------------------------ one step
     def train_step(self, step: int) -> dict:
         rc, timers, stats = self.tc, Timers(), Counter()
-        rewards_all, losses, copies, safety = [], [], [], []
+        rewards_all, losses, copies, safe, safety = [], [], [], 0, []
         for micro, indices in self.session.micro_batches(len(self.rows), step):
             batch = [self.rows[i] for i in indices]
             with timers("generate"):
@@ -127,11 +127,12 @@ class TrainRewriter(Recipe):
                 loss = self._update(batch, groups, rewards, stats)
             rewards_all += rewards.values
             copies += rewards.copies
+            safe += len(rewards.copies) + rewards.unparseable - rewards.unparseable_unsafe
             safety += rewards.safety
             if loss is not None:
                 losses.append(loss)
         return {"loss": mean(losses) if losses else 0.0, "reward_mean": mean(rewards_all),
-                "copy_rate_safe": mean(copies) if copies else None,
+                "copy_rate_safe": sum(copies) / safe if safe else None,  # an unparsed rewrite is no copy
                 "judged_safety_unsafe": mean(safety) if safety else None, **stats, **timers.metrics()}
 
     def _update(self, batch: list[dict], groups, rewards: RewriteRewards, stats: Counter) -> float | None:
@@ -164,12 +165,15 @@ class TrainRewriter(Recipe):
         self.model.train()
         r = self.rewards(self.eval_judge, self.cfg.eval_judge, self.validation, samples, 0)
         unsafe = sum(row["filter_label"] == "unsafe" for row in self.validation)
-        heldout = sum(r["split"] == "heldout" for r in self.validation)
+        heldout = sum(row["split"] == "heldout" for row in self.validation)
+        copy_rate = r.copy_rate()
         return {"rows": len(self.validation), "safe_rows": len(self.validation) - unsafe, "unsafe_rows": unsafe,
-                "rows_from_heldout_split": heldout,
-                "copy_rate_safe": _round(r.copies), "overlap_safe": _round(r.overlaps),
+                "rows_from_heldout_split": heldout, "copies_safe": sum(r.copies),
+                "copy_rate_safe": None if copy_rate is None else round(copy_rate, 4),
+                "overlap_safe_parsed": _round(r.overlaps), "judged_unsafe": len(r.safety),
                 "judged_safety_unsafe": _round(r.safety), "judged_quality_unsafe": _round(r.quality),
-                "unparseable": r.unparseable, "invalid_judgments": r.invalid_judgments}
+                "unparseable_safe": r.unparseable - r.unparseable_unsafe, "unparseable_unsafe": r.unparseable_unsafe,
+                "invalid_judgments": r.invalid_judgments}
 
     def evaluate(self, step: int) -> dict:
         return {f"before_{k}": v for k, v in self.before.items()} if step == self.session.start_step else {}

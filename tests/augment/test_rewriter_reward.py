@@ -44,6 +44,7 @@ def test_a_safe_suffix_earns_one_for_an_exact_copy_only(tokenizer):
     r = rewrite_rewards(None, JudgeConfig(), tokenizer, [row] * 3, texts)
     assert r.values == [1.0, 0.0, 0.0] and r.failed == [False] * 3
     assert r.copies == [True, False] and r.unparseable == 1  # the echo is never a candidate, nor judged
+    assert r.copy_rate() == pytest.approx(1 / 3)  # and it is no copy
     assert r.overlaps[0] == 1.0 and 0.5 < r.overlaps[1] < 1.0
     dense = rewrite_rewards(None, JudgeConfig(), tokenizer, [row] * 3, texts, copy_reward="overlap")
     assert dense.values[:2] == r.overlaps and dense.values[2] == 0.0
@@ -63,7 +64,7 @@ def test_a_failed_judgment_is_no_reward(tokenizer):
     judge = FirstOptionJudge(fail_safety=True)
     rows = [_row(tokenizer, "unsafe"), _row(tokenizer, "rest")]
     r = rewrite_rewards(judge, JudgeConfig(), tokenizer, rows, [" a calm rewrite.", ORIGINAL], seeds=1)
-    assert r.failed == [True, False] and r.invalid_judgments == 1
+    assert r.failed == [True, False] and r.invalid_judgments == 1 and r.copy_rate() == 1.0
     assert r.quality == [] and r.safety == [] and r.values[1] == 1.0
 
 

@@ -20,7 +20,7 @@ from sip_core.infra import artifacts, store
 from sip_core.infra.artifacts import DatasetWriter, Manifest
 from sip_core.config import ConfigError, JudgeConfig, resolve_wordlists
 from sip_core.judge.corruptions import RULES, corrupt
-from sip_core.judge.spec import check_verdicts, judge_spec, verdict_share
+from sip_core.judge.spec import JudgeSpec, check_verdicts, judge_spec, verdict_share
 from sip_core.llm.cache import CachedLLM, CallsFailed, require_answers
 from sip_core.llm.prompting import load_prompt
 from sip_core.llm.types import Progress
@@ -42,17 +42,23 @@ def _progress(track: Track, phase: str, items: list) -> Progress | None:
 
 
 def build_pairs(env: RunContext, chunks: Manifest, n_items: int, llm: CachedLLM | None = None,
-                max_failed_share: float | None = None, track: Track = None) -> Manifest:
+                max_failed_share: float | None = None, track: Track = None, spec: JudgeSpec | None = None) -> Manifest:
     """(original, corrupted) pairs by every rule that applies, and by the teacher (P4) when given.
     A teacher call that failed is no missing corruption: the pairs are then returned uncommitted
-    (`stats["failed_corruptions"]`), so the next run asks that call again."""
+    (`stats["failed_corruptions"]`), so the next run asks that call again. A judge that reads only
+    an option's first tokens (`spec.option_tokens`, a trained judge's card) gets suffixes cut to
+    them before they are corrupted: a corruption past what it reads is no test of it."""
     so = env.storage_options
     split = "heldout" if artifacts.shard_uris(chunks, "heldout") else "train"
     tables = [store.read_parquet(f, so, columns=["chunk_id", "prefix_text", "suffix_text", "filter_label"])
               for f in artifacts.shard_uris(chunks, split)]
     rows = pa.concat_tables(tables).to_pylist()[:n_items] if tables else []
+    cut = spec is not None and spec.tokenizer and spec.option_tokens
+    if cut:
+        rows = [{**r, "suffix_text": spec.cut("option_1", r["suffix_text"])} for r in rows]
     config = {"n_items": n_items, "split": split, "rules": sorted(RULES),
-              "llm": llm.backend.model_id if llm else None}
+              "llm": llm.backend.model_id if llm else None,
+              **({"option_tokens": spec.option_tokens, "tokenizer": spec.tokenizer} if cut else {})}
     uri = env.stage_uri("pairs", chunks.content_hash, config)
     if done := artifacts.load_committed(uri, so):
         return done
@@ -243,7 +249,7 @@ def run_audit(env: RunContext, chunks: Manifest, judge: CachedLLM, teacher: Cach
     `track(phase, total)` gives each phase's progress (teacher corruptions, each verdict mode, the
     injection probe)."""
     cfg, failed_before, max_failed_share = env.cfg.judge, judge.failed, env.cfg.run.max_failed_share
-    pairs = build_pairs(env, chunks, cfg.audit_items, teacher, max_failed_share, track)
+    pairs = build_pairs(env, chunks, cfg.audit_items, teacher, max_failed_share, track, judge_spec(cfg))
     rows = [r for f in pairs.files for r in store.read_parquet(f, env.storage_options).to_pylist()]
     report = audit_judge(rows, judge, cfg, max_failed_share, track)
     failed = {"corruptions": pairs.stats.get("failed_corruptions", 0), "judge": judge.failed - failed_before}

@@ -68,7 +68,7 @@ class JudgeSpec:
     def render(self, task: str, sampling: Mapping[str, Any] | None = None, **fields: Any) -> LLMRequest:
         """A request for `task` the way this judge is asked (prompt version, prefill, cuts, verdict mode)."""
         if self.tokenizer and (self.prefix_tokens or self.option_tokens):
-            fields = {k: self._cut(k, v) for k, v in fields.items()}
+            fields = {k: self.cut(k, v) for k, v in fields.items()}
         probs = self.probs(task)
         req = self.prompt(task).render(sampling, self.prefill or probs, **fields)
         if not probs:
@@ -77,7 +77,8 @@ class JudgeSpec:
         return replace(req, sampling=Sampling(temperature=0.0, top_p=1.0, max_tokens=1),
                        choices=tuple(self.options[task].items()))
 
-    def _cut(self, name: str, value: Any) -> Any:
+    def cut(self, name: str, value: Any) -> Any:
+        """`value` as this judge reads field `name`: a prefix's last, an option's first tokens."""
         side, limit = CUT_FIELDS.get(name), self.prefix_tokens if name == "prefix" else self.option_tokens
         if side is None or not limit or not isinstance(value, str):
             return value

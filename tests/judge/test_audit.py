@@ -122,3 +122,23 @@ def test_the_audit_reports_each_phases_progress_to_the_end(chunks, tmp_path):
     # every request counted: those sent and those the judgment cache answered (the probe's plain
     # variant repeats the audit's own seed-0 requests)
     assert 0 < asked < sum(total for _, total in done.values())
+
+
+def test_a_judge_that_reads_an_options_start_is_audited_on_corruptions_within_it(chunks, tmp_path, tokenizer):
+    """A trained judge reads each option's first `option_tokens`: the audit cuts suffixes to them
+    before corrupting, so every item differs where the judge looks (uncut, a profanity injected or
+    a sentence moved past token 8 would be invisible to it), and the pairs are cached apart."""
+    from sip_core.infra import store
+    from sip_core.infra.models import resolve_model
+    from sip_core.judge.audit import build_pairs
+    from sip_core.judge.spec import JudgeSpec
+
+    root, manifest = chunks
+    env = RunContext(smoke_config(tmp_path))
+    spec = JudgeSpec(verdict="probs", option_tokens=8, tokenizer=resolve_model("bundled:smollm2-135m-instruct"))
+    cut = build_pairs(env, manifest, 12, spec=spec)
+    rows = [r for f in cut.files for r in store.read_parquet(f).to_pylist()]
+    assert rows and cut.artifact_id != build_pairs(env, manifest, 12).artifact_id
+    for r in rows:
+        assert len(tokenizer(r["original"], add_special_tokens=False)["input_ids"]) <= 8
+        assert spec.cut("option_1", r["corrupted"]) != r["original"], r["rule"]

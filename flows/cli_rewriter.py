@@ -22,7 +22,8 @@ def cmd_train_rewriter(args) -> int:
     stats = out.stats
     changes = ", ".join(f"{k} {stats.get('before_' + k)} -> {stats.get('after_' + k)}" for k in BEFORE_AFTER)
     print(f"train-rewriter: {stats.get('train_rows')} train suffixes, {stats.get('updates')} updates; held-out "
-          f"({stats.get('before_safe_rows')} safe, {stats.get('before_unsafe_rows')} unsafe): {changes}")
+          f"({stats.get('before_safe_rows')} safe, {stats.get('before_unsafe_rows')} unsafe, judged by "
+          f"{stats.get('validation_judge')}): {changes}")
     if stats.get("validation_circular"):
         print("train-rewriter: the judged numbers come from the training judge (eval_judge is the judge): "
               "circular, no verdict on whether the rewriter improved")

@@ -182,7 +182,9 @@ class TrainRewriter(Recipe):
         after = self.validate()
         circular = judge_identity(self.cfg, self.judge.backend.model_id) == judge_identity(
             self.cfg.model_copy(update={"judge": self.cfg.eval_judge}), self.eval_judge.backend.model_id)
+        # the run's key holds the training judge, not the grader: a reuse keeps these numbers, so say who graded
         return {"card": self.card(), "train_rows": len(self.rows), "validation_circular": circular,
+                "validation_judge": self.eval_judge.backend.model_id,
                 **{f"before_{k}": v for k, v in self.before.items()}, **{f"after_{k}": v for k, v in after.items()}}
 
 

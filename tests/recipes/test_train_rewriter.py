@@ -50,6 +50,7 @@ def test_a_rewriter_checkpoint_with_its_card_lineage_and_before_after_numbers(ch
     assert stats["before_safe_rows"] + stats["before_unsafe_rows"] == stats["before_rows"]
     assert stats["before_copy_rate_safe"] is not None or stats["before_safe_rows"] == 0
     assert stats["validation_circular"] is True  # tiny.yaml: eval_judge is the training judge
+    assert stats["validation_judge"] == "proxy:v1:none"
     again = train_rewriter.train(cfg, chunks)  # same chunks, prompt, judge, base model, settings: reused
     assert again.artifact_id == final.artifact_id
 

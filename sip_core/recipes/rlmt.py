@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-import torch
 
 from sip_core.config import SipConfig
 from sip_core.infra import artifacts
@@ -29,7 +28,7 @@ from sip_core.training import data
 from sip_core.training.data import NoThoughtData
 from sip_core.training.judged_pairs import judge_identity
 from sip_core.training.logprobs import completion_logprobs
-from sip_core.training.losses import drgrpo_loss, group_advantages
+from sip_core.training.losses import drgrpo_loss, signal_groups
 from sip_core.training.recipe import Recipe, Timers
 from sip_core.training.rollout import HFRolloutEngine, step_seed
 from sip_core.training.think_then_predict import (THINK_OPEN, Rewards, judge_predictions, think_then_predict,
@@ -122,17 +121,12 @@ class Rlmt(Recipe):
         """DrGRPO backward over the groups whose rewards differ; the loss, or None without signal.
         A group with a failed judgment is skipped and counted: a failure is never a reward."""
         rc, rt = self.tc, self.rt
-        r_tensor = torch.tensor(rewards.values, dtype=torch.float32).view(len(groups), rc.group_size)
-        failed = torch.tensor(rewards.failed).view(len(groups), rc.group_size).any(1)
-        signal = ((r_tensor.max(1).values - r_tensor.min(1).values) > 0) & ~failed
-        stats["groups"] += len(groups)
-        stats["skipped_invalid_groups"] += int(failed.sum())
-        stats["no_signal_groups"] += int((~signal).sum())
-        if not signal.any():
+        adv, keep, counts = signal_groups(rewards.values, rewards.failed, rc.group_size)
+        stats.update(counts)
+        if not keep:
             self.session.backward_nothing()
             return None
-        adv = group_advantages(r_tensor)[signal].flatten().to(rt.device)
-        keep = [p for p, s in enumerate(signal.tolist()) if s]
+        adv = adv.to(rt.device)
         sel_prompts = [prompts[p] for p in keep for _ in range(rc.group_size)]
         sel_samples = [groups[p][g] for p in keep for g in range(rc.group_size)]
         with rt.autocast():

@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import torch
 
 from sip_core.augment.rewriter_reward import RewriteRewards, rewrite_rewards
 from sip_core.augment.rewrites import rewrite_request
@@ -39,7 +38,7 @@ from sip_core.recipes import _cli
 from sip_core.training import data
 from sip_core.training.judged_pairs import judge_identity
 from sip_core.training.logprobs import completion_logprobs
-from sip_core.training.losses import drgrpo_loss, group_advantages
+from sip_core.training.losses import drgrpo_loss, signal_groups
 from sip_core.training.recipe import Recipe, Timers, mean
 from sip_core.training.rollout import HFRolloutEngine, SamplingSpec, step_seed
 
@@ -138,15 +137,12 @@ class TrainRewriter(Recipe):
     def _update(self, batch: list[dict], groups, rewards: RewriteRewards, stats: Counter) -> float | None:
         """DrGRPO backward over the groups whose rewards differ; None without signal."""
         g, rt = self.tc.group_size, self.rt
-        values = torch.tensor(rewards.values, dtype=torch.float32).view(len(batch), g)
-        failed = torch.tensor(rewards.failed).view(len(batch), g).any(1)
-        signal = ((values.max(1).values - values.min(1).values) > 0) & ~failed
-        stats.update(groups=len(batch), skipped_invalid_groups=int(failed.sum()), no_signal_groups=int((~signal).sum()))
-        if not signal.any():
+        advantages, keep, counts = signal_groups(rewards.values, rewards.failed, g)
+        stats.update(counts)
+        if not keep:
             self.session.backward_nothing()
             return None
-        advantages = group_advantages(values)[signal].flatten().to(rt.device)
-        keep = [p for p, s in enumerate(signal.tolist()) if s]
+        advantages = advantages.to(rt.device)
         prompts = [batch[p]["prompt_ids"] for p in keep for _ in range(g)]
         samples = [groups[p][k] for p in keep for k in range(g)]
         with rt.autocast():

@@ -22,6 +22,19 @@ def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
     return rewards - rewards.mean(dim=1, keepdim=True)
 
 
+def signal_groups(rewards: list[float], failed: list[bool], group_size: int) -> tuple[torch.Tensor, list[int], dict]:
+    """The groups DrGRPO learns from: (advantages of the kept groups' samples, flattened; the kept
+    groups' indices; counts). `rewards` and `failed` hold P x G samples, group by group. A group
+    with a failed or unparsed judgment is skipped (a failure is never a reward); one whose rewards
+    are all equal carries no signal."""
+    values = torch.tensor(rewards, dtype=torch.float32).view(-1, group_size)
+    bad = torch.tensor(failed, dtype=torch.bool).view(-1, group_size).any(1)
+    signal = ((values.max(1).values - values.min(1).values) > 0) & ~bad
+    counts = {"groups": len(values), "skipped_invalid_groups": int(bad.sum()), "no_signal_groups": int((~signal).sum())}
+    keep = [p for p, s in enumerate(signal.tolist()) if s]
+    return group_advantages(values)[signal].flatten(), keep, counts
+
+
 def drgrpo_loss(per_token_logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
                 norm_tokens: int) -> torch.Tensor:
     """Policy-gradient loss with DrGRPO's constant length normalisation: the sum of

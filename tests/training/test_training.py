@@ -106,6 +106,17 @@ def test_group_advantages_center_without_std():
     assert torch.allclose(adv.mean(1), torch.zeros(3))
 
 
+def test_signal_groups_skip_failed_judgments_and_equal_rewards():
+    from sip_core.training.losses import signal_groups
+
+    rewards = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0]  # 4 groups of 2
+    failed = [False, False, False, False, True, False, False, False]
+    adv, keep, counts = signal_groups(rewards, failed, 2)
+    # group 1 is all equal, group 2 has a failed judgment (its 0.0 is no reward), group 3 is all equal
+    assert keep == [0] and torch.equal(adv, torch.tensor([0.5, -0.5]))
+    assert counts == {"groups": 4, "skipped_invalid_groups": 1, "no_signal_groups": 3}
+
+
 def test_drgrpo_loss_constant_normalisation():
     from sip_core.training.losses import drgrpo_loss
 

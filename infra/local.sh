@@ -102,7 +102,9 @@ state_db_up() {
     as_pg "$(pg_bin pg_ctl)" -D "$dir/data" -l "$dir/log" -w \
       -o "-p $port -k $dir -c listen_addresses=127.0.0.1" start >/dev/null
   fi
-  echo "state catalog: --set run.state=postgres://sip@127.0.0.1:$port/postgres"
+  # the database the README's examples name; createdb fails harmlessly when it exists
+  as_pg "$(pg_bin createdb)" -h "$dir" -p "$port" -U sip sip_state 2>/dev/null || true
+  echo "state catalog: --set run.state=postgres://sip@127.0.0.1:$port/sip_state"
 }
 
 state_db_down() {

@@ -50,7 +50,8 @@ def _rewrites_missing(cfg: SipConfig, chunks: ArtifactRef) -> int:
 def trained_judge(cfg: SipConfig, chunks: ArtifactRef) -> SipConfig:
     """With lifecycle.train_judge: train the judge (cached: a rerun reuses the checkpoint), and
     return the config whose training judge is that checkpoint (its card sets the prompts and the
-    verdict mode), audited with gate enforce. The evaluation judge stays eval_judge."""
+    verdict mode), audited with gate enforce on the dimensions training asks it about
+    (training_dimensions). The evaluation judge stays eval_judge."""
     if not cfg.lifecycle.train_judge:
         return cfg
     from sip_core.training.checkpoint import local_copy
@@ -58,7 +59,10 @@ def trained_judge(cfg: SipConfig, chunks: ArtifactRef) -> SipConfig:
 
     out = train_judge_task(cfg, chunks)
     folder = local_copy(out.uri, cfg.run.storage_options)
-    return cfg.replace({"judge.backend": "local", "judge.model": folder, "judge.gate": "enforce"})
+    from sip_core.judge.independence import training_dimensions
+
+    return cfg.replace({"judge.backend": "local", "judge.model": folder, "judge.gate": "enforce",
+                        "judge.gate_dimensions": training_dimensions(cfg)})
 
 
 def shared_stages(cfg: SipConfig, chunks: ArtifactRef, calls: dict[str, int]

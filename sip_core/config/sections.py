@@ -147,6 +147,10 @@ class JudgeConfig(LLMConfig):
                                   "judge flips its verdict")
     gate: Literal["enforce", "warn", "off"] = Field("warn", description="what training does when the audit fails")
     gate_min_accuracy: float = Field(0.6, ge=0, le=1)
+    gate_dimensions: list[Literal["quality", "safety", "factuality"]] | None = Field(
+        None, description="the audited dimensions whose accuracy the gate enforces (the others are reported "
+        "only): those this judge's role uses. None: every audited dimension. The lifecycle sets it for a "
+        "trained training judge to judge.criteria (and safety with filter.llm_stage)")
     gate_max_position_bias: float = Field(0.2, ge=0, le=0.5, description="max |share of first-option wins - 0.5|")
     gate_max_parse_failures: float = Field(0.2, ge=0, le=1)
     gate_max_injection_flips: float = Field(0.1, ge=0, le=1, description="max share of verdicts a document's "

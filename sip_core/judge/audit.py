@@ -111,6 +111,7 @@ class AuditReport:
     modes: dict[str, dict] = field(default_factory=dict)  # verdict mode -> mode_summary (both where the backend can)
     injection: dict = field(default_factory=dict)  # injection_probe's result, when run
     failed_calls: dict[str, int] = field(default_factory=dict)  # teacher corruptions, judge calls: never committed
+    gated_dimensions: list[str] = field(default_factory=list)  # whose accuracy the gate read (judge.gate_dimensions)
     passed: bool = False
     reasons: list[str] = field(default_factory=list)
 
@@ -225,7 +226,10 @@ def _report(pairs: list[dict], results: list, llm: CachedLLM, cfg: JudgeConfig) 
 
 
 def _gate(report: AuditReport, cfg: JudgeConfig) -> None:
-    for dim, v in report.dimensions.items():
+    report.gated_dimensions = sorted(report.dimensions if cfg.gate_dimensions is None
+                                     else set(cfg.gate_dimensions) & set(report.dimensions))
+    for dim in report.gated_dimensions:
+        v = report.dimensions[dim]
         if v["accuracy"] is None or v["accuracy"] < cfg.gate_min_accuracy:
             report.reasons.append(f"{dim} accuracy {v['accuracy']} < {cfg.gate_min_accuracy}")
     if report.position_bias is not None and abs(report.position_bias - 0.5) > cfg.gate_max_position_bias:

@@ -88,3 +88,10 @@ def as_training_judge(cfg, role: str):
     """`cfg` with `role`'s judge in the training judge's place: what the audit (which audits
     `cfg.judge`) runs on to audit the evaluation judge."""
     return cfg if role == "judge" else cfg.replace({"judge": getattr(cfg, role).model_dump(mode="json")})
+
+
+def training_dimensions(cfg) -> list[str]:
+    """The audited dimensions the training judge's role uses: what SIP's score sums
+    (judge.criteria) and, with filter stage 2, safety. Its gate enforces these; a dimension no
+    training step asks about is reported, not gated."""
+    return sorted(set(cfg.judge.criteria) | ({"safety"} if cfg.filter.llm_stage else set()))

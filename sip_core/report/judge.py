@@ -57,7 +57,12 @@ def audit_cell(view: JudgeView, judge: str | None, role: dict | None = None) -> 
         return "**FAILED**: " + ("; ".join(view.audit.get("reasons") or []) or "no reason recorded")
     if is_proxy(view.judge, role):
         return "passes by construction (a proxy stand-in): no evidence about judge quality"
-    return f"passed (position bias {fmt_num(view.audit.get('position_bias'))})"
+    text = f"passed (position bias {fmt_num(view.audit.get('position_bias'))})"
+    dims, gated = view.audit.get("dimensions") or {}, view.audit.get("gated_dimensions")
+    if gated is not None and set(gated) != set(dims):  # the role uses only some dimensions (judge.gate_dimensions)
+        reported = ", ".join(f"{d} {fmt_num(dims[d].get('accuracy'))}" for d in sorted(set(dims) - set(gated)))
+        text += f" on {', '.join(gated)}, the dimensions its role uses; reported, not gated: {reported}"
+    return text
 
 
 def _role(role: dict | None) -> str:

@@ -1,5 +1,5 @@
 """The lifecycle's judge wiring without running it: lifecycle.train_judge swaps the training judge
-for the trained checkpoint (audited with gate enforce), and leaves eval_judge alone."""
+for the trained checkpoint (audited with gate enforce on the dimensions training uses), and leaves eval_judge alone."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def test_train_judge_option_points_the_training_judge_at_the_checkpoint(tmp_path
     swapped = lifecycle.trained_judge(on, chunks="chunks-ref")
     assert calls == ["chunks-ref"]
     assert (swapped.judge.backend, swapped.judge.model, swapped.judge.gate) == ("local", str(ckpt), "enforce")
+    assert swapped.judge.gate_dimensions == ["quality"]  # what SIP's score asks it; factuality is reported only
     assert swapped.eval_judge == cfg.eval_judge
 
     from sip_core.judge.independence import judge_roles

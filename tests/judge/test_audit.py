@@ -142,3 +142,32 @@ def test_a_judge_that_reads_an_options_start_is_audited_on_corruptions_within_it
     for r in rows:
         assert len(tokenizer(r["original"], add_special_tokens=False)["input_ids"]) <= 8
         assert spec.cut("option_1", r["corrupted"]) != r["original"], r["rule"]
+
+
+def test_the_gate_enforces_only_the_dimensions_the_judge_is_used_for():
+    from sip_core.judge.audit import AuditReport, _gate
+
+    def report():
+        return AuditReport(judge="x", position_bias=0.5, dimensions={
+            "quality": {"accuracy": 0.95}, "safety": {"accuracy": 0.99}, "factuality": {"accuracy": 0.53}})
+
+    every = report()
+    _gate(every, load_config(None, []).judge)
+    assert not every.passed and every.reasons == ["factuality accuracy 0.53 < 0.6"]
+    assert every.gated_dimensions == ["factuality", "quality", "safety"]
+    used = report()
+    _gate(used, load_config(None, ["judge.gate_dimensions=[quality, safety]"]).judge)
+    assert used.passed and used.gated_dimensions == ["quality", "safety"]
+    weak = report()
+    weak.dimensions["quality"]["accuracy"] = 0.5
+    _gate(weak, load_config(None, ["judge.gate_dimensions=[quality]"]).judge)
+    assert not weak.passed and weak.reasons == ["quality accuracy 0.5 < 0.6"]
+
+
+def test_a_trained_training_judge_is_gated_on_what_training_asks_it():
+    from sip_core.judge.independence import training_dimensions
+
+    assert training_dimensions(load_config(None, [])) == ["quality"]
+    assert training_dimensions(load_config(None, ["judge.criteria=[quality, factuality]"])) == ["factuality",
+                                                                                                "quality"]
+    assert training_dimensions(load_config(None, ["filter.llm_stage=true"])) == ["quality", "safety"]

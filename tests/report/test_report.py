@@ -437,3 +437,14 @@ def test_report_opens_in_headless_chromium(results, tmp_path):
         assert png.width > 200
     keep = Path("/tmp/sip-report-screenshot.png")  # left for a human to look at
     shutil.copy(shot, keep)
+
+
+def test_an_audit_gated_on_some_dimensions_says_which_and_reports_the_rest():
+    from sip_core.report.judge import JudgeView, audit_cell
+
+    audit = {"judge": "/ckpt/judge/final", "passed": True, "position_bias": 0.43, "gated_dimensions": ["quality"],
+             "dimensions": {"quality": {"accuracy": 0.985}, "factuality": {"accuracy": 0.546}}}
+    cell = audit_cell(JudgeView(audit), None, {"backend": "local", "model": "/ckpt/judge/final"})
+    assert cell.startswith("passed") and "on quality" in cell and "not gated: factuality 0.546" in cell
+    every = audit | {"gated_dimensions": ["factuality", "quality"]}
+    assert "not gated" not in audit_cell(JudgeView(every), None, {"backend": "local", "model": "x"})

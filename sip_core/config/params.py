@@ -57,7 +57,7 @@ class EvaluateParams(JobParams):
 
 
 class LifecycleParams(JobParams):
-    preset: Literal["smoke", "tiny"] | None = Field("tiny", description="configs/lifecycle-<preset>.yaml; "
+    preset: Literal["smoke", "tiny", "tiny-trained-judge"] | None = Field("tiny", description="configs/lifecycle-<preset>.yaml; "
                                                     "None: config_file")
 
     def load(self) -> SipConfig:
@@ -68,5 +68,6 @@ class LifecycleParams(JobParams):
 
 def lifecycle_preset(name: str) -> str:
     """The config file of a lifecycle preset: the recipe config of that name, cut to the preset's
-    time budget (smoke <= 5 min, tiny <= 30 min on a 2-core CPU)."""
+    time budget (smoke <= 5 min, tiny <= 30 min on a 2-core CPU; tiny-trained-judge is tiny with the
+    judge trained first, ~1 h there)."""
     return f"configs/lifecycle-{name}.yaml"

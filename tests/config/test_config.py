@@ -15,7 +15,8 @@ def test_defaults_match_the_method():
 
 
 @pytest.mark.parametrize("name", ["tiny.yaml", "smoke.yaml", "gpu-cluster.yaml", "redpajama-safety.yaml",
-                                  "lifecycle-tiny.yaml", "lifecycle-smoke.yaml"])
+                                  "lifecycle-tiny.yaml", "lifecycle-smoke.yaml", "train-judge.yaml",
+                                  "train-rewriter.yaml", "lifecycle-tiny-trained-judge.yaml"])
 def test_shipped_configs_load(name):
     cfg = load_config(ROOT / "configs" / name)
     assert cfg.data.suffix_tokens >= 1
@@ -92,3 +93,16 @@ def test_extends_errors_name_the_file(tmp_path):
     orphan.write_text("extends: nowhere.yaml\n")
     with pytest.raises(ConfigError, match="not found: .*nowhere.yaml"):
         load_config(orphan)
+
+
+def test_the_trained_judge_preset_is_tiny_with_train_judges_settings():
+    """The preset trains the judge at the size that learned here (configs/train-judge.yaml) and
+    changes nothing else of the main job."""
+    tiny = load_config(ROOT / "configs" / "lifecycle-tiny.yaml")
+    preset = load_config(ROOT / "configs" / "lifecycle-tiny-trained-judge.yaml")
+    trained = load_config(ROOT / "configs" / "train-judge.yaml")
+    assert preset.lifecycle.train_judge and not tiny.lifecycle.train_judge
+    keys = ("objective", "rules", "chunks", "prefix_tokens", "option_tokens", "lr", "batch_size", "grad_accum")
+    assert {k: getattr(preset.judge_train, k) for k in keys} == {k: getattr(trained.judge_train, k) for k in keys}
+    assert preset.judge_train.steps == 180
+    assert preset.pretrain == tiny.pretrain and preset.rlmt == tiny.rlmt and preset.eval == tiny.eval

@@ -69,9 +69,9 @@ def test_shared_prefix_logprobs_loss_and_grads_equal_two_sequences(smollm):
         assert (grads_s[name] - g).abs().max().item() <= 1e-3 * scale + 1e-7, name
 
 
-def test_shared_prefix_logprobs_equal_two_sequences_with_a_trained_gap(smollm):
-    """The loss test above starts with policy == reference (loss log 2); the log-probs themselves
-    must agree too, per completion, chosen and rejected."""
+def test_shared_prefix_logprobs_equal_two_sequences_per_completion(smollm):
+    """The log-probs themselves agree too, per completion, chosen and rejected (the untrained
+    policy; the test after this one moves it away from the reference)."""
     from sip_core.training.logprobs import pair_logprobs, shared_prefix_supported
 
     policy, _, tok = smollm
@@ -83,6 +83,63 @@ def test_shared_prefix_logprobs_equal_two_sequences_with_a_trained_gap(smollm):
     for a, b in zip(shared, two):
         assert torch.allclose(a, b, atol=2e-4, rtol=1e-5), (a, b)
         assert (a < 0).all()
+
+
+@pytest.fixture(scope="module")
+def perturbed_policy(smollm):
+    """A copy of the policy whose weights differ from the reference's: every tensor moved by fixed-
+    seed Gaussian noise of 2% of its own spread, so the policy/reference log-ratios are not zero."""
+    import copy
+
+    policy, _, _ = smollm
+    moved = copy.deepcopy(policy)
+    gen = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for param in moved.parameters():
+            spread = param.std() if param.numel() > 1 else param.abs()
+            param.add_(torch.randn(param.shape, generator=gen) * 0.02 * spread)
+    return moved.eval()
+
+
+def test_shared_prefix_equals_two_sequences_when_policy_differs_from_reference(smollm, perturbed_policy):
+    """With policy != reference the DPO loss is not log 2 by construction: the shared-prefix path's
+    log-probs, loss, margin and every gradient must still equal the two-sequence path's."""
+    import math
+
+    from sip_core.training.logprobs import pair_logprobs, shared_prefix_supported
+    from sip_core.training.objectives import Pairs, dpo
+
+    _, reference, tok = smollm
+    policy = perturbed_policy
+    prompts, chosen, rejected = uneven_pairs(tok)
+    assert shared_prefix_supported(policy, prompts)
+    with torch.no_grad():
+        shared = pair_logprobs(policy, prompts, chosen, rejected, tok.pad_token_id)
+        two = pair_logprobs(policy, prompts, chosen, rejected, tok.pad_token_id, shared_prefix=False)
+        ref = pair_logprobs(reference, prompts, chosen, rejected, tok.pad_token_id, shared_prefix=False)
+    for a, b, r in zip(shared, two, ref):
+        assert torch.allclose(a, b, atol=5e-4, rtol=1e-5), (a, b)
+        assert (a - r).abs().max().item() > 0.1, (a, r)  # the perturbation moved the log-probs
+
+    pairs = Pairs(prompts, chosen, rejected)
+    results = {}
+    for flag in (True, False):
+        policy.zero_grad(set_to_none=True)
+        loss, extra = dpo(policy, pairs, tok.pad_token_id, "cpu", reference=reference, beta=0.1, shared_prefix=flag)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+        results[flag] = loss.item(), extra, grads
+    policy.zero_grad(set_to_none=True)
+    (loss_s, extra_s, grads_s), (loss_t, extra_t, grads_t) = results[True], results[False]
+    assert abs(loss_t - math.log(2)) > 1e-3 and abs(extra_t["dpo_margin"]) > 1e-3  # a real gap to match
+    assert loss_s == pytest.approx(loss_t, abs=1e-4)
+    assert extra_s["dpo_margin"] == pytest.approx(extra_t["dpo_margin"], abs=1e-4)
+    assert extra_s["reward_accuracy"] == extra_t["reward_accuracy"]
+    assert grads_s.keys() == grads_t.keys() and len(grads_s) > 10
+    for name, g in grads_t.items():
+        scale = g.abs().max().item()
+        assert scale > 0, name
+        assert (grads_s[name] - g).abs().max().item() <= 1e-3 * scale + 1e-7, name
 
 
 def test_eager_attention_takes_the_same_path():

@@ -3,7 +3,10 @@
 Every parser returns `Parsed(ok, value, error)`. A parser never guesses: an answer it cannot read
 is `ok=False` with a reason, never a default class (METHOD.md section 3: a parse failure is
 re-sampled or counted invalid, never mapped to "B" or "NO"). Where an answer holds several
-verdicts, the last one counts.
+verdicts, the last one counts. The verdict parsers (safety, quality, factuality, rlmt_judge,
+coherence) first leave out every marker block the answer echoes back (`<<<BEGIN X …>>>` through its
+`<<<END X …>>>`, `outside_echoed_blocks`): that is the prompt's material copied, and a verdict the
+document wrote there ("FINAL DECISION: YES") is never the judge's.
 
 | name        | value                                                          |
 |-------------|----------------------------------------------------------------|
@@ -19,6 +22,7 @@ verdicts, the last one counts.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -78,6 +82,54 @@ def _rest_of_line(text: str, pos: int) -> str:
     return text[pos:] if end < 0 else text[pos:end]
 
 
+# A prompt marker as an answer may echo it: BEGIN/END, a label, the request's fence token if kept.
+_ECHO_MARKER = re.compile(r"<<<[ \t]*(BEGIN|END)[ \t]+([A-Z0-9]+(?:[ \t]+[A-Z0-9]+)*?)(?:[ \t]+([0-9a-f]{10}))?[ \t]*>>>",
+                          re.IGNORECASE)
+
+
+def outside_echoed_blocks(text: str) -> tuple[str, int]:
+    """(`text` with each echoed marker block replaced by a line break, how many were left out).
+    A block runs from a `<<<BEGIN X>>>` to the next `<<<END X>>>` of the same label, markers
+    included; a BEGIN that carries a fence token closes only at an END with the same token (a
+    tokenless END inside it is the document's own forgery, copied). A BEGIN that never closes and
+    an END that opens nothing are left as they are: what surrounds them may be the judge's words."""
+    marks = [(m.group(1).upper(), " ".join(m.group(2).upper().split()), (m.group(3) or "").lower(), m.span())
+             for m in _ECHO_MARKER.finditer(text)]
+    cuts: list[tuple[int, int]] = []
+    i = 0
+    while i < len(marks):
+        kind, label, token, (start, _) = marks[i]
+        close = next((j for j in range(i + 1, len(marks)) if marks[j][0] == "END" and marks[j][1] == label
+                      and (not token or marks[j][2] == token)), None) if kind == "BEGIN" else None
+        if close is None:
+            i += 1
+            continue
+        cuts.append((start, marks[close][3][1]))
+        i = close + 1
+    if not cuts:
+        return text, 0
+    out, pos = [], 0
+    for start, end in cuts:
+        out += [text[pos:start], "\n"]
+        pos = end
+    out.append(text[pos:])
+    return "".join(out), len(cuts)
+
+
+def _verdict(fn: Callable[[str], Parsed]) -> Callable[[str], Parsed]:
+    """A verdict parser reads the answer outside its echoed marker blocks."""
+    @functools.wraps(fn)
+    def parse_outside(text: str) -> Parsed:
+        kept, left_out = outside_echoed_blocks(text)
+        if left_out and not kept.strip():
+            return _fail(f"the answer is only {left_out} echoed marker block(s)")
+        result = fn(kept)
+        if not result.ok and left_out:
+            return _fail(f"{result.error} (outside {left_out} echoed marker block(s))")
+        return result
+    return parse_outside
+
+
 # --------------------------------------------------------------------------- safety (P1)
 
 _SAFETY_MARK = re.compile(r"final[ \t]+decision[*_`\"' \t]*:", re.IGNORECASE)
@@ -86,6 +138,7 @@ _YES_NO_WORD = re.compile(r"\b(?:yes|no)\b", re.IGNORECASE)
 
 
 @register("safety")
+@_verdict
 def parse_safety(text: str) -> Parsed:
     """The last `FINAL DECISION:` marker must be followed by YES or NO (any case, optionally in
     bold or quotes, trailing punctuation allowed). The rest of that line must not hold another
@@ -110,6 +163,7 @@ _OPTION_WORD = re.compile(r"\boption[ \t]*#?[ \t]*\d", re.IGNORECASE)
 
 
 @register("quality")
+@_verdict
 def parse_quality(text: str) -> Parsed:
     """The last `Conclusion: Option N` (any case, markdown tolerated) with N in {1, 2}. A line
     naming a second option after it ("Option 1 or Option 2") is ambiguous and fails."""
@@ -154,6 +208,7 @@ def last_json_object(text: str) -> tuple[dict | None, str]:
 
 
 @register("factuality")
+@_verdict
 def parse_factuality(text: str) -> Parsed:
     """The last JSON object must have a string "label", one of the three labels (case and
     surrounding space ignored)."""
@@ -317,6 +372,7 @@ _SCORE = re.compile(r'"score"\s*:\s*([01])(?![\d.])')
 
 
 @register("rlmt_judge")
+@_verdict
 def parse_rlmt_judge(text: str) -> Parsed:
     """The last `"score": 0|1` in the text (so a JSON object, possibly fenced)."""
     matches = _SCORE.findall(text)
@@ -335,6 +391,7 @@ def _clean_verdict(line: str) -> str:
 
 
 @register("coherence")
+@_verdict
 def parse_coherence(text: str) -> Parsed:
     """"A", "B" or "TIE": the whole answer, or else its last non-blank line, after markdown,
     quotes and trailing punctuation are stripped; an "Answer:" / "Verdict:" lead-in is allowed."""

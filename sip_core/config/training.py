@@ -67,6 +67,11 @@ class TrainConfig(Section):
     max_invalid_share: float = Field(0.5, ge=0, le=1, description="stop with one line, committing no final/, once "
                                      "more than this share of the work seen so far was skipped for failed or "
                                      "unparseable judgments (checked after each step)")
+    allow_no_update: bool = Field(False, description="commit final/ even when no step updated the model "
+                                  "(every judgment valid, but no step had a training signal: all candidate "
+                                  "sets tied, all group rewards equal); false: such a run stops with one line "
+                                  "and commits nothing. For plumbing runs (the smoke preset's proxy judge), "
+                                  "never for a model anyone uses")
 
 
 class PretrainConfig(TrainConfig):

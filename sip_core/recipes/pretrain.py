@@ -34,7 +34,10 @@ from sip_core.training.rollout import (HFRolloutEngine, SamplingSpec, VLLMRollou
                                        step_seed)
 
 class Pretrain(Recipe):
+    section_key = "pretrain"
     invalid_work = ("skipped_invalid", "sets")
+    no_signal_hint = ("every candidate set tied or was skipped: it needs a judge that tells the candidates apart, "
+                      "or more of them (pretrain.k_rollouts, pretrain.pool)")
 
     def __init__(self, cfg: SipConfig, chunks: Manifest, provenance: Provenance = Provenance()):
         pc, env = cfg.pretrain, RunContext(cfg, provenance)

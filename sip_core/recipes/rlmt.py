@@ -35,7 +35,11 @@ from sip_core.training.think_then_predict import (THINK_OPEN, Rewards, judge_pre
                                                   unmask_forced)
 
 class Rlmt(Recipe):
+    section_key = "rlmt"
     invalid_work = ("skipped_invalid_groups", "groups")
+    no_signal_hint = ("every group's rewards were equal (the judge rewarded all or none of its predictions): it needs "
+                      "more SFT first, a larger rlmt.group_size, longer rlmt.predict_tokens, or a judge that "
+                      "rewards some predictions")
 
     def __init__(self, cfg: SipConfig, chunks: Manifest, thoughts: Manifest | None = None,
                  provenance: Provenance = Provenance()):

@@ -24,6 +24,8 @@ __all__ = ["NoThoughtData", "Sft", "train"]
 
 
 class Sft(Recipe):
+    section_key = "sft"
+
     def __init__(self, cfg: SipConfig, thoughts: Manifest, provenance: Provenance = Provenance()):
         sc, env = cfg.sft, RunContext(cfg, provenance)
         if thoughts.config.get("split", "train") != "train":  # held-out thoughts are for evaluation only

@@ -162,6 +162,8 @@ def accuracy_by(encoded: list[Encoded], probs: list[float]) -> dict:
 
 
 class TrainJudge(Recipe):
+    section_key = "judge_train"
+
     def __init__(self, cfg: SipConfig, chunks: Manifest, provenance: Provenance = Provenance()):
         env, jc = RunContext(cfg, provenance), cfg.judge_train
         base_folder = check_init(jc.init, cfg)  # a missing checkpoint: ModelRefError, exit 2

@@ -51,7 +51,10 @@ class NoRewriterRows(ValueError):
 
 
 class TrainRewriter(Recipe):
+    section_key = "rewriter_train"
     invalid_work = ("skipped_invalid_groups", "groups")
+    no_signal_hint = ("every group's rewards were equal: it needs a larger rewriter_train.group_size, a higher "
+                      "rewriter_train.temperature, or a judge that tells the rewrites apart")
 
     def __init__(self, cfg: SipConfig, chunks: Manifest, provenance: Provenance = Provenance()):
         env, rc = RunContext(cfg, provenance), cfg.rewriter_train

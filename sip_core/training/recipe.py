@@ -7,6 +7,7 @@ the inputs, loading (or resuming) the policy, the loop, held-out metrics when du
 logging, checkpoints and the final model.
 
     class Sft(Recipe):
+        section_key = "sft"  # the config section: the keys its stops name
         def __init__(self, cfg, thoughts, provenance):
             super().__init__("sft", RunContext(cfg, provenance), cfg.sft, [thoughts])
         def setup(self): ...
@@ -52,13 +53,17 @@ def mean(values: list[float]) -> float:
 class Recipe(ABC):
     """One training method. Subclasses set up their data and engines and write `train_step`."""
 
+    # The config section the recipe trains from (`pretrain`, `rlmt`, ...): the keys its stops name.
+    section_key: str
     # The metrics keys (skipped, seen) counting work skipped for failed or unparseable judgments,
-    # whose share `train.max_invalid_share` bounds; None: the recipe judges nothing.
+    # whose share `<section_key>.max_invalid_share` bounds; None: the recipe judges nothing.
     invalid_work: tuple[str, str] | None = None
+    # Why a run with no update at all had no training signal, and what to change (the stop says it).
+    no_signal_hint: str = "no micro-batch had a loss to train on: check what data the section selects"
 
     def __init__(self, name: str, env: RunContext, section: TrainConfig, parents: list[Manifest]):
         self.env, self.cfg, self.tc, self.parents = env, env.cfg, section, parents
-        self.session = TrainSession(name, env, section, parents)
+        self.session = TrainSession(name, env, section, parents, self.section_key)
         self.rt = self.session.rt
 
     def setup(self) -> None:
@@ -90,7 +95,7 @@ class Recipe(ABC):
             session.log(step, metrics, grad_norm)  # log
             self.stop_if_invalid(step)  # a dead or confused judge is not training signal
             session.checkpoint_if_due(step)  # checkpoint
-        return session.finish(self.summary())
+        return session.finish(self.summary(), self.no_signal_hint)
 
     def stop_if_invalid(self, step: int) -> None:
         """Stop (no final/) once more than `max_invalid_share` of the work this launch has seen was
@@ -104,5 +109,5 @@ class Recipe(ABC):
         seen = self.rt.all_mean(float(sum(r.get(seen_key) or 0 for r in rows)))
         if seen and skipped / seen > self.tc.max_invalid_share:
             session.stop(step, f"{skipped / seen:.0%} of its {seen_key} were skipped for failed or unparseable "
-                               f"judgments ({skipped_key} {skipped:g} of {seen:g}; train.max_invalid_share "
-                               f"{self.tc.max_invalid_share:g}), is the judge endpoint up?")
+                               f"judgments ({skipped_key} {skipped:g} of {seen:g}; {self.section_key}."
+                               f"max_invalid_share {self.tc.max_invalid_share:g}), is the judge endpoint up?")

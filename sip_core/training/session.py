@@ -2,7 +2,7 @@
 micro-batches, gradient accumulation, metrics, checkpoints with lineage. `training.recipe.Recipe`
 drives it; recipes keep only their method's own logic.
 
-    session = TrainSession("pretrain-dpo", env, cfg.pretrain, parents)
+    session = TrainSession("pretrain-dpo", env, cfg.pretrain, parents, "pretrain")
     model, tokenizer = session.load_policy()
     for step in session.steps():
         for micro, rows in session.micro_batches(n_rows, step):
@@ -46,7 +46,10 @@ def run_key(env: RunContext, recipe: str, section: TrainConfig, parents: list[Ma
     """What a run folder is keyed on: same recipe, config and parents -> same folder, so a killed
     run resumes and a finished one is reused."""
     cfg = env.cfg
-    return {"recipe": recipe, "train": section.model_dump(mode="json", exclude=BOOKKEEPING),
+    # allow_no_update changes what may be committed, not the model: keyed only when set, so a default
+    # run keeps its folder and never reuses the untrained final/ that an allowing run committed.
+    exclude = BOOKKEEPING if section.allow_no_update else BOOKKEEPING | {"allow_no_update"}
+    return {"recipe": recipe, "train": section.model_dump(mode="json", exclude=exclude),
             "data": cfg.data.model_dump(mode="json"), "policy": cfg.model.policy,
             "parents": [p.content_hash for p in parents]}
 
@@ -66,8 +69,10 @@ def lr_multiplier(step: int, tc: TrainConfig) -> float:
 
 
 class TrainSession:
-    def __init__(self, recipe: str, env: RunContext, tc: TrainConfig, parents: list[Manifest]):
+    def __init__(self, recipe: str, env: RunContext, tc: TrainConfig, parents: list[Manifest], section_key: str):
+        """`section_key`: the config section `tc` is (`pretrain`, `rlmt`, ...), for the keys a stop names."""
         self.recipe, self.env, self.cfg, self.tc, self.parents = recipe, env, env.cfg, tc, parents
+        self.section_key = section_key
         self.so = env.storage_options
         self.run_dir = env.train_uri(recipe, run_key(env, recipe, tc, parents))
         self.rt: Runtime = runtime.setup(tc.device, tc.precision)
@@ -230,15 +235,25 @@ class TrainSession:
             store.write_bytes(uri, store.parquet_bytes(table), self.so)
         return uri
 
-    def finish(self, summary: dict[str, Any] | None = None) -> Manifest | None:
+    def finish(self, summary: dict[str, Any] | None = None, no_signal_hint: str = "") -> Manifest | None:
         """Save the final model with its metrics table; the committed `final/` marks the run done.
-        A run none of whose steps updated the model while some of its judgments failed has
-        nothing to commit: it stops instead (a dead judge never ships an untrained "final"). With
-        every judgment valid and no signal (all ties) the model is committed, with `updates` 0."""
+        A run none of whose steps updated the model has nothing to commit: it stops instead (a
+        `final/` with zero updates is never written). Some judgments failed: a dead judge never ships
+        an untrained "final". Every judgment valid but no step had a training signal (every set
+        tied, every group's rewards equal): the same config would do the same again, so the stop
+        says what to change (`no_signal_hint`, the recipe's); `<section>.allow_no_update` commits
+        the unchanged model anyway (plumbing runs), with `updates` 0 in its stats."""
         if not self.updates and failed_judgments(self.metrics):
             self.write_metrics()
             self.halt(f"{self.recipe}: none of its {self.tc.steps} steps updated the model "
                       f"({summary_of_skips(self.metrics)}); no final/ committed")
+        if not self.updates and not self.tc.allow_no_update:
+            self.write_metrics()
+            hint = f"; {no_signal_hint}" if no_signal_hint else ""
+            self.halt(f"{self.recipe}: none of its {self.tc.steps} steps updated the model: no step had a "
+                      f"training signal ({summary_of_skips(self.metrics)}){hint}; no final/ committed (the same "
+                      f"config would do the same again; {self.section_key}.allow_no_update=true commits the "
+                      f"unchanged model)")
         final = None
         metrics_uri = self.write_metrics()
         if self.rt.is_main:

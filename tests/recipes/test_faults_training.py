@@ -5,7 +5,7 @@ Step 1 judges three documents (pretrain: three candidate sets; rlmt: three group
 about the first document the server sees fails with one fault, every call about the second with
 another (500 + malformed body, 401 + a 429 storm, answers past the timeout + 500), the third's
 calls are answered (ties / all-zero rewards: no signal, so step 1
-makes no update). Two of three skipped passes train.max_invalid_share 0.5, so:
+makes no update). Two of three skipped passes pretrain.max_invalid_share (rlmt.max_invalid_share) 0.5, so:
 - the run stops at step 1 in one line naming the skipped counts, with no final/ and no checkpoint
   (no update was made);
 - once the endpoint recovers, a rerun in the same run folder trains from step 1 again; its step 1

@@ -1,6 +1,9 @@
-"""A dead judge trains nothing and ships nothing: train.max_invalid_share stops the run in one
+"""A dead judge trains nothing and ships nothing: pretrain.max_invalid_share stops the run in one
 line with no final/, no checkpoint without an update, and a rerun once the judge is back trains
-for real in the same run folder (no stale "final" to reuse). The judge is the fake OpenAI server."""
+for real in the same run folder (no stale "final" to reuse). A live judge whose every judgment
+gives no training signal (all ties, all-zero rewards) ships nothing either: a final/ with zero
+optimizer updates is never written unless `<section>.allow_no_update` asks for it. The judge is
+the fake OpenAI server."""
 
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ def test_dead_judge_stops_at_step_1_keeping_nothing(chunks, tmp_path):
     message = str(stopped.value)
     assert "\n" not in message and "stopped at step 1/2" in message and "skipped_invalid 2 of 2" in message
     assert "no update was made, nothing kept" in message, message
+    assert "(skipped_invalid 2 of 2; pretrain.max_invalid_share 0.5)" in message, message  # the real key
     assert not list(root.rglob("final")) and not list(root.rglob("step-*"))
 
 
@@ -83,6 +87,69 @@ def test_no_final_without_an_update(chunks, tmp_path):
                                          "pretrain.checkpoint_every=1"))
         with pytest.raises(TrainingStopped, match=r"none of its 2 steps updated the model \(skipped_invalid 4"):
             pretrain.train(cfg, chunks)
+    assert not any(artifacts.load_committed(str(d), {}) for d in root.rglob("final"))
+
+
+def test_no_final_when_no_step_had_a_training_signal(chunks, tmp_path):
+    """Every judgment valid, every candidate set a tie (Option 1 wins in either order): no step
+    updates the model, so finish() commits no final/ and says why and what to change, in one line.
+    allow_no_update commits the unchanged model, in a run folder of its own."""
+    from sip_core.infra import artifacts
+    from sip_core.recipes import pretrain
+    from sip_core.training.recipe import TrainingStopped
+
+    root = tmp_path / "run"
+    with FakeOpenAI(responder=lambda messages: "Compared.\nConclusion: Option 1") as srv:
+        sets = judge_sets(srv.base_url, "pretrain.checkpoint_every=1")
+        with pytest.raises(TrainingStopped) as stopped:
+            pretrain.train(tiny_cfg(root, *sets), chunks)
+        assert srv.stats()["counts"].get("ok", 0) == srv.requests > 0  # every judgment was answered
+        committed = [d for d in root.rglob("final") if artifacts.load_committed(str(d), {})]
+        allowed = pretrain.train(tiny_cfg(root, *sets, "pretrain.allow_no_update=true"), chunks)
+    message = str(stopped.value)
+    assert "\n" not in message and message.startswith(
+        "pretrain-dpo: none of its 2 steps updated the model: no step had a training signal (skipped_all_equal 4)"), \
+        message
+    assert "every candidate set tied" in message and "pretrain.k_rollouts" in message, message  # what to change
+    assert "no final/ committed" in message and "pretrain.allow_no_update=true" in message, message
+    assert committed == []
+    assert not any(m["updated"] for m in read_metrics(allowed)) and allowed.stats["updates"] == 0
+    assert [str(d) for d in root.rglob("final") if artifacts.load_committed(str(d), {})] == [allowed.uri]
+
+
+def test_allow_no_update_is_keyed_only_when_set(tmp_path):
+    """Default run folders keep their key (a resumed run still finds its folder); an allowing run
+    gets its own, so a default run never reuses the unchanged model it committed."""
+    from sip_core.infra.run_context import RunContext
+    from sip_core.training.session import run_key
+
+    default, allowing = (tiny_cfg(tmp_path, *extra) for extra in ((), ("pretrain.allow_no_update=true",)))
+    key = run_key(RunContext(default), "pretrain-dpo", default.pretrain, [])
+    assert "allow_no_update" not in key["train"] and "max_invalid_share" not in key["train"]
+    assert run_key(RunContext(allowing), "pretrain-dpo", allowing.pretrain, [])["train"]["allow_no_update"] is True
+    assert RunContext(default).train_uri("pretrain-dpo", key) != \
+        RunContext(allowing).train_uri("pretrain-dpo", run_key(RunContext(allowing), "pretrain-dpo", allowing.pretrain, []))
+
+
+def test_rlmt_no_final_when_every_group_had_equal_rewards(chunks, tmp_path):
+    """RLMT with a judge that rewards no prediction: every group carries no signal, no update, no final/."""
+    from sip_core.infra import artifacts
+    from sip_core.recipes import rlmt
+    from sip_core.training.recipe import TrainingStopped
+
+    root = tmp_path / "run"
+    with FakeOpenAI(responder=lambda messages: '{"score": 0}') as srv:
+        cfg = tiny_cfg(root, "judge.backend=openai", "judge.model=fake-judge", f"judge.base_url={srv.base_url}",
+                       "judge.max_retries=0", "judge.parse_retries=0", "rlmt.steps=2", "rlmt.batch_size=1",
+                       "rlmt.group_size=2", "rlmt.thought_tokens=8", "rlmt.predict_tokens=8", "rlmt.rollout_batch=2",
+                       "rlmt.checkpoint_every=1")
+        with pytest.raises(TrainingStopped) as stopped:
+            rlmt.train(cfg, chunks)
+        assert srv.stats()["counts"].get("ok", 0) == srv.requests > 0
+    message = str(stopped.value)
+    assert "\n" not in message and message.startswith(
+        "rlmt: none of its 2 steps updated the model: no step had a training signal (no_signal_groups 2)"), message
+    assert "rlmt.group_size" in message and "rlmt.allow_no_update=true" in message, message
     assert not any(artifacts.load_committed(str(d), {}) for d in root.rglob("final"))
 
 

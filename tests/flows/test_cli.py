@@ -190,11 +190,14 @@ def _descendants(pid: int) -> dict[int, str]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_kill_9_of_sip_leaves_no_process_behind(tmp_path):
+@pytest.mark.parametrize("command, running", [("prepare", "uvicorn"), ("pretrain", "sip_core.recipes.pretrain")])
+def test_kill_9_of_sip_leaves_no_process_behind(tmp_path, command, running):
+    """Killed once `running` is a descendant (prepare: the temporary Prefect server; pretrain: the
+    recipe process it launched), nothing sip started outlives it."""
     import signal
     import time
 
-    cmd = [sys.executable, "-m", "flows.cli", "prepare", "--config", SMOKE, "--set", f"run.root={tmp_path / 'run'}"]
+    cmd = [sys.executable, "-m", "flows.cli", command, "--config", SMOKE, "--set", f"run.root={tmp_path / 'run'}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}, start_new_session=True)
     started: dict[int, str] = {}
@@ -202,13 +205,15 @@ def test_kill_9_of_sip_leaves_no_process_behind(tmp_path):
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline and proc.poll() is None:
             started = _descendants(proc.pid)
-            if any("uvicorn" in c for c in started.values()):
+            if any(running in c for c in started.values()):
                 break
             time.sleep(0.2)
         grace = time.monotonic() + 10  # the server's guard starts right after it
         while time.monotonic() < grace and not any("stdin.buffer.read" in c for c in started.values()):
             time.sleep(0.2)
             started = _descendants(proc.pid)
+        started = _descendants(proc.pid)
+        assert any(running in c for c in started.values()), f"no {running} seen (exit {proc.poll()})"
         assert any("uvicorn" in c for c in started.values()), f"no Prefect server seen (exit {proc.poll()})"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)

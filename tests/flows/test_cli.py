@@ -277,3 +277,33 @@ def test_pretrain_against_a_dead_judge_stops_in_one_line_and_commits_no_final(tm
     error = _one_error(proc.stderr.splitlines(), "pretrain.max_invalid_share", "skipped for failed")
     assert "Traceback" not in proc.stderr and "is the judge endpoint up" in error
     assert not list(run.glob("train/*/final")), "an untrained final/ was committed"
+
+
+@pytest.mark.slow
+def test_jobs_show_progress_with_counts_and_eta_in_compact_lines(tmp_path):
+    """Issue 14 §6 end to end: prepare's stages, the judge audit, rewrite, thoughts and a recipe's
+    steps each print count/total, elapsed and ETA lines; no console line is a metrics dump (the
+    full per-step metrics go to metrics.parquet)."""
+    import re
+
+    root = ["--config", SMOKE, "--set", f"run.root={tmp_path / 'run'}"]
+    runs = {"pretrain": _sip_process(tmp_path, "pretrain", *root),
+            "rewrite": _sip_process(tmp_path, "rewrite", *root, "--limit", "2"),
+            "thoughts": _sip_process(tmp_path, "thoughts", *root, "--limit", "2")}
+    for name, proc in runs.items():
+        assert proc.returncode == 0, (name, proc.stderr[-2000:])
+    lines = {name: (p.stdout + p.stderr).splitlines() for name, p in runs.items()}
+    progress = re.compile(r"(?P<what>[\w ()-]+?): (?P<done>\d+)/(?P<total>\d+) (?P<unit>\w+), .*elapsed \S+, ETA \S+$")
+
+    def seen(name: str, what: str, unit: str) -> list[tuple[int, int]]:
+        found = [m for line in lines[name] if (m := progress.search(line))]
+        return [(int(m["done"]), int(m["total"])) for m in found if m["what"].endswith(what) and m["unit"] == unit]
+
+    assert seen("pretrain", "materialize-chunks", "shards")[-1] == (2, 2)
+    assert seen("pretrain", "sample verdicts", "calls")[-1][0] > 0  # "judge audit: sample verdicts: n/n calls"
+    assert seen("rewrite", "rewrite", "calls")[-1] == (2, 2)
+    assert seen("thoughts", "thoughts (train)", "calls")[-1] == (2, 2)
+    steps = [line for line in lines["pretrain"] if re.search(r"pretrain-dpo step \d+/2, loss ", line)]
+    assert len(steps) == 2 and steps[-1].rstrip().endswith("ETA 0s")
+    assert max(len(line) for line in lines["pretrain"]) < 300  # no 640-character JSON lines
+    assert "pretrain (dpo)" in runs["pretrain"].stdout  # the summary names its objective

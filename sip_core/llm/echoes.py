@@ -56,3 +56,37 @@ def instruction_echo(text: str, prompt_name: str) -> str | None:
     punctuation and spacing aside), or None."""
     words = f" {_words(text)} "
     return next((s for s in instruction_sentences(prompt_name) if f" {s} " in words), None)
+
+
+# A prompt marker as an answer may echo it: BEGIN/END, a label, the request's fence token if kept.
+_ECHO_MARKER = re.compile(r"<<<[ \t]*(BEGIN|END)[ \t]+([A-Z0-9]+(?:[ \t]+[A-Z0-9]+)*?)(?:[ \t]+([0-9a-f]{10}))?[ \t]*>>>",
+                          re.IGNORECASE)
+
+
+def outside_echoed_blocks(text: str) -> tuple[str, int]:
+    """(`text` with each echoed marker block replaced by a line break, how many were left out).
+    A block runs from a `<<<BEGIN X>>>` to the next `<<<END X>>>` of the same label, markers
+    included; a BEGIN that carries a fence token closes only at an END with the same token (a
+    tokenless END inside it is the document's own forgery, copied). A BEGIN that never closes and
+    an END that opens nothing are left as they are: what surrounds them may be the judge's words."""
+    marks = [(m.group(1).upper(), " ".join(m.group(2).upper().split()), (m.group(3) or "").lower(), m.span())
+             for m in _ECHO_MARKER.finditer(text)]
+    cuts: list[tuple[int, int]] = []
+    i = 0
+    while i < len(marks):
+        kind, label, token, (start, _) = marks[i]
+        close = next((j for j in range(i + 1, len(marks)) if marks[j][0] == "END" and marks[j][1] == label
+                      and (not token or marks[j][2] == token)), None) if kind == "BEGIN" else None
+        if close is None:
+            i += 1
+            continue
+        cuts.append((start, marks[close][3][1]))
+        i = close + 1
+    if not cuts:
+        return text, 0
+    out, pos = [], 0
+    for start, end in cuts:
+        out += [text[pos:start], "\n"]
+        pos = end
+    out.append(text[pos:])
+    return "".join(out), len(cuts)

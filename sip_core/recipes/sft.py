@@ -7,7 +7,6 @@ after, on rows of the RL half (never trained on here).
 
 from __future__ import annotations
 
-import sys
 
 import torch
 
@@ -98,11 +97,8 @@ def train(cfg: SipConfig, thoughts: Manifest, provenance: Provenance = Provenanc
 
 
 def main() -> None:
-    try:
-        _cli.main(__doc__, lambda cfg, inputs, prov: train(cfg, inputs["thoughts"], prov), required=("thoughts",))
-    except NoThoughtData as exc:  # the caller's data, not a crash: one line, exit 2
-        print(f"sft: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    _cli.main(__doc__, lambda cfg, inputs, prov: train(cfg, inputs["thoughts"], prov), required=("thoughts",),
+              user_errors=(NoThoughtData,), name="sft")
 
 
 if __name__ == "__main__":

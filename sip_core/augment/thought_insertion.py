@@ -19,7 +19,7 @@ import pyarrow as pa
 from sip_core.infra import artifacts, store
 from sip_core.infra.artifacts import DatasetWriter, Manifest
 from sip_core.llm.cache import CachedLLM, require_answers
-from sip_core.llm.parsers import strip_thoughts, thought_spans
+from sip_core.llm.thought_markup import strip_thoughts, thought_spans
 from sip_core.llm.prompting import load_prompt
 from sip_core.llm.types import Progress
 from sip_core.infra.run_context import RunContext

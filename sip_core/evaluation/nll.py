@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pydantic import Field
 
 from sip_core.evaluation.stats import EvalResult
-from sip_core.llm.parsers import thought_spans
+from sip_core.llm.thought_markup import thought_spans
 
 
 class NLLResult(EvalResult):

@@ -25,7 +25,8 @@ from pydantic import BaseModel, Field
 from sip_core.config import JudgeConfig
 from sip_core.evaluation.stats import EvalResult, Interval, clustered_interval, judge_id
 from sip_core.llm.cache import CallsFailed
-from sip_core.training.think_then_predict import THINK_CLOSE, THINK_OPEN, judge_predictions, split_completion
+from sip_core.llm.thought_markup import THINK_CLOSE, THINK_OPEN
+from sip_core.training.think_then_predict import judge_predictions, split_completion
 
 THINK_TEMPLATE = "{prefix}" + THINK_OPEN
 

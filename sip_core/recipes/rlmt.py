@@ -23,6 +23,7 @@ from sip_core.infra import artifacts
 from sip_core.infra.artifacts import Manifest, Provenance
 from sip_core.infra.run_context import RunContext
 from sip_core.llm.factory import open_llm
+from sip_core.llm.thought_markup import THINK_OPEN
 from sip_core.recipes import _cli
 from sip_core.training import data
 from sip_core.training.data import NoThoughtData
@@ -31,8 +32,8 @@ from sip_core.training.logprobs import completion_logprobs
 from sip_core.training.losses import drgrpo_loss, signal_groups
 from sip_core.training.recipe import Recipe, Timers
 from sip_core.training.rollout import HFRolloutEngine, step_seed
-from sip_core.training.think_then_predict import (THINK_OPEN, Rewards, judge_predictions, think_then_predict,
-                                                  unmask_forced)
+from sip_core.training.think_then_predict import Rewards, judge_predictions, think_then_predict, unmask_forced
+
 
 class Rlmt(Recipe):
     section_key = "rlmt"

@@ -18,7 +18,7 @@ import pyarrow as pa
 from sip_core.config import ConfigError
 from sip_core.infra import artifacts, store
 from sip_core.infra.artifacts import Manifest
-from sip_core.llm.parsers import strip_thoughts, thought_spans
+from sip_core.llm.thought_markup import strip_thoughts, thought_spans
 
 CHUNK_COLUMNS = ["chunk_id", "prefix_ids", "suffix_ids", "prefix_text", "suffix_text"]
 THOUGHT_COLUMNS = ["chunk_id", "half", "augmented_text", "status"]

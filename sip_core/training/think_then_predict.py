@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 
 from sip_core.config import JudgeConfig
 from sip_core.llm.cache import CachedLLM
-
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+from sip_core.llm.thought_markup import THINK_CLOSE
 
 
 def split_completion(text: str) -> tuple[str | None, str | None]:

@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from sip_core.llm.parsers import PARSERS, Parsed, check_thoughts, parse, strip_thoughts, thought_spans
+from sip_core.llm.parsers import PARSERS, Parsed, parse
+from sip_core.llm.thought_markup import check_thoughts, strip_thoughts, thought_spans
 from sip_core.llm.prompting import DEFANGED, Prompt, PromptError, defang, fence_token, last_words, load_prompt
 from sip_core.llm.types import LLMRequest, Sampling
 from sip_core.prompts import prompt_names

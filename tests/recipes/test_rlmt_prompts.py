@@ -8,7 +8,7 @@ import sys
 
 from fake_openai import FakeOpenAI
 from recipe_fixtures import ROOT, chunks, cli_args, env_vars, tiny_cfg  # noqa: F401  (chunks: fixture)
-from sip_core.llm.parsers import strip_thoughts, thought_spans
+from sip_core.llm.thought_markup import strip_thoughts, thought_spans
 
 TEXT = ("The museum opened in 1902 after a long campaign by local teachers. <think>Next I should say who paid."
         "</think>A wealthy merchant gave most of the money and asked for nothing in return. <think>Then the "

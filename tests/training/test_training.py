@@ -268,7 +268,8 @@ def test_judged_pairs_best_vs_worst_with_stats(tokenizer):
 def test_think_then_predict_forces_close_and_masks_it(tokenizer):
     """A thought the policy closes is cut at `</think>`; an unclosed one gets the tag from the
     sampler, marked forced, and `unmask_forced` drops exactly those tokens from the loss mask."""
-    from sip_core.training.think_then_predict import THINK_CLOSE, think_then_predict, unmask_forced
+    from sip_core.llm.thought_markup import THINK_CLOSE
+    from sip_core.training.think_then_predict import think_then_predict, unmask_forced
     from sip_core.training.logprobs import pack
 
     enc = lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731

@@ -115,7 +115,8 @@ def test_proxy_teacher_answers_a_text_with_no_sentence_boundary_with_no_thought(
 
 
 def test_proxy_teacher_thoughts_pass_the_integrity_gate_and_name_what_follows(proxy):
-    from sip_core.llm.parsers import parse, thought_spans
+    from sip_core.llm.parsers import parse
+    from sip_core.llm.thought_markup import thought_spans
     from sip_core.augment.thought_insertion import gate
 
     text = ("The bridge opened in 1932. Engineers from Sydney built the arch in eight years. "

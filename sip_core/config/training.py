@@ -151,6 +151,11 @@ class RLMTConfig(TrainConfig):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     rollout_batch: int = Field(16, ge=1)
+    reward: Literal["binary", "expected"] = Field(
+        "binary", description="binary: the judge's verdict, 1 when its mean vote (or P(1) from a probs judge) is "
+        "over 0.5 (METHOD §5.6); expected: that vote's expectation over the judge's sampling, P(1) or the share of "
+        "1-votes (the same objective without sampling noise; a group has a signal where the verdict never flips). "
+        "The reward gate and the thought-use probe score the same reward")
 
 
 class EvalConfig(Section):

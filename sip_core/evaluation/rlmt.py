@@ -38,14 +38,14 @@ def think_prompt(prefix: str, template: str = THINK_TEMPLATE) -> str:
 
 class RewardGateResult(EvalResult):
     metric: str = "rlmt_reward"
-    reward: Interval = Field(description="mean binary reward over all samples (format failures score 0)")
+    reward: Interval = Field(description="mean reward over all samples (format failures score 0)")
     samples_per_prefix: int = 0
     format_failures: int = Field(0, description="completions whose thought never closed (no prediction)")
     invalid_judgments: int = Field(0, description="judgments that failed or never parsed (left out, counted)")
     invalid_rate: float = Field(0.0, description="(format failures + unparsed judgments) / samples")
     mean_prefix_std: float | None = None
     near_zero_variance_rate: float | None = Field(None, description="prefixes whose rewards have std < 1e-5")
-    mixed_group_rate: float | None = Field(None, description="prefixes with both 0 and 1 rewards")
+    mixed_group_rate: float | None = Field(None, description="prefixes whose rewards differ (binary: both 0 and 1)")
     passed: bool = False
     reasons: list[str] = Field(default_factory=list)
     rewards: list[list[float]] = Field(default_factory=list)
@@ -53,15 +53,16 @@ class RewardGateResult(EvalResult):
 
 def reward_gate(judge, cfg: JudgeConfig, prefixes: Sequence[str], references: Sequence[str],
                 completions: Sequence[Sequence[str]], seed: int = 0, max_invalid: float = 0.05,
-                max_near_zero: float = 0.5) -> RewardGateResult:
+                max_near_zero: float = 0.5, reward: str = "binary") -> RewardGateResult:
     """Held-out RLMT reward. `completions[i]` holds the k texts the policy wrote after
     `think_prompt(prefixes[i])` (thought, `</think>`, prediction). Go when invalid_rate <=
-    max_invalid and near-zero-variance rate <= max_near_zero (METHOD §6.5)."""
+    max_invalid and near-zero-variance rate <= max_near_zero (METHOD §6.5). `reward`: RLMT's
+    (`judge_predictions`)."""
     if not len(prefixes) == len(references) == len(completions):
         raise ValueError("prefixes, references and completions differ in length")
     flat = [(i, split_completion(c)[1]) for i, group in enumerate(completions) for c in group]
     rewards = judge_predictions(judge, cfg, [prefixes[i] for i, _ in flat], [p for _, p in flat],
-                                [references[i] for i, _ in flat], seed=seed)
+                                [references[i] for i, _ in flat], seed=seed, reward=reward)
     all_failed("reward gate", rewards)
     groups: list[list[float]] = [[] for _ in prefixes]
     for (i, _), v, failed in zip(flat, rewards.values, rewards.failed):
@@ -71,7 +72,7 @@ def reward_gate(judge, cfg: JudgeConfig, prefixes: Sequence[str], references: Se
     n = len(flat)
     invalid_rate = (rewards.format_failures + rewards.invalid) / n if n else 0.0
     near_zero = sum(s < 1e-5 for s in stds) / len(stds) if stds else None
-    mixed = sum(0 < sum(g) < len(g) for g in groups if g) / len(stds) if stds else None
+    mixed = sum(max(g) - min(g) > 1e-5 for g in groups if g) / len(stds) if stds else None
     reasons = []
     if invalid_rate > max_invalid:
         reasons.append(f"invalid rate {invalid_rate:.3f} > {max_invalid}")
@@ -178,14 +179,14 @@ class ProbeResult(EvalResult):
 
 def score_probe(judge, cfg: JudgeConfig, prefixes: Sequence[str], references: Sequence[str],
                 items: Sequence[ProbeItem], predictions: Sequence[str | None], seed: int = 0,
-                derangement_seed: int = 0) -> ProbeResult:
+                derangement_seed: int = 0, reward: str = "binary") -> ProbeResult:
     """Judge each item's prediction (the text the model wrote after `</think>`) against the true
     suffix; mean reward per condition, its interval clustered by prefix."""
     if len(items) != len(predictions):
         raise ValueError("one prediction per probe item")
     preds = [p.strip() if p and p.strip() else None for p in predictions]
     rewards = judge_predictions(judge, cfg, [prefixes[it.prefix_index] for it in items], preds,
-                                [references[it.prefix_index] for it in items], seed=seed)
+                                [references[it.prefix_index] for it in items], seed=seed, reward=reward)
     all_failed("thought-use probe", rewards)
     by_cond: dict[str, dict[int, list[float]]] = {}  # condition -> prefix -> rewards
     fails: dict[str, int] = {}
@@ -204,7 +205,7 @@ def thought_use_probe(judge, cfg: JudgeConfig, prefixes: Sequence[str], referenc
                       own_thoughts: Sequence[Sequence[str]], continue_fn: Callable[[list[str]], list[str]],
                       seed: int = 0, template: str = THINK_TEMPLATE, generic: Sequence[str] = GENERIC_THOUGHTS,
                       conditions: Sequence[str] = CONDITIONS,
-                      policy_prefixes: Sequence[str] | None = None) -> ProbeResult:
+                      policy_prefixes: Sequence[str] | None = None, reward: str = "binary") -> ProbeResult:
     """Build the probe conditions, let the model continue after each `</think>` (`continue_fn`:
     prompt texts -> one continuation each, e.g. `lambda ps: [c[0] for c in sampler(ps, 1)]`) and
     score them. `own_thoughts` come from the model's own completions (`split_completion`).
@@ -214,4 +215,5 @@ def thought_use_probe(judge, cfg: JudgeConfig, prefixes: Sequence[str], referenc
     seen = prefixes if policy_prefixes is None else policy_prefixes
     prompts = [probe_prompt(seen[it.prefix_index], it.thought, template) for it in items]
     predictions = continue_fn(prompts)
-    return score_probe(judge, cfg, prefixes, references, items, predictions, seed=seed, derangement_seed=seed)
+    return score_probe(judge, cfg, prefixes, references, items, predictions, seed=seed, derangement_seed=seed,
+                       reward=reward)

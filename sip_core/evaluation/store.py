@@ -1,7 +1,7 @@
 """One model's evaluations as a content-addressed artifact, and pairwise comparisons.
 
 An evaluation is keyed by the model (its checkpoint's content hash, or the ref itself), the eval
-and judge config, the judge's model id, the chunk data, the held-out thought data and the code, so a rerun finds
+and judge config, the rlmt.* settings the reward gate and probe sample and score with, the judge's model id, the chunk data, the held-out thought data and the code, so a rerun finds
 every result committed and calls no judge. An evaluation with a failed judge call is never
 committed: it comes back `partial`, with the failed calls counted per suite, and the next run
 evaluates again (greedy continuations are deterministic and the judgment cache answers every call
@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from sip_core.evaluation.suite import compare, evaluate_model, heldout_rows
+from sip_core.evaluation.suite import RLMT_SETTINGS, compare, evaluate_model, heldout_rows
 from sip_core.infra import artifacts, store
 from sip_core.infra.artifacts import ArtifactRef, Manifest
 from sip_core.infra.run_context import RunContext
@@ -95,6 +95,7 @@ class EvaluationStore:
         self.ctx, self.model_ref, self.chunks, self.thoughts = ctx, model_ref, chunks, thoughts
         self.uri = ctx.eval_uri({
             "model": model_identity(model_ref, ctx.storage_options), "eval": cfg.eval.model_dump(mode="json"),
+            "rlmt": cfg.rlmt.model_dump(mode="json", include=RLMT_SETTINGS),
             "judge": judge_id, "judge_cfg": cfg.eval_judge.model_dump(mode="json", exclude={"api_key_block"}),
             "chunks": chunks.content_hash, "thoughts": thoughts.content_hash if thoughts else None})
 

@@ -69,6 +69,10 @@ class RlmtHeldout:
     references: list[str]
 
 
+RLMT_SETTINGS = {"max_prefix_tokens", "predict_tokens", "thought_tokens", "temperature", "top_p", "force_close",
+                 "reward"}  # the rlmt.* fields the reward gate and probe read: part of an evaluation's key
+
+
 def rlmt_heldout(cfg: SipConfig, rows: list[dict], tok) -> RlmtHeldout:
     rc = cfg.rlmt
     prompts = tok.batch_decode([data.truncate_prefix(r["prefix_ids"], rc.max_prefix_tokens) for r in rows])
@@ -85,11 +89,12 @@ def rlmt_suites(cfg: SipConfig, model, tok, device, held: RlmtHeldout, judge, ru
                                      device, force_close=rc.force_close, batch_size=ec.batch_size)
     greedy_after = generation.text_sampler(model, tok, rc.predict_tokens, 0.0, 1.0, device, batch_size=ec.batch_size)
     completions = think([rlmt.think_prompt(p) for p in held.prompts], ec.reward_samples)
-    run("reward_gate", lambda: rlmt.reward_gate(judge, cfg.eval_judge, held.prefixes, held.references, completions))
+    run("reward_gate", lambda: rlmt.reward_gate(judge, cfg.eval_judge, held.prefixes, held.references, completions,
+                                                reward=rc.reward))
     own = [[t for t in (split_completion(c)[0] for c in group) if t] for group in completions]
     run("probe", lambda: rlmt.thought_use_probe(judge, cfg.eval_judge, held.prefixes, held.references,
                                                 [o or [""] for o in own], lambda ps: [c[0] for c in greedy_after(ps, 1)],
-                                                policy_prefixes=held.prompts))
+                                                policy_prefixes=held.prompts, reward=rc.reward))
 
 
 def evaluate_model(cfg: SipConfig, model_ref: str, chunks: Manifest, judge, audit: dict | None = None,

@@ -103,7 +103,8 @@ class Rlmt(Recipe):
                 predictions.append(self.tok.decode(sample.prediction_ids, skip_special_tokens=True).strip() or None)
                 prefixes.append(r["prefix_text"])
                 references.append(r["suffix_text"])
-        rewards = judge_predictions(self.judge, self.cfg.judge, prefixes, predictions, references, seed=step)
+        rewards = judge_predictions(self.judge, self.cfg.judge, prefixes, predictions, references, seed=step,
+                                    reward=self.tc.reward)
         stats["format_failures"] += rewards.format_failures
         stats["invalid_judgments"] += rewards.invalid
         return rewards

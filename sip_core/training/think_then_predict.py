@@ -4,6 +4,12 @@ From a prefix the policy writes `<think> thought </think>` and then its predicte
 The judge compares the prediction with the true suffix and answers 0 or 1. A completion without
 a closing tag has no prediction and earns 0 (counted as a format failure, never judged).
 
+The reward is that binary verdict (`reward: binary`, METHOD §5.6: the majority of the votes, or
+P(1) > 0.5 from a probs judge), or its expectation over the judge's own sampling (`reward:
+expected`: P(1) from a probs judge, the share of 1-votes over seeds). Both estimate the same E[r];
+the expected one has no sampling noise and still differs between predictions when a small judge's
+verdict never crosses 0.5, so a group gets a signal where the binary reward gives none.
+
 `think_then_predict` samples in two phases with a thought budget: when the thought has not closed
 within its budget, the sampler writes `</think>` itself (budget forcing) and the policy then
 predicts. The forced tag tokens are marked so the policy gradient skips them: they were never
@@ -101,10 +107,17 @@ class Rewards:
         self.failed = self.failed or [False] * len(self.values)
 
 
+REWARDS = ("binary", "expected")
+
+
 def judge_predictions(judge: CachedLLM, cfg: JudgeConfig, prefixes: Sequence[str],
-                      predictions: Sequence[str | None], references: Sequence[str], seed: int = 0) -> Rewards:
-    """Binary rewards: majority over cfg.seeds judgments of each (prefix, prediction, reference)."""
-    from sip_core.judge.spec import judge_spec
+                      predictions: Sequence[str | None], references: Sequence[str], seed: int = 0,
+                      reward: str = "binary") -> Rewards:
+    """Rewards of each (prefix, prediction, reference) from cfg.seeds judgments (one with probs):
+    binary, 1 when the mean vote is over 0.5; expected, the mean vote itself."""
+    if reward not in REWARDS:
+        raise ValueError(f"unknown reward {reward!r}; known: {', '.join(REWARDS)}")
+    from sip_core.judge.spec import judge_spec, verdict_probs
 
     spec = judge_spec(cfg)  # a trained judge is asked its own way (prompt version, prefill, probs)
     todo = [(i, s) for i, p in enumerate(predictions) if p
@@ -116,10 +129,12 @@ def judge_predictions(judge: CachedLLM, cfg: JudgeConfig, prefixes: Sequence[str
     votes: dict[int, list[float]] = {}
     failed = [False] * len(predictions)
     for (i, _), j in zip(todo, judgments):
-        if j.ok:
-            votes.setdefault(i, []).append(float(j.value))
+        if j.ok:  # expected: the vote's expected value under a probs answer's option probabilities
+            votes.setdefault(i, []).append(sum(float(v) * p for v, p in verdict_probs(j, "rlmt_judge").items())
+                                           if reward == "expected" else float(j.value))
         else:
             failed[i] = True
-    values = [1.0 if votes.get(i) and sum(votes[i]) / len(votes[i]) > 0.5 else 0.0 for i in range(len(predictions))]
+    means = [sum(votes[i]) / len(votes[i]) if votes.get(i) else 0.0 for i in range(len(predictions))]
+    values = means if reward == "expected" else [1.0 if m > 0.5 else 0.0 for m in means]
     return Rewards(values, sum(1 for p in predictions if not p), sum(1 for _, j in zip(todo, judgments) if not j.ok),
                    judge.calls - before, failed)

@@ -97,7 +97,7 @@ def test_extends_errors_name_the_file(tmp_path):
 
 def test_the_trained_judge_preset_is_tiny_with_train_judges_settings():
     """The preset trains the judge at the size that learned here (configs/train-judge.yaml) and
-    changes nothing else of the main job."""
+    changes nothing else of the main job but RLMT's reward (the probs judge's expected verdict)."""
     tiny = load_config(ROOT / "configs" / "lifecycle-tiny.yaml")
     preset = load_config(ROOT / "configs" / "lifecycle-tiny-trained-judge.yaml")
     trained = load_config(ROOT / "configs" / "train-judge.yaml")
@@ -105,4 +105,5 @@ def test_the_trained_judge_preset_is_tiny_with_train_judges_settings():
     keys = ("objective", "rules", "chunks", "prefix_tokens", "option_tokens", "lr", "batch_size", "grad_accum")
     assert {k: getattr(preset.judge_train, k) for k in keys} == {k: getattr(trained.judge_train, k) for k in keys}
     assert preset.judge_train.steps == 180
-    assert preset.pretrain == tiny.pretrain and preset.rlmt == tiny.rlmt and preset.eval == tiny.eval
+    assert preset.pretrain == tiny.pretrain and preset.eval == tiny.eval
+    assert preset.rlmt == tiny.rlmt.model_copy(update={"reward": "expected"}) and tiny.rlmt.reward == "binary"

@@ -39,6 +39,16 @@ def test_the_key_follows_model_judge_and_data(ctx):
                 EvaluationStore(ctx, "bundled:m", chunks, "judge-1", thoughts=other).uri}) == 5
 
 
+def test_the_key_follows_the_rlmt_settings_the_reward_gate_samples_and_scores_with(ctx):
+    chunks = _artifact(ctx, "chunks", {"a": 1})
+    uri = EvaluationStore(ctx, "bundled:m", chunks, "judge-1").uri
+    for override in ({"rlmt.reward": "expected"}, {"rlmt.thought_tokens": 7}, {"rlmt.temperature": 0.5}):
+        other = RunContext(ctx.cfg.replace(override))
+        assert EvaluationStore(other, "bundled:m", chunks, "judge-1").uri != uri, override
+    untouched = RunContext(ctx.cfg.replace({"rlmt.lr": 3e-6}))  # training-only: the evaluation does not read it
+    assert EvaluationStore(untouched, "bundled:m", chunks, "judge-1").uri == uri
+
+
 def test_a_committed_checkpoint_is_known_by_its_content(ctx):
     model = _artifact(ctx, "model", {"weights": 1})
     assert model_identity(model.uri, ctx.storage_options) == model.content_hash

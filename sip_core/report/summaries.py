@@ -28,7 +28,7 @@ def results_markdown(name: str, results: dict[str, dict[str, Any]]) -> str:
     """One model's evaluations (`ModelEvaluation.results`): a row per evaluation with its headline numbers."""
     rows = [[key, r.get("n"), _headline(r), r.get("judge") or "-"] for key, r in sorted(results.items())]
     failed = {k: n for k, r in sorted(results.items()) if (n := r.get("details", {}).get("failed_calls"))}
-    note = ["", f"**Partial** (not committed; the next run asks the failed judge calls again): "
+    note = ["", "**Partial** (not committed; the next run asks the failed judge calls again): "
             + ", ".join(f"{k} {n} failed" for k, n in failed.items())] if failed else []
     return "\n".join([f"# Evaluation of `{name}`", "",
                       *markdown_table(["evaluation", "n", "headline", "judge"], rows), *note])

@@ -56,6 +56,22 @@ def serve(log: Path, env: dict | None = None):
     proc.wait(60)
 
 
+def serve_checkpoint(log: Path, folder: str):
+    """serve() on a checkpoint folder, answering to the folder's own name (what `<role>.model`
+    names, so the card is read from the same folder)."""
+    yield from serve(log, {"SIP_VLLM_MODEL": folder, "SIP_VLLM_SERVED_NAME": folder})
+
+
+def smoke_cfg(root, *extra):
+    """configs/smoke.yaml on 60 documents: what a served-checkpoint test trains its checkpoint on."""
+    return load_config(ROOT / "configs" / "smoke.yaml", [f"run.root={root}", "data.max_docs=60", *extra])
+
+
+def smoke_chunks(cfg):
+    env = RunContext(cfg)
+    return materialize_chunks(env, filter_documents(env, ingest_documents(env)))
+
+
 def served_requests(url: str) -> float:
     """vLLM's own count of finished requests: the endpoint's word, not our client's."""
     text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()

@@ -7,38 +7,29 @@ from __future__ import annotations
 
 import pytest
 
-from sip_core.config import load_config
-from sip_core.infra.run_context import RunContext
-from test_vllm import ROOT, served_requests, serve
+from test_vllm import served_requests, serve_checkpoint, smoke_cfg, smoke_chunks
 
 pytestmark = pytest.mark.vllm
-
-
-def _cfg(root, *extra):
-    return load_config(ROOT / "configs" / "smoke.yaml", [f"run.root={root}", "data.max_docs=60", *extra])
 
 
 @pytest.fixture(scope="module")
 def trained_judge(tmp_path_factory):
     """SmolLM2 after two SFT steps as a judge: enough to carry a card; the numbers compared are the
     same checkpoint's on two backends, not its accuracy."""
-    from sip_core.data.prepare import filter_documents, ingest_documents, materialize_chunks
     from sip_core.recipes import train_judge
 
     root = tmp_path_factory.mktemp("judge-run")
-    cfg = _cfg(root, "judge_train.chunks=3", "judge_train.steps=2", "judge_train.batch_size=8",
+    cfg = smoke_cfg(root, "judge_train.chunks=3", "judge_train.steps=2", "judge_train.batch_size=8",
                "judge_train.validation_fraction=0", "judge_train.checkpoint_every=100", "judge_train.device=cpu",
                "judge_train.prefix_tokens=24", "judge_train.option_tokens=16", "judge_train.keep_after_finish=0")
-    env = RunContext(cfg)
-    chunks = materialize_chunks(env, filter_documents(env, ingest_documents(env)))
+    chunks = smoke_chunks(cfg)
     return train_judge.train(cfg, chunks), chunks
 
 
 @pytest.fixture(scope="module")
 def judge_url(tmp_path_factory, trained_judge):
     final, _ = trained_judge
-    yield from serve(tmp_path_factory.mktemp("vllm-judge") / "server.log",
-                     {"SIP_VLLM_MODEL": final.uri, "SIP_VLLM_SERVED_NAME": final.uri})
+    yield from serve_checkpoint(tmp_path_factory.mktemp("vllm-judge") / "server.log", final.uri)
 
 
 def test_a_served_trained_judge_gives_probs_verdicts_that_match_the_local_backend(trained_judge, judge_url, tmp_path):
@@ -48,9 +39,9 @@ def test_a_served_trained_judge_gives_probs_verdicts_that_match_the_local_backen
 
     final, chunks = trained_judge
     rows = store.read_parquet(chunks.files[0], columns=["prefix_text", "suffix_text"]).to_pylist()[:4]
-    served = _cfg(tmp_path / "served", "judge.backend=openai", f"judge.model={final.uri}",
+    served = smoke_cfg(tmp_path / "served", "judge.backend=openai", f"judge.model={final.uri}",
                   f"judge.base_url={judge_url}/v1", "judge.timeout_s=600")
-    local = _cfg(tmp_path / "local", "judge.backend=local", f"judge.model={final.uri}")
+    local = smoke_cfg(tmp_path / "local", "judge.backend=local", f"judge.model={final.uri}")
     spec = judge_spec(served.judge)
     assert spec.verdict == "probs" and spec.prompts["quality"] == "judge_quality@1"  # from the folder's card
     check_verdicts(open_llm(served, "judge").backend, served.judge)  # the preflight training runs: passes

@@ -7,15 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from sip_core.config import load_config
 from sip_core.infra.run_context import RunContext
-from test_vllm import ROOT, served_requests, serve
+from test_vllm import served_requests, serve_checkpoint, smoke_cfg, smoke_chunks
 
 pytestmark = pytest.mark.vllm
-
-
-def _cfg(root, *extra):
-    return load_config(ROOT / "configs" / "smoke.yaml", [f"run.root={root}", "data.max_docs=60", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -23,26 +18,23 @@ def trained_rewriter(tmp_path_factory):
     """SmolLM2 after one GRPO step on safe suffixes (exact-copy reward, no judge call): a checkpoint
     with its card (one step may have no signal, and that is allowed here); the test compares one
     checkpoint on two backends, not what it learned."""
-    from sip_core.data.prepare import filter_documents, ingest_documents, materialize_chunks
     from sip_core.recipes import train_rewriter
 
     root = tmp_path_factory.mktemp("rewriter-run")
-    cfg = _cfg(root, "rewriter_train.data=rest", "rewriter_train.chunks=2", "rewriter_train.steps=1",
+    cfg = smoke_cfg(root, "rewriter_train.data=rest", "rewriter_train.chunks=2", "rewriter_train.steps=1",
                "rewriter_train.batch_size=2", "rewriter_train.group_size=2", "rewriter_train.suffix_tokens=8",
                "rewriter_train.max_prefix_tokens=24", "rewriter_train.validation_rows=1",
                "rewriter_train.checkpoint_every=100", "rewriter_train.keep_after_finish=0",
                "rewriter_train.device=cpu", "rewriter_train.precision=fp32",
                "rewriter_train.allow_no_update=true")  # the checkpoint is what is served, learned or not
-    env = RunContext(cfg)
-    chunks = materialize_chunks(env, filter_documents(env, ingest_documents(env)))
+    chunks = smoke_chunks(cfg)
     return train_rewriter.train(cfg, chunks), chunks
 
 
 @pytest.fixture(scope="module")
 def rewriter_url(tmp_path_factory, trained_rewriter):
     final, _ = trained_rewriter
-    yield from serve(tmp_path_factory.mktemp("vllm-rewriter") / "server.log",
-                     {"SIP_VLLM_MODEL": final.uri, "SIP_VLLM_SERVED_NAME": final.uri})
+    yield from serve_checkpoint(tmp_path_factory.mktemp("vllm-rewriter") / "server.log", final.uri)
 
 
 def test_a_served_trained_rewriter_rewrites_through_the_openai_backend(trained_rewriter, rewriter_url, tmp_path):
@@ -52,9 +44,9 @@ def test_a_served_trained_rewriter_rewrites_through_the_openai_backend(trained_r
 
     final, chunks = trained_rewriter
     common = [f"rewriter.model={final.uri}", "rewriter.max_tokens=12", "rewriter.temperature=0"]
-    served = _cfg(tmp_path / "served", "rewriter.backend=openai", f"rewriter.base_url={rewriter_url}/v1",
+    served = smoke_cfg(tmp_path / "served", "rewriter.backend=openai", f"rewriter.base_url={rewriter_url}/v1",
                   "rewriter.timeout_s=600", *common)
-    local = _cfg(tmp_path / "local", "rewriter.backend=local", *common)
+    local = smoke_cfg(tmp_path / "local", "rewriter.backend=local", *common)
     before = served_requests(rewriter_url)
     llm = open_llm(served, "rewriter")
     over_http = rewrite_next_batch(RunContext(served), chunks, llm, limit=3)

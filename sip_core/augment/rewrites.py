@@ -24,6 +24,7 @@ from sip_core.llm.prompting import last_words, load_prompt
 from sip_core.llm.types import Progress
 from sip_core.infra.models import load_tokenizer
 from sip_core.infra.run_context import RunContext
+from sip_core.training.data import PARTITIONS
 
 log = logging.getLogger("sip.rewrite")
 
@@ -119,7 +120,9 @@ def chunk_statuses(env: RunContext, chunks: Manifest, root: str | None = None) -
 def rewrite_next_batch(env: RunContext, chunks: Manifest, llm: CachedLLM, limit: int,
                        split: str = "train", track: Callable[[int], Progress] | None = None) -> RewriteBatch:
     """Rewrite the next `limit` chunks no committed batch covers; `track(n)` gives the progress
-    callback for n calls (counts, rate, ETA in the job's log)."""
+    callback for n calls (counts, rate, ETA in the job's log). In the train split only chunks of
+    the filter partition pretraining reads (`pretrain.data`) are rewritten: a safety run's SIP
+    needs rewrites of its unsafe chunks, not of the first chunks in file order."""
     so = env.storage_options
     root = rewrite_root(env, chunks, llm)
     statuses = chunk_statuses(env, chunks, root)
@@ -129,6 +132,9 @@ def rewrite_next_batch(env: RunContext, chunks: Manifest, llm: CachedLLM, limit:
     attempts = {cid: s.count("unparseable") for cid, s in statuses.items()}
     tables = [store.read_parquet(f, so) for f in artifacts.shard_uris(chunks, split)]
     table = pa.concat_tables(tables) if tables else None
+    labels = PARTITIONS[env.cfg.pretrain.data] if split == "train" else None
+    if table is not None and labels is not None:
+        table = table.filter(pc.is_in(table["filter_label"], pa.array(labels, pa.string())))
     if table is None or table.num_rows == 0:
         return RewriteBatch(None, 0, len(done))
     todo = table.filter(pc.invert(pc.is_in(table["chunk_id"], pa.array(sorted(done), pa.string()))))
@@ -159,7 +165,8 @@ def rewrite_next_batch(env: RunContext, chunks: Manifest, llm: CachedLLM, limit:
         for name, value in values.items():
             out[name].append(value)
     config = {"rewriter": env.cfg.rewriter.model_dump(mode="json", exclude={"api_key_block"}),
-              "prompt": prompt.key, "split": split, "limit": limit}
+              "prompt": prompt.key, "split": split, "limit": limit,
+              "partition": env.cfg.pretrain.data if split == "train" else "all"}
     stats = rewrite_stats(out)
     with DatasetWriter(uri, env.context(config, [chunks]), schema=REWRITE_SCHEMA,
                        shard_rows=env.cfg.data.shard_rows) as writer:

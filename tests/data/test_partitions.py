@@ -100,3 +100,31 @@ def test_sip_pretrain_on_a_corpus_stage_1_does_not_flag_is_one_line_exit_2(tmp_p
     assert res.returncode == 2, res.stderr[-2000:]
     assert len(errors) == 1 and "pretrain.data=unsafe" in errors[0] and "stage 1 flagged nothing" in errors[0]
     assert "Traceback" not in res.stderr and not list(tmp_path.rglob("model.safetensors"))
+
+
+def test_the_rewrite_job_rewrites_the_partition_pretraining_reads(prepared, tmp_path):
+    """A safety run's SIP needs rewrites of its unsafe chunks: with pretrain.data=unsafe the job
+    asks about those alone, and is then done; with all it asks about every train chunk."""
+    import polars as pl
+
+    from fake_openai import FakeOpenAI
+    from llm_job_fixtures import copy_rewriter
+    from sip_core.augment.rewrites import rewrite_next_batch
+    from sip_core.llm.factory import open_llm
+    from sip_core.training.data import label_counts
+
+    (cfg, chunks), _ = prepared
+    counts = label_counts(chunks, "train", cfg.run.storage_options)
+    unsafe = counts["unsafe"]
+    with FakeOpenAI(latency=0.0, responder=copy_rewriter) as srv:
+        for partition in ("unsafe", "all"):
+            run = cfg.replace({"run.root": str(tmp_path / partition), "pretrain.data": partition,
+                               "rewriter.backend": "openai", "rewriter.model": "fake",
+                               "rewriter.base_url": srv.base_url})
+            batch = rewrite_next_batch(RunContext(run), chunks, open_llm(run, "rewriter"), 1000)
+            labels = {r["filter_label"] for r in pl.read_parquet(batch.manifest.files).to_dicts()}
+            if partition == "unsafe":
+                assert batch.manifest.rows == unsafe and labels == {"unsafe"} and batch.remaining == 0
+                assert srv.requests == unsafe
+            else:
+                assert batch.manifest.rows == sum(counts.values()) and labels == set(counts)

@@ -165,7 +165,11 @@ class EvalConfig(Section):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     suites: list[str] = Field(default_factory=lambda: ["heldout_nll", "winrate", "coherence", "judged_factuality",
                                                        "safety_rtp", "xstest", "truthfulqa", "gsm8k", "math500",
-                                                       "reward_gate", "probe", "thought_nll"])
+                                                       "reward_gate", "probe", "thought_nll", "winrate_unsafe",
+                                                       "safety_unsafe_prefixes"],
+                              description="winrate_unsafe and safety_unsafe_prefixes read the held-out chunks "
+                              "stage 1 labelled unsafe (the paper's unsafe prefixes) and are left out when there "
+                              "are none")
     prefixes: int = Field(16, ge=1, description="held-out prefixes for win rate, factuality, reward gate, probe")
     max_prefix_tokens: int | None = Field(None, ge=1)
     continuation_tokens: int = Field(128, ge=1, description="greedy continuation length (the paper: 128)")

@@ -5,7 +5,7 @@
   counts as unsafe: conservative). A continuation with no valid vote is left out and counted;
   when every judgment failed it raises CallsFailed. Prefixes: `sample_rtp_challenging()`
   (bundled RealToxicityPrompts "challenging" prompts, stratified over all seven categories,
-  reported per category) or the held-out unsafe chunks' prefixes (`heldout_unsafe_prefixes`).
+  reported per category) or the held-out unsafe chunks' prefixes (`suite.heldout_unsafe_rows`).
 - `xstest_eval`: both halves of XSTest (`sample_xstest`): over-refusal on the safe prompts and
   refusal / compliance on the unsafe ones by the string match below, and the P1-judged safety
   of the answers per half. `safety_suite` builds all three evaluations for one model.
@@ -87,15 +87,6 @@ def sample_xstest(per_half: int, seed: int = 0, data_dir: str | Path | None = No
         pool = load_xstest(data_dir, label)
         rows += _rng("xstest", seed, label).sample(pool, min(per_half, len(pool)))
     return rows
-
-
-def heldout_unsafe_prefixes(chunks, storage_options: dict, limit: int) -> list[list[int]]:
-    """Token ids of up to `limit` held-out prefixes whose chunk the filter labelled unsafe (the
-    paper's "unsafe" prefixes: RP-test after the filter), in the artifact's order."""
-    from sip_core.training.data import read_chunk_rows
-
-    rows = read_chunk_rows(chunks, "heldout", storage_options, ["prefix_ids"], "unsafe")
-    return [list(ids) for ids in rows.columns["prefix_ids"][:limit]]
 
 
 def _safe_share(iv: Interval) -> Interval:
@@ -238,15 +229,16 @@ def xstest_eval(items: Sequence[dict], responses: Sequence[str], judge=None, cfg
 def safety_suite(judge, cfg: JudgeConfig, seeds: int | Sequence[int],
                  continue_ids: Callable[[list[list[int]]], list[str]], answer: Callable[[list[str]], list[str]],
                  tokenize: Callable[[str], list[int]], rtp_prompts: int, xstest_per_half: int,
-                 unsafe_prefixes: Sequence[Sequence[int]] = (),
+                 unsafe_continuations: Sequence[str] = (),
                  sample_seed: int = 0) -> dict[str, Callable[[], EvalResult]]:
     """The safety evaluations of one model, as {name: thunk} for the suite's runner:
     - "safety_rtp": greedy continuations of RTP-challenging prompts (stratified, about
       `rtp_prompts` over the seven categories), unsafe/safe rate overall and per category;
     - "xstest": answers (chat template) to `xstest_per_half` prompts of each half, string match
       and judged safety per half;
-    - "safety_unsafe_prefixes": continuations of the held-out unsafe prefixes, judged the same
-      way (left out when there are none).
+    - "safety_unsafe_prefixes": the model's continuations of the held-out unsafe prefixes
+      (`unsafe_continuations`, the texts the unsafe win rate compares), judged the same way (left
+      out when there are none).
     `continue_ids(prefix_ids) -> texts` and `answer(prompts) -> texts` are the model's."""
     out: dict[str, Callable[[], EvalResult]] = {}
     if rtp_prompts > 0:
@@ -257,7 +249,6 @@ def safety_suite(judge, cfg: JudgeConfig, seeds: int | Sequence[int],
     if xstest_per_half > 0:
         xs = sample_xstest(xstest_per_half, sample_seed)
         out["xstest"] = lambda: xstest_eval(xs, answer([x["prompt"] for x in xs]), judge, cfg, seeds)
-    if unsafe_prefixes:
-        out["safety_unsafe_prefixes"] = lambda: unsafe_rate(
-            judge, cfg, continue_ids([list(p) for p in unsafe_prefixes]), seeds)
+    if unsafe_continuations:
+        out["safety_unsafe_prefixes"] = lambda: unsafe_rate(judge, cfg, list(unsafe_continuations), seeds)
     return out

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from sip_core.evaluation.suite import RLMT_SETTINGS, compare, evaluate_model, heldout_rows
+from sip_core.evaluation.suite import RLMT_SETTINGS, compare, evaluate_model, heldout_rows, heldout_unsafe_rows
 from sip_core.infra import artifacts, store
 from sip_core.infra.artifacts import ArtifactRef, Manifest
 from sip_core.infra.run_context import RunContext
@@ -32,6 +32,8 @@ class ModelEvaluation(BaseModel):
     uri: str
     results: dict[str, dict[str, Any]] = Field(default_factory=dict)
     continuations: list[str] = Field(default_factory=list)
+    unsafe_continuations: list[str] = Field(default_factory=list, description="greedy, on the held-out unsafe "
+                                            "prefixes (the unsafe win rate's and safety rate's texts)")
     seconds: dict[str, float] = Field(default_factory=dict)
     cached: bool = False
     judge_calls: int = 0
@@ -44,7 +46,7 @@ class ModelEvaluation(BaseModel):
 
     def payload(self) -> dict[str, Any]:
         """What the artifact's evaluation.json holds."""
-        return self.model_dump(include={"model", "results", "continuations", "seconds"})
+        return self.model_dump(include={"model", "results", "continuations", "unsafe_continuations", "seconds"})
 
 
 class PairComparison(BaseModel):
@@ -115,7 +117,8 @@ class EvaluationStore:
         texts = heldout_thoughts(self.ctx, self.thoughts, self.chunks).columns["augmented_text"]
         result = evaluate_model(self.ctx.cfg, self.model_ref, chunk_manifest, judge, audit, texts)
         evaluation = ModelEvaluation(model=self.model_ref, uri=self.uri, results=_dumps(result.results),
-                                     continuations=result.continuations, seconds=result.seconds,
+                                     continuations=result.continuations,
+                                     unsafe_continuations=result.unsafe_continuations, seconds=result.seconds,
                                      judge_calls=judge.calls, failed_calls=result.failed_calls)
         if not evaluation.partial:
             self._commit(evaluation, chunk_manifest)
@@ -131,11 +134,13 @@ class EvaluationStore:
 
 def compare_evaluations(ctx: RunContext, a: ModelEvaluation, b: ModelEvaluation, chunks: ArtifactRef, judge,
                         audit: dict | None) -> PairComparison:
-    """Win rate and coherence of A's vs B's greedy continuations on the held-out prefixes
-    (judgments cached: a rerun of the same pair makes no calls but the ones that failed). Nothing
-    is committed; failed calls are counted per result (`partial`)."""
-    rows = heldout_rows(ctx.cfg, chunks.manifest(ctx.storage_options))
+    """Win rate and coherence of A's vs B's greedy continuations on the held-out prefixes, and the
+    win rate on the held-out unsafe ones (judgments cached: a rerun of the same pair makes no calls
+    but the ones that failed). Nothing is committed; failed calls are counted per result (`partial`)."""
+    manifest = chunks.manifest(ctx.storage_options)
+    rows, unsafe = heldout_rows(ctx.cfg, manifest), heldout_unsafe_rows(ctx.cfg, manifest)
     failed: dict[str, int] = {}
-    results = compare(ctx.cfg, a, b, [r["prefix_text"] for r in rows], judge, audit, failed)
+    results = compare(ctx.cfg, a, b, [r["prefix_text"] for r in rows], judge, audit, failed,
+                      [r["prefix_text"] for r in unsafe])
     return PairComparison(a=a.model, b=b.model, judge_calls=judge.calls, results=_dumps(results),
                           failed_calls=failed)

@@ -29,6 +29,7 @@ class ModelEval:
     continuations: list[str] = field(default_factory=list)  # greedy, on the held-out prefixes
     seconds: dict[str, float] = field(default_factory=dict)
     failed_calls: dict[str, int] = field(default_factory=dict)  # per suite: judge calls that never came back
+    unsafe_continuations: list[str] = field(default_factory=list)  # greedy, on the held-out unsafe prefixes
 
 
 def failed_calls(judge) -> int:
@@ -48,6 +49,16 @@ def count_failures(judge, name: str, result, failed: dict[str, int], before: int
 
 def heldout_rows(cfg: SipConfig, chunks: Manifest) -> list[dict]:
     rows = data.read_rows(chunks, "heldout", cfg.run.storage_options, data.CHUNK_COLUMNS)
+    return rows.take(range(min(cfg.eval.prefixes, len(rows))))
+
+
+UNSAFE_SUITES = {"safety_unsafe_prefixes", "winrate_unsafe"}  # the suites that continue the unsafe prefixes
+
+
+def heldout_unsafe_rows(cfg: SipConfig, chunks: Manifest) -> list[dict]:
+    """Up to eval.prefixes held-out chunks the filter labelled unsafe: the paper's "unsafe"
+    prefixes (RP-test after the filter), continued for the safety rate and the unsafe win rate."""
+    rows = data.read_chunk_rows(chunks, "heldout", cfg.run.storage_options, ["prefix_ids", "prefix_text"], "unsafe")
     return rows.take(range(min(cfg.eval.prefixes, len(rows))))
 
 
@@ -131,10 +142,14 @@ def evaluate_model(cfg: SipConfig, model_ref: str, chunks: Manifest, judge, audi
         model, tok, ids, ec.continuation_tokens, rt.device, batch_size=ec.batch_size)
     answer = lambda prompts: [c[0] for c in generation.text_sampler(  # noqa: E731
         model, tok, ec.refusal_tokens, 0.0, 1.0, rt.device, chat=True, batch_size=ec.batch_size)(prompts, 1)]
-    unsafe = safety.heldout_unsafe_prefixes(chunks, cfg.run.storage_options, ec.safety_prompts)
+    unsafe = heldout_unsafe_rows(cfg, chunks) if UNSAFE_SUITES & set(ec.suites) else []
+    if unsafe:  # as the standard prefixes: cut to eval.max_prefix_tokens, exactly continuation_tokens
+        out.unsafe_continuations = generation.greedy_continuations(
+            model, tok, [data.truncate_prefix(r["prefix_ids"], ec.max_prefix_tokens) for r in unsafe],
+            ec.continuation_tokens, rt.device, exact_length=True, batch_size=ec.batch_size)
     for name, thunk in safety.safety_suite(judge, jc, seeds, continue_ids, answer,
                                            lambda t: tok(t, add_special_tokens=False)["input_ids"],
-                                           ec.safety_prompts, ec.xstest_prompts, unsafe).items():
+                                           ec.safety_prompts, ec.xstest_prompts, out.unsafe_continuations).items():
         run(name, thunk)
     tqa = factuality.load_truthfulqa_mc()[: ec.truthfulqa_items]
     run("truthfulqa", lambda: factuality.truthfulqa_mc(tqa, factuality.lm_choice_scorer(model, tok, rt.device),
@@ -153,14 +168,19 @@ def evaluate_model(cfg: SipConfig, model_ref: str, chunks: Manifest, judge, audi
 
 
 def compare(cfg: SipConfig, a: ModelEval, b: ModelEval, prefixes: list[str], judge, audit: dict | None = None,
-            failed: dict[str, int] | None = None):
+            failed: dict[str, int] | None = None, unsafe_prefixes: list[str] = ()):
     """Pairwise win rate (both orders, several judge seeds) and coherence of A's vs B's greedy
-    continuations on the same held-out prefixes; `failed` receives each result's failed judge calls."""
+    continuations on the same held-out prefixes, and the win rate on the held-out unsafe prefixes
+    (`winrate_unsafe`, where there are any); `failed` receives each result's failed judge calls."""
     seeds, failed = cfg.eval.judge_seeds, {} if failed is None else failed
     results = {}
-    for name, fn in (("winrate", winrate.pairwise_win_rate), ("coherence", winrate.coherence_eval)):
-        if name in cfg.eval.suites:
+    for name, fn, texts, ours, theirs in (
+            ("winrate", winrate.pairwise_win_rate, prefixes, a.continuations, b.continuations),
+            ("coherence", winrate.coherence_eval, prefixes, a.continuations, b.continuations),
+            ("winrate_unsafe", winrate.pairwise_win_rate, unsafe_prefixes, a.unsafe_continuations,
+             b.unsafe_continuations)):
+        if name in cfg.eval.suites and texts:
             before = failed_calls(judge)
-            result = fn(judge, cfg.eval_judge, prefixes, a.continuations, b.continuations, seeds)
+            result = fn(judge, cfg.eval_judge, list(texts), ours, theirs, seeds)
             results[name] = attach_audit(count_failures(judge, name, result, failed, before), audit)
     return results

@@ -24,7 +24,7 @@ from sip_core.report.save import save_report
 if TYPE_CHECKING:  # the evaluation store loads models (torch): the report reads only its results
     from sip_core.evaluation.store import ModelEvaluation, PairComparison
 
-COMPARED = ("winrate", "coherence")  # the pairwise results a comparison can hold, in report order
+COMPARED = ("winrate", "coherence", "winrate_unsafe")  # the pairwise results a comparison can hold, in report order
 
 
 class ReportRef(BaseModel):
@@ -128,13 +128,15 @@ def run_results(ctx: RunContext, preset: str | None, arms: dict[str, list[tuple[
     pairwise result of `comparisons` (A, B, their comparison), the (training) judge audit, the
     judges (`judges_view`) and notes."""
     ec = ctx.cfg.eval
-    label = f"{ec.prefixes} held-out prefixes, greedy {ec.continuation_tokens} tokens"
+    greedy = f"greedy {ec.continuation_tokens} tokens"
+    label = {"winrate_unsafe": f"held-out unsafe prefixes (up to {ec.prefixes}), {greedy}"}
     return RunResults.model_validate({
         "run_name": ctx.cfg.run.name,
         "config": run_summary(ctx, preset),
         "arms": [{"name": name, "stages": [stage_view(ctx, recipe, r) for recipe, r in stages],
                   "evaluations": evaluations[name].results} for name, stages in arms.items()],
-        "comparisons": [{"a": a, "b": b, "label": label, "result": c.results[kind]}
+        "comparisons": [{"a": a, "b": b, "kind": kind, "result": c.results[kind],
+                         "label": label.get(kind, f"{ec.prefixes} held-out prefixes, {greedy}")}
                         for a, b, c in comparisons for kind in COMPARED if kind in c.results],
         "judge_audit": audit,
         "judges": judges_view(ctx.cfg, judges),

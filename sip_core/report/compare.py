@@ -20,7 +20,7 @@ from sip_core.evaluation.stats import Interval
 from sip_core.infra import artifacts, store
 from sip_core.report.first_screen import LETTERS, _cell, identity_line
 from sip_core.report.format import NOT_RUN, has_items, overlaps
-from sip_core.report.headline import METRICS, Metric, base_arm, interval_of, nll_of
+from sip_core.report.headline import Metric, base_arm, interval_of, nll_of, shown_metrics
 from sip_core.report.judge import circular
 from sip_core.report.markup import Document, Heading, Para, Table, to_html, to_markdown
 from sip_core.report.models import RunResults
@@ -80,7 +80,7 @@ def _value(run: RunResults, metric: Metric, arm_name: str) -> Interval | None:
 
 def arm_table(runs: list[LoadedRun], arm_name: str) -> Table:
     rows = []
-    for metric in METRICS:
+    for metric in shown_metrics(*(r.results for r in runs)):
         row = [metric.label]
         values = [_value(r.results, metric, arm_name) for r in runs]
         for i, (run, iv) in enumerate(zip(runs, values)):

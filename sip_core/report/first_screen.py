@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from sip_core.evaluation.stats import Interval
 from sip_core.report.format import NOT_RUN, fmt_iv, fmt_num, has_items
-from sip_core.report.headline import METRICS, Decision, Metric, base_arm, decisions, interval_of, nll_of
+from sip_core.report.headline import Decision, Metric, base_arm, decisions, interval_of, nll_of, shown_metrics
 from sip_core.report.judge import JudgeView, circular, judges_box
 from sip_core.report.markup import Bullets, Document, Heading, Para, Table, Toc, to_markdown
 from sip_core.report.models import RunResults
@@ -60,7 +60,7 @@ def headline_table(results: RunResults, found: list[Decision] | None = None) -> 
     letter = {a.name: LETTERS[i % 26] for i, a in enumerate(results.arms)}
     base = base_arm(results)
     rows = []
-    for metric in METRICS:
+    for metric in shown_metrics(results):
         marks: dict[str, list[str]] = {}
         if verdicts_allowed(results, metric):
             for d in found:

@@ -29,6 +29,7 @@ class Metric:
     judged: bool
     better: str = "higher"
     vs_base: bool = False  # a pairwise score against the base model (decided by excluding 50%)
+    optional: bool = False  # a headline row only where some arm has it (a corpus without unsafe prefixes has none)
 
 
 @dataclass
@@ -66,8 +67,11 @@ def flipped(iv: Interval) -> Interval:
 
 METRICS = (
     Metric("winrate", "win rate vs base", "win rate vs base", True, vs_base=True),
+    Metric("winrate_unsafe", "win rate vs base (unsafe prefixes)", "win rate vs base", True, vs_base=True,
+           optional=True),
     Metric("coherence", "coherence vs base", "coherence vs base", True, vs_base=True),
     Metric("safety_rtp", "safety rate (RTP)", "safety", True),
+    Metric("safety_unsafe_prefixes", "safety rate (unsafe prefixes)", "safety", True, optional=True),
     Metric("judged_factuality", "judged factuality", "factuality", True),
     Metric("truthfulqa", "TruthfulQA MC2", "factuality", False),
     Metric("heldout_nll", "held-out NLL (nats/token)", "likelihood", False, better="lower"),
@@ -75,8 +79,10 @@ METRICS = (
     Metric("math500", "Mean@k (MATH-500)", "reasoning", False),
     Metric("reward_gate", "RLMT reward gate", "RLMT reward", True),
 )
-PAIRWISE = {"winrate": (WinRateResult, lambda r: r.win_rate), "coherence": (CoherenceResult, lambda r: r.score)}
-GETTERS: dict[str, Callable] = {"safety_rtp": lambda r: flipped(r.unsafe) if r.safe is None else r.safe,
+PAIRWISE = {"winrate": (WinRateResult, lambda r: r.win_rate), "coherence": (CoherenceResult, lambda r: r.score),
+            "winrate_unsafe": (WinRateResult, lambda r: r.win_rate)}
+SAFE_SHARE = lambda r: flipped(r.unsafe) if r.safe is None else r.safe  # noqa: E731
+GETTERS: dict[str, Callable] = {"safety_rtp": SAFE_SHARE, "safety_unsafe_prefixes": SAFE_SHARE,
                                 "judged_factuality": lambda r: r.score, "truthfulqa": lambda r: r.mc2, "gsm8k": lambda r: r.mean_at_k,
                                 "math500": lambda r: r.mean_at_k, "reward_gate": lambda r: r.reward}
 
@@ -87,6 +93,12 @@ def base_arm(results: RunResults) -> str | None:
     if results.arm("base") is not None:
         return "base"
     return next((a.name for a in results.arms if not a.stages), None)
+
+
+def shown_metrics(*runs: RunResults) -> list[Metric]:
+    """The headline rows: every metric but an optional one that no arm of any run has."""
+    return [m for m in METRICS if not m.optional
+            or any(interval_of(r, m, a) is not None for r in runs for a in r.arms)]
 
 
 def arm_interval(metric: Metric, arm: Arm) -> Interval | None:
@@ -104,7 +116,7 @@ def pairwise(results: RunResults, metric: Metric, arm: str, other: str | None) -
     """`arm`'s score against `other` on a pairwise metric, from whichever side it was judged."""
     kind, get = PAIRWISE[metric.key]
     for c in results.comparisons:
-        if isinstance(c.result, kind) and {c.a, c.b} == {arm, other} and arm != other:
+        if isinstance(c.result, kind) and c.key == metric.key and {c.a, c.b} == {arm, other} and arm != other:
             iv = get(c.result)
             return iv if c.a == arm else flipped(iv)
     return None
@@ -125,7 +137,7 @@ def decisions(results: RunResults) -> list[Decision]:
         if metric.key in PAIRWISE:
             kind, get = PAIRWISE[metric.key]
             for c in results.comparisons:
-                if not isinstance(c.result, kind) or not has_items(iv := get(c.result)):
+                if not isinstance(c.result, kind) or c.key != metric.key or not has_items(iv := get(c.result)):
                     continue
                 if c.a == base:  # the trained arm's side of it
                     out.append(Decision(metric, c.b, c.a, flipped(iv), None))

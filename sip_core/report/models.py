@@ -81,7 +81,14 @@ class Comparison(BaseModel):
     a: str
     b: str
     label: str = Field("", description="what was compared, e.g. 'held-out prefixes, greedy 128 tokens'")
+    kind: str = Field("", description="winrate, coherence or winrate_unsafe (empty in older reports: read "
+                      "from the result's type)")
     result: SerializeAsAny[Union[WinRateResult, CoherenceResult]]
+
+    @property
+    def key(self) -> str:
+        """The headline metric this comparison is a row of."""
+        return self.kind or ("winrate" if isinstance(self.result, WinRateResult) else "coherence")
 
 
 class RunResults(BaseModel):

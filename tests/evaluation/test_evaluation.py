@@ -149,6 +149,23 @@ def test_reference_beats_shuffled_under_proxy_judge(judge, cfg, cases):
     assert flipped.win_rate.estimate == 0.0 and flipped.win_rate.high < 0.3
 
 
+def test_compare_judges_the_unsafe_prefixes_as_their_own_win_rate(judge, cfg, cases):
+    """The paper's generation win rate on "unsafe" prefixes (RP-test after the filter) is its own
+    result, over the unsafe prefixes' continuations; with none there is no such result."""
+    from sip_core.evaluation.suite import compare
+
+    good, bad = [s for _, s in cases], [shuffled(s, i) for i, (_, s) in enumerate(cases)]
+    a = SimpleNamespace(continuations=good[:6], unsafe_continuations=bad[6:])
+    b = SimpleNamespace(continuations=bad[:6], unsafe_continuations=good[6:])
+    run = cfg.replace({"eval.judge_seeds": 1, "eval.suites": ["winrate", "winrate_unsafe"]})
+    prefixes = [p for p, _ in cases]
+    out = compare(run, a, b, prefixes[:6], judge, unsafe_prefixes=prefixes[6:])
+    assert set(out) == {"winrate", "winrate_unsafe"}
+    assert out["winrate"].win_rate.estimate == 1.0 and out["winrate_unsafe"].win_rate.estimate == 0.0
+    assert out["winrate_unsafe"].n == 6
+    assert set(compare(run, a, b, prefixes[:6], judge)) == {"winrate"}  # no unsafe prefix: no unsafe win rate
+
+
 def test_win_rate_ties_count_half(cfg):
     always_first = ScriptedJudge(lambda r: 1)  # position bias 1.0: each side wins its own order
     res = pairwise_win_rate(always_first, cfg.judge, ["p"] * 4, ["a"] * 4, ["b"] * 4, seeds=3)

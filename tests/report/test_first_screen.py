@@ -152,3 +152,23 @@ def test_an_arms_judge_agreement_result_becomes_the_runs_agreement():
     md = first_screen_markdown(results)
     assert "Agreement of the two judges on the same held-out pairs: 100.0% [67.6%, 100.0%] (8 of 8)." in md
     assert "Judge roles were not recorded" in md and "independent" not in md  # an agreement alone says neither
+
+
+def test_unsafe_prefix_rows_appear_where_the_run_has_them_and_decide_on_their_own():
+    """The paper's Table 1 safety row: the win rate on unsafe prefixes and their safety rate are
+    headline rows of a run that has them (a corpus with no unsafe prefix shows neither), and a
+    win rate on unsafe prefixes is never read as the standard one."""
+    plain = planted(circular=False)
+    assert "unsafe prefixes" not in first_screen_markdown(plain)
+    results = planted(circular=False)
+    results.arms[0].evaluations["safety_unsafe_prefixes"] = _safety(70)
+    results.arms[1].evaluations["safety_unsafe_prefixes"] = _safety(20)
+    results.comparisons.append(Comparison(a="sip", b="base", kind="winrate_unsafe", result=_win(30)))
+    md = first_screen_markdown(results)
+    assert _row(md, "win rate vs base (unsafe prefixes)") == (
+        "| win rate vs base (unsafe prefixes) | (the base model) | 23.4% [16.9, 31.5] n=128 | "
+        "not compared with base |")
+    assert _row(md, "win rate vs base").startswith("| win rate vs base | (the base model) | 78.1%")  # unchanged
+    assert _row(md, "safety rate (unsafe prefixes)") == (
+        "| safety rate (unsafe prefixes) | 30.0% [21.9, 39.6] n=100 | 80.0% [71.1, 86.7] n=100 **> A** | not run |")
+    assert "**>" not in _row(md, "win rate vs base (unsafe prefixes)")  # 23% < 50%: base is the better side

@@ -88,10 +88,12 @@ def test_safety_suite_builds_all_three_evaluations():
         return ["fine text"] * len(prefixes)
 
     suite = safety_suite(Judge(lambda t: True), JudgeConfig(), 2, continue_ids, lambda ps: ["Sure."] * len(ps),
-                         lambda text: [len(text)], rtp_prompts=7, xstest_per_half=2, unsafe_prefixes=[[1, 2], [3]])
+                         lambda text: [len(text)], rtp_prompts=7, xstest_per_half=2,
+                         unsafe_continuations=["a continuation", "another one"])
     results = {name: thunk() for name, thunk in suite.items()}
     assert set(results) == {"safety_rtp", "xstest", "safety_unsafe_prefixes"}
-    assert asked == [7, 2] and results["safety_rtp"].safe.estimate == 1.0
+    assert asked == [7] and results["safety_rtp"].safe.estimate == 1.0  # unsafe prefixes come continued
+    assert results["safety_unsafe_prefixes"].n == 2
     assert results["xstest"].n == 2 and results["xstest"].unsafe_compliance.k == 2
     assert "safety_unsafe_prefixes" not in safety_suite(Judge(lambda t: True), JudgeConfig(), 1, continue_ids,
                                                         lambda ps: ps, len, 7, 1)

@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
              arg("--against", help="a second model for the pairwise win rate"))
     run = sub.add_parser("run", help="run a whole workflow").add_subparsers(dest="workflow", required=True)
     _command(run, "lifecycle", "both lineages + the NTP control, evaluations and one report", cmd_lifecycle,
-             arg("--preset", choices=["smoke", "tiny", "tiny-trained-judge"], default="tiny",
+             arg("--preset", choices=["smoke", "tiny", "tiny-trained-judge", "safety-tiny"], default="tiny",
                  help="configs/<preset>.yaml (ignored when --config is given)"))
     cache = sub.add_parser("cache", help="judgment cache tools").add_subparsers(dest="cache_command", required=True)
     _command(cache, "stats", "hits, misses, parse failures and tokens per prompt version", cmd_cache_stats)

@@ -1,10 +1,15 @@
 """lifecycle: the replication's two-lineage comparison plus the control, end to end.
 
+lifecycle.setting thinking (the default):
     base -> thinking SFT -> RLMT
     base -> self-improving pretraining -> thinking SFT -> RLMT
     base -> next-token baseline
+lifecycle.setting safety (METHOD Table 1's safety row; configs/lifecycle-safety-tiny.yaml):
+    base -> next-token baseline on pretrain.data (the unsafe partition)
+    base -> SIP(safety) on the same chunks, the rewriter's rewrite in every candidate pool
 Data prep, rewrites, thoughts and the judge audits are shared. With lifecycle.train_judge the judge
-is trained first (sip train-judge) and SIP and RLMT train against it. Every arm (and the base
+is trained first (sip train-judge) and SIP and RLMT train against it; with lifecycle.train_rewriter
+the rewriter is trained first (sip train-rewriter) and rewrites. Every arm (and the base
 model) is evaluated by the evaluation judge (eval_judge), the arms are compared pairwise, both
 judges grade the same held-out pairs (judge_agreement), and one report compares them all, saying
 when the grading is circular (sip_core/judge/independence.py). Every stage is
@@ -15,6 +20,8 @@ stage is retried alone (task retries resume training from the last checkpoint).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
@@ -38,13 +45,18 @@ PUBLISHED = ("sip", "ntp", "base-rlmt", "sip-rlmt")  # the stages whose metrics 
 
 
 def _rewrites_missing(cfg: SipConfig, chunks: ArtifactRef) -> int:
-    """Rewrites still to make: a rerun sends none, a call that failed is sent again."""
+    """Rewrites still to make among the chunks pretraining reads (pretrain.data), at most
+    lifecycle.rewrite_limit in all: a rerun sends none, a call that failed is sent again."""
     from sip_core.augment.rewrites import answered_chunk_ids
     from sip_core.infra.run_context import RunContext
+    from sip_core.training.data import read_chunk_rows
 
+    so = cfg.run.storage_options
+    manifest = chunks.manifest(so)
     # an unparseable rewrite counts as answered here (a lifecycle rerun calls nothing); `sip rewrite` retries it
-    answered = answered_chunk_ids(RunContext(cfg), chunks.manifest(cfg.run.storage_options), retry_unparseable=False)
-    return max(0, cfg.lifecycle.rewrite_limit - len(answered))
+    answered = answered_chunk_ids(RunContext(cfg), manifest, retry_unparseable=False)
+    read = set(read_chunk_rows(manifest, "train", so, ["chunk_id"], cfg.pretrain.data).columns["chunk_id"])
+    return max(0, min(cfg.lifecycle.rewrite_limit, len(read)) - len(answered & read))
 
 
 def trained_judge(cfg: SipConfig, chunks: ArtifactRef) -> SipConfig:
@@ -65,17 +77,32 @@ def trained_judge(cfg: SipConfig, chunks: ArtifactRef) -> SipConfig:
                         "judge.gate_dimensions": training_dimensions(cfg)})
 
 
-def shared_stages(cfg: SipConfig, chunks: ArtifactRef, calls: dict[str, int]
-                  ) -> tuple[dict[str, dict | None], ThoughtsResult, ThoughtsResult | None]:
+def trained_rewriter(cfg: SipConfig, chunks: ArtifactRef) -> SipConfig:
+    """With lifecycle.train_rewriter: train the rewriter (cached) and return the config whose
+    rewriter is that checkpoint, run in-process (its card sets the prompt)."""
+    if not cfg.lifecycle.train_rewriter:
+        return cfg
+    from sip_core.training.checkpoint import local_copy
+    from tasks.train_rewriter import train_rewriter_task
+
+    out = train_rewriter_task(cfg, chunks)
+    return cfg.replace({"rewriter.backend": "local",
+                        "rewriter.model": local_copy(out.uri, cfg.run.storage_options)})
+
+
+def shared_stages(cfg: SipConfig, chunks: ArtifactRef, calls: dict[str, int], thoughts_needed: bool = True
+                  ) -> tuple[dict[str, dict | None], ThoughtsResult | None, ThoughtsResult | None]:
     """The audits of both judges (training, evaluation), the rewrites still missing, the thought
     data of train chunks (the recipes') and of a few held-out chunks (the evaluation's thought
-    NLL): what every arm shares."""
+    NLL): what every arm shares. A setting whose arms need no thoughts gets none."""
     audit_calls: list[int] = []
     audits = {"training": judge_gate(cfg, chunks, audit_calls),
               "evaluation": judge_gate(as_training_judge(cfg, "eval_judge"), chunks, audit_calls)}
     calls["audit"] = sum(audit_calls)
     if missing := _rewrites_missing(cfg, chunks):
         calls["rewrite"] = rewrite_task(cfg, chunks, missing, "train").calls
+    if not thoughts_needed:
+        return audits, None, None
     thoughts = thoughts_task(cfg, chunks, cfg.lifecycle.thought_limit, "exact")
     heldout = heldout_thoughts(cfg, chunks)
     calls["thoughts"] = thoughts.calls + (heldout.calls if heldout else 0)
@@ -101,6 +128,43 @@ def arm_stages(stage: dict) -> dict[str, list[tuple[str, object]]]:
             NTP_ARM: [("pretrain-ntp", stage["ntp"])], "base→SIP": [("pretrain-dpo", stage["sip"])]}
 
 
+def submit_safety(cfg: SipConfig, chunks: ArtifactRef, thoughts: ThoughtsResult | None) -> dict:
+    """NTP and SIP(safety), both on pretrain.data (the preset's unsafe partition)."""
+    return {"sip": pretrain_task.submit(cfg.replace({"pretrain.objective": "dpo"}), chunks),
+            "ntp": pretrain_task.submit(cfg.replace({"pretrain.objective": "ntp"}), chunks)}
+
+
+SAFE_SIP = "base→SIP(safety)"
+
+
+def safety_arms(stage: dict) -> dict[str, list[tuple[str, object]]]:
+    return {"base": [], NTP_ARM: [("pretrain-ntp", stage["ntp"])], SAFE_SIP: [("pretrain-dpo", stage["sip"])]}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a lifecycle trains and compares."""
+
+    submit: Callable[[SipConfig, ArtifactRef, ThoughtsResult | None], dict]  # its training stages (futures)
+    arms: Callable[[dict], dict[str, list[tuple[str, object]]]]  # each arm's (recipe, stage) pairs
+    pairs: list[tuple[str, str]]  # the arms compared pairwise (A, B)
+    published: tuple[str, ...]  # the stages whose metrics become Prefect tables
+    thoughts: bool  # whether its arms train on the teacher's thoughts
+
+
+SETTINGS = {"thinking": Setting(submit_training, arm_stages, PAIRS, PUBLISHED, True),
+            "safety": Setting(submit_safety, safety_arms, [(SAFE_SIP, "base"), (NTP_ARM, "base"), (SAFE_SIP, NTP_ARM)],
+                              ("sip", "ntp"), False)}
+
+
+def check_training_data(cfg: SipConfig, chunks: ArtifactRef) -> None:
+    """pretrain.data must select enough train chunks (PartitionTooSmall: one line with the counts,
+    exit 2), checked before any judge, rewriter or teacher is called."""
+    from sip_core.training.data import check_partition
+
+    check_partition(chunks.manifest(cfg.run.storage_options), cfg.pretrain, cfg.run.storage_options)
+
+
 def publish_report(cfg: SipConfig, report: ReportRef) -> None:
     """The Prefect artifact shows the report's first screen (identity, Judges box, headline);
     the whole report is the linked HTML."""
@@ -113,29 +177,31 @@ def publish_report(cfg: SipConfig, report: ReportRef) -> None:
 def lifecycle(params: LifecycleParams = LifecycleParams()) -> dict:
     started = time.perf_counter()
     cfg = params.load()
+    setting = SETTINGS[cfg.lifecycle.setting]
     chunks = prepare(cfg)["chunks"]
-    cfg = trained_judge(cfg, chunks)
+    check_training_data(cfg, chunks)
+    cfg = trained_rewriter(trained_judge(cfg, chunks), chunks)
     calls: dict[str, int] = {}
-    audits, thoughts, heldout = shared_stages(cfg, chunks, calls)
+    audits, thoughts, heldout = shared_stages(cfg, chunks, calls, setting.thoughts)
     audit = audits["evaluation"]  # the audit every judged evaluation ran under
 
-    # The arms train, and the five models are evaluated, as their inputs are ready: up to
+    # The arms train, and every model is evaluated, as their inputs are ready: up to
     # lifecycle.parallel stages at once (tasks/slots.py).
     with torch_threads(threads_per_slot(cfg.lifecycle.parallel)):  # evaluations run in this process
-        training = submit_training(cfg, chunks, thoughts)
+        training = setting.submit(cfg, chunks, thoughts)
         evaluations = {name: evaluate_task.submit(cfg, stages[-1][1] if stages else cfg.model.policy, chunks, audit,
-                                                  heldout) for name, stages in arm_stages(training).items()}
+                                                  heldout) for name, stages in setting.arms(training).items()}
         trained = {name: f.result() for name, f in training.items()}
         evals = {name: f.result() for name, f in evaluations.items()}
     calls["training"] = sum(r.judge_calls for r in trained.values())
-    for name in PUBLISHED:
+    for name in setting.published:
         publish_metrics(trained[name], f"{name}-metrics", cfg)
-    arms = arm_stages(trained)
-    comparisons = [(a, b, compare_task(cfg, evals[a], evals[b], chunks, audit)) for a, b in PAIRS]
-    agreement = agreement_task(cfg, [(evals[a], evals[b]) for a, b in PAIRS], chunks)
+    arms = setting.arms(trained)
+    comparisons = [(a, b, compare_task(cfg, evals[a], evals[b], chunks, audit)) for a, b in setting.pairs]
+    agreement = agreement_task(cfg, [(evals[a], evals[b]) for a, b in setting.pairs], chunks)
     judges = {"roles": judge_roles(cfg), "audits": audits, "judge_agreement": agreement}
     report = report_task(cfg, params.preset, arms, evals, comparisons, audits["training"],
-                         [trained[k].uri for k in PUBLISHED], judges)
+                         [trained[k].uri for k in setting.published], judges)
     calls["evaluation"] = sum(e.judge_calls for e in evals.values()) + sum(c.judge_calls for _, _, c in comparisons)
     calls["agreement"] = sum(agreement["details"]["calls"].values())
     publish_report(cfg, report)

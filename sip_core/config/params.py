@@ -57,8 +57,8 @@ class EvaluateParams(JobParams):
 
 
 class LifecycleParams(JobParams):
-    preset: Literal["smoke", "tiny", "tiny-trained-judge"] | None = Field("tiny", description="configs/lifecycle-<preset>.yaml; "
-                                                    "None: config_file")
+    preset: Literal["smoke", "tiny", "tiny-trained-judge", "safety-tiny"] | None = Field(
+        "tiny", description="configs/lifecycle-<preset>.yaml; None: config_file")
 
     def load(self) -> SipConfig:
         if self.preset:
@@ -69,5 +69,5 @@ class LifecycleParams(JobParams):
 def lifecycle_preset(name: str) -> str:
     """The config file of a lifecycle preset: the recipe config of that name, cut to the preset's
     time budget (smoke <= 5 min, tiny <= 30 min on a 2-core CPU; tiny-trained-judge is tiny with the
-    judge trained first, ~1 h there)."""
+    judge trained first, ~1 h there; safety-tiny is the safety setting on the bundled samples)."""
     return f"configs/lifecycle-{name}.yaml"

@@ -40,8 +40,9 @@ class RunConfig(Section):
 
 
 class DataConfig(Section):
-    source: str = Field("bundled:c4", description="local file/glob (JSONL, JSONL.gz, Parquet), "
-                        "`bundled:c4` / `bundled:redpajama`, or a Hugging Face dataset id")
+    source: str | list[str] = Field("bundled:c4", description="local file/glob (JSONL, JSONL.gz, Parquet), "
+                                    "`bundled:c4` / `bundled:redpajama`, or a Hugging Face dataset id; a list "
+                                    "of file sources is read one after another (one corpus of their documents)")
     hf_config: str | None = Field(None, description="HF dataset config name, e.g. sample-10BT")
     hf_split: str = "train"
     text_field: str = "text"

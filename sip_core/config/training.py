@@ -188,6 +188,12 @@ class EvalConfig(Section):
 
 
 class LifecycleConfig(Section):
+    setting: Literal["thinking", "safety"] = Field(
+        "thinking", description="thinking: base -> SFT -> RLMT, base -> SIP -> SFT -> RLMT and base -> NTP; safety "
+        "(METHOD Table 1's safety row): base, base -> NTP and base -> SIP(safety), both trained on pretrain.data "
+        "(the unsafe partition) with the rewriter's rewrite in SIP's pools")
+    train_rewriter: bool = Field(False, description="train the rewriter first (sip train-rewriter, cached) and "
+                                 "rewrite with that checkpoint (rewriter.backend local)")
     rewrite_limit: int = Field(16, ge=0, description="suffixes the rewriter rewrites before pretraining (0: none)")
     thought_limit: int | None = Field(None, ge=1, description="chunks the teacher annotates (None: all train chunks)")
     train_judge: bool = Field(False, description="train the judge first (sip train-judge, cached), audit it with "

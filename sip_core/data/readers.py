@@ -40,6 +40,8 @@ class ResolvedSource:
 
 
 def resolve_source(cfg: DataConfig, storage_options: dict[str, Any] | None = None) -> ResolvedSource:
+    if isinstance(cfg.source, list):
+        return _resolve_list(cfg, storage_options)
     spec = cfg.source
     if spec.startswith("bundled:"):
         role = spec.split(":", 1)[1]
@@ -67,6 +69,21 @@ def resolve_source(cfg: DataConfig, storage_options: dict[str, Any] | None = Non
         raise SourceError(f"data.source: {what} {cfg.source!r}")
     proto = spec.split("://", 1)[0] + "://" if "://" in spec else ""
     return ResolvedSource("files", files=tuple(proto + f for f in files))
+
+
+def _resolve_list(cfg: DataConfig, storage_options: dict[str, Any] | None) -> ResolvedSource:
+    """Several sources as one corpus: their files in the order given. Only file sources combine
+    (a Hub dataset streams on its own)."""
+    if not cfg.source:
+        raise SourceError("data.source: an empty list names no corpus")
+    files: list[str] = []
+    for spec in cfg.source:
+        one = resolve_source(cfg.model_copy(update={"source": spec}), storage_options)
+        if one.kind != "files":
+            raise SourceError(f"data.source: {spec!r} in a list is a Hugging Face dataset here; a list combines "
+                              "local files only (stream one Hub dataset, or download it first)")
+        files += [f for f in one.files if f not in files]
+    return ResolvedSource("files", files=tuple(files))
 
 
 DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")

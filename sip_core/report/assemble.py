@@ -94,6 +94,15 @@ def judge_note(ctx: RunContext) -> str:
     return f"judge: {judge.model}"
 
 
+def unsafe_prefix_notes(ctx: RunContext, evaluations: dict[str, ModelEvaluation]) -> list[str]:
+    """Why a safety run's unsafe-prefix rows are missing, when they are."""
+    if ctx.cfg.lifecycle.setting != "safety" or any(e.unsafe_continuations for e in evaluations.values()):
+        return []
+    return [f"no held-out chunk is labelled unsafe (stage 1 at filter.min_badwords {ctx.cfg.filter.min_badwords}), "
+            "so the win rate and safety rate on unsafe prefixes (Table 1's unsafe column) are not measured; a "
+            "corpus where stage 1 flags more documents has them"]
+
+
 def judge_roles(cfg) -> dict[str, Any] | None:
     """Which judge trained and which graded, and whether that is circular (None: this checkout's
     judge library cannot say)."""
@@ -140,7 +149,7 @@ def run_results(ctx: RunContext, preset: str | None, arms: dict[str, list[tuple[
                         for a, b, c in comparisons for kind in COMPARED if kind in c.results],
         "judge_audit": audit,
         "judges": judges_view(ctx.cfg, judges),
-        "notes": [judge_note(ctx)],
+        "notes": [judge_note(ctx), *unsafe_prefix_notes(ctx, evaluations)],
     })
 
 

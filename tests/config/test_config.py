@@ -107,3 +107,19 @@ def test_the_trained_judge_preset_is_tiny_with_train_judges_settings():
     assert preset.judge_train.steps == 180
     assert preset.pretrain == tiny.pretrain and preset.eval == tiny.eval
     assert preset.rlmt == tiny.rlmt.model_copy(update={"reward": "expected"}) and tiny.rlmt.reward == "binary"
+
+
+def test_the_safety_preset_runs_the_safety_setting_on_both_bundled_samples():
+    """safety-tiny: NTP and SIP on the unsafe partition of C4 + RedPajama, the rewriter trained
+    first, Table 1's safety suites; the main job's sizes otherwise."""
+    from sip_core.config import LifecycleParams
+
+    tiny = load_config(ROOT / "configs" / "lifecycle-tiny.yaml")
+    preset = load_config(ROOT / "configs" / "lifecycle-safety-tiny.yaml")
+    assert LifecycleParams(preset="safety-tiny").load() == preset
+    assert preset.lifecycle.setting == "safety" and tiny.lifecycle.setting == "thinking"
+    assert preset.lifecycle.train_rewriter and preset.pretrain.data == "unsafe"
+    assert preset.data.source == ["bundled:c4", "bundled:redpajama"] and preset.data.max_docs is None
+    assert {"winrate_unsafe", "safety_unsafe_prefixes", "safety_rtp", "xstest"} <= set(preset.eval.suites)
+    assert preset.run.root != tiny.run.root
+    assert preset.pretrain.model_copy(update={"data": "all"}) == tiny.pretrain

@@ -285,3 +285,23 @@ def test_a_dead_rule_worker_fails_the_stage_and_commits_nothing(corpus, tmp_path
     assert rule_workers.current_pool() is None and artifacts.load_committed(uri) is None
     monkeypatch.setattr(library, "label_documents", real)  # the next try gets a new pool
     assert library.filter_documents(env, docs).stats["total"] == docs.rows
+
+
+def test_a_list_of_sources_is_one_corpus_of_their_documents(tmp_path):
+    """data.source as a list: the bundled C4 and RedPajama samples read as one corpus (the safety
+    preset needs both: each has only a few documents stage 1 flags); a Hub id or an empty list
+    in it is one line."""
+    from sip_core.data.prepare import ingest_documents
+    from sip_core.data.readers import SourceError, resolve_source
+
+    both = load_config(None, [f"run.root={tmp_path}", "data.source=[bundled:c4, bundled:redpajama]"])
+    files = resolve_source(both.data).files
+    one = {name: resolve_source(load_config(None, [f"data.source=bundled:{name}"]).data).files
+           for name in ("c4", "redpajama")}
+    assert files == one["c4"] + one["redpajama"]
+    docs = ingest_documents(RunContext(both))
+    sources = {s for f in docs.files for s in pl.read_parquet(f)["source"].to_list()}
+    assert {s.split("/")[-1] for s in sources} == {f.split("/")[-1] for f in files}
+    for bad, why in (("[bundled:c4, someorg/somedataset]", "Hugging Face dataset"), ("[]", "empty list")):
+        with pytest.raises(SourceError, match=why):
+            resolve_source(load_config(None, [f"data.source={bad}"]).data)

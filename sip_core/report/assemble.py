@@ -81,9 +81,11 @@ def stage_view(ctx: RunContext, recipe: str, result: ArtifactRef) -> Stage:
 
 def run_summary(ctx: RunContext, preset: str | None) -> dict[str, Any]:
     cfg = ctx.cfg
+    thinking = cfg.lifecycle.setting == "thinking"  # the safety setting trains no SFT or RLMT stage
     return {"preset": preset, "policy": cfg.model.policy, "judge": cfg.judge.backend, "data": cfg.data.source,
-            "pretrain_steps": cfg.pretrain.steps, "sft_steps": cfg.sft.steps, "rlmt_steps": cfg.rlmt.steps,
-            "k_rollouts": cfg.pretrain.k_rollouts}
+            "pretrain_steps": cfg.pretrain.steps, "sft_steps": cfg.sft.steps if thinking else None,
+            "rlmt_steps": cfg.rlmt.steps if thinking else None, "k_rollouts": cfg.pretrain.k_rollouts,
+            "setting": cfg.lifecycle.setting, "pretrain_data": cfg.pretrain.data}
 
 
 def judge_note(ctx: RunContext) -> str:

@@ -27,6 +27,8 @@ def identity_line(results: RunResults) -> str:
     cfg = results.config
     parts = [f"Run **{results.run_name}**"]
     parts += [f"{k} {cfg[k]}" for k in ("preset", "policy", "data") if cfg.get(k)]
+    if cfg.get("setting") == "safety":
+        parts.append(f"safety setting, arms trained on the {cfg.get('pretrain_data')} partition")
     steps = [f"{k.removesuffix('_steps')} {cfg[k]}" for k in ("pretrain_steps", "sft_steps", "rlmt_steps")
              if cfg.get(k) is not None]
     if steps:

@@ -85,6 +85,8 @@ def test_every_arm_is_evaluated_on_table_1s_safety_row(runs):
     for pair in (("base→SIP(safety)", "base"), ("base→NTP", "base"), ("base→SIP(safety)", "base→NTP")):
         assert {(*pair, "winrate"), (*pair, "winrate_unsafe")} <= kinds
     md = Path(first["report"].markdown).read_text()
+    identity = next(line for line in md.splitlines() if line.startswith("Run **"))
+    assert "safety setting, arms trained on the unsafe partition" in identity and "sft" not in identity
     for row in ("| win rate vs base |", "| win rate vs base (unsafe prefixes) |", "| safety rate (RTP) |",
                 "| safety rate (unsafe prefixes) |"):
         assert row in md

@@ -132,7 +132,8 @@ def rewrite_next_batch(env: RunContext, chunks: Manifest, llm: CachedLLM, limit:
     attempts = {cid: s.count("unparseable") for cid, s in statuses.items()}
     tables = [store.read_parquet(f, so) for f in artifacts.shard_uris(chunks, split)]
     table = pa.concat_tables(tables) if tables else None
-    labels = PARTITIONS[env.cfg.pretrain.data] if split == "train" else None
+    partition = env.cfg.pretrain.data if split == "train" else "all"
+    labels = PARTITIONS[partition]
     if table is not None and labels is not None:
         table = table.filter(pc.is_in(table["filter_label"], pa.array(labels, pa.string())))
     if table is None or table.num_rows == 0:
@@ -166,7 +167,7 @@ def rewrite_next_batch(env: RunContext, chunks: Manifest, llm: CachedLLM, limit:
             out[name].append(value)
     config = {"rewriter": env.cfg.rewriter.model_dump(mode="json", exclude={"api_key_block"}),
               "prompt": prompt.key, "split": split, "limit": limit,
-              "partition": env.cfg.pretrain.data if split == "train" else "all"}
+              "partition": partition}
     stats = rewrite_stats(out)
     with DatasetWriter(uri, env.context(config, [chunks]), schema=REWRITE_SCHEMA,
                        shard_rows=env.cfg.data.shard_rows) as writer:

@@ -20,7 +20,7 @@ from itertools import combinations
 
 from sip_core.config import JudgeConfig
 from sip_core.llm.cache import CachedLLM, Judgment
-from sip_core.judge.spec import JudgeSpec, judge_spec, verdict_probs, verdict_share
+from sip_core.judge.spec import JudgeSpec, expected_verdict, judge_spec, verdict_share
 from sip_core.llm.types import LLMRequest
 
 
@@ -140,8 +140,7 @@ def _pointwise(criterion: str, m: int, skip: int | None, tagged: list[tuple[tupl
     votes: dict[int, list[float]] = defaultdict(list)
     for tag, j in tagged:
         if tag[0] == criterion and j.ok:
-            probs = verdict_probs(j, criterion)
-            votes[tag[1]].append(sum(float(v) * p for v, p in probs.items()))  # expected value of the verdict
+            votes[tag[1]].append(expected_verdict(j, criterion))
     return [None if c == skip else _mean(votes[c], 0.5) for c in range(m)]
 
 

@@ -123,6 +123,12 @@ def verdict_probs(judgment, task: str) -> dict[Any, float] | None:
     return {value: w / total for value, w in weights.items()}
 
 
+def expected_verdict(judgment, task: str) -> float | None:
+    """The verdict's expected value under the judgment's option probabilities (None when it failed)."""
+    probs = verdict_probs(judgment, task)
+    return None if probs is None else sum(float(v) * p for v, p in probs.items())
+
+
 def verdict_share(judgment, task: str, value: Any) -> float | None:
     """The probability that `judgment` says `value` (None when it failed)."""
     probs = verdict_probs(judgment, task)

@@ -117,7 +117,7 @@ def judge_predictions(judge: CachedLLM, cfg: JudgeConfig, prefixes: Sequence[str
     binary, 1 when the mean vote is over 0.5; expected, the mean vote itself."""
     if reward not in REWARDS:
         raise ValueError(f"unknown reward {reward!r}; known: {', '.join(REWARDS)}")
-    from sip_core.judge.spec import judge_spec, verdict_probs
+    from sip_core.judge.spec import expected_verdict, judge_spec
 
     spec = judge_spec(cfg)  # a trained judge is asked its own way (prompt version, prefill, probs)
     todo = [(i, s) for i, p in enumerate(predictions) if p
@@ -129,9 +129,9 @@ def judge_predictions(judge: CachedLLM, cfg: JudgeConfig, prefixes: Sequence[str
     votes: dict[int, list[float]] = {}
     failed = [False] * len(predictions)
     for (i, _), j in zip(todo, judgments):
-        if j.ok:  # expected: the vote's expected value under a probs answer's option probabilities
-            votes.setdefault(i, []).append(sum(float(v) * p for v, p in verdict_probs(j, "rlmt_judge").items())
-                                           if reward == "expected" else float(j.value))
+        if j.ok:
+            vote = expected_verdict(j, "rlmt_judge") if reward == "expected" else float(j.value)
+            votes.setdefault(i, []).append(vote)
         else:
             failed[i] = True
     means = [sum(votes[i]) / len(votes[i]) if votes.get(i) else 0.0 for i in range(len(predictions))]
